@@ -1,0 +1,53 @@
+# The two set-up commands: `make serve` and `make test`. Everything they need
+# is installed here, into .venv (and, for the tests, Debian's redis-server).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# every first-party plugin: each directory under plugins/ with a pyproject.toml
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.toml))
+ADYTON_HOME ?= $(HOME)/.local/share/adyton
+export ADYTON_HOME
+
+.PHONY: install install-test model redis serve test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# the kernel and every first-party plugin, editable
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PIP) install -q -e . $(foreach p,$(PLUGINS),-e $(p))
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+# the default model, fetched once (with progress) and checked by sha256
+model: install
+	@if $(VENV)/bin/adyton pull --help >/dev/null 2>&1; then $(VENV)/bin/adyton pull smollm2; \
+	else echo "no backend with 'adyton pull' is installed: skipping the model"; fi
+
+# a Redis server for the limits tests (they start their own instances)
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+serve: install model
+	$(VENV)/bin/adyton serve
+
+test: install-test model redis
+	$(PY) -m pytest -q
+
+bench: install-test model
+	$(PY) tests/bench/kernel_overhead.py
+
+clean:
+	rm -rf $(VENV)

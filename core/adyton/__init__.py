@@ -1,0 +1,78 @@
+"""adyton: a self-hosted LLM inference server built as a microkernel.
+
+This module is the whole public API plugins may import. Hooks and the
+objects they register are documented in ``adyton.hookspecs``; shared data
+types in ``adyton.types``; errors in ``adyton.errors``.
+"""
+
+from . import errors, types
+from .app import Kernel, create_app, current_kernel, default_error_response
+from .errors import (
+    AdytonError,
+    BackendError,
+    ContextTooLong,
+    Forbidden,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    PluginError,
+    RateLimited,
+    ServerBusy,
+    ServiceUnavailable,
+    SettingsError,
+    Unauthorized,
+    UnsupportedConstraint,
+)
+from .hookspecs import (
+    Authenticator,
+    Backend,
+    Limiter,
+    LogitsProcessor,
+    Sampler,
+    StepFunction,
+    WireFormat,
+    hookimpl,
+)
+from .pipeline import Generation
+from .sampling import DefaultSampler, StopMatcher
+from .settings import Settings, load_settings
+from .types import *  # noqa: F403
+
+__all__ = [
+    "AdytonError",
+    "Authenticator",
+    "Backend",
+    "BackendError",
+    "ContextTooLong",
+    "DefaultSampler",
+    "Forbidden",
+    "Generation",
+    "InvalidRequest",
+    "Kernel",
+    "Limiter",
+    "LogitsProcessor",
+    "ModelNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "PluginError",
+    "RateLimited",
+    "Sampler",
+    "ServerBusy",
+    "ServiceUnavailable",
+    "Settings",
+    "SettingsError",
+    "StepFunction",
+    "StopMatcher",
+    "Unauthorized",
+    "UnsupportedConstraint",
+    "WireFormat",
+    "create_app",
+    "current_kernel",
+    "default_error_response",
+    "errors",
+    "hookimpl",
+    "load_settings",
+    "types",
+    *types.__all__,
+]

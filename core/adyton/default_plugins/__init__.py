@@ -1,0 +1,1 @@
+"""Kernel fallbacks, registered like any plugin (``trylast``)."""

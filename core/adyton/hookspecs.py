@@ -1,0 +1,354 @@
+"""The plugin author's reference: every hook adyton calls, and the objects
+the catalog hooks register.
+
+A plugin is any module or object with functions decorated ``@adyton.hookimpl``
+whose names match the hooks below. Ship it as a distribution with an entry
+point in the group ``adyton``::
+
+    [project.entry-points.adyton]
+    myfeature = "adyton_myfeature"
+
+How results combine:
+
+* **catalog hooks** (``register_*``) receive a ``register`` callback. Call it
+  once per object you provide. The kernel validates the object, refuses
+  duplicates (naming both plugins) and remembers which plugin owns what.
+  Return nothing. Synchronous.
+* **collect-all hooks** (``startup``, ``shutdown``, ``logits_processors``)
+  call every implementation; each may return a plain value or an awaitable,
+  and the kernel awaits them all.
+* **pick-one hooks** (``sampler``) stop at the first non-None result. They are
+  synchronous. Kernel fallbacks (``adyton.default_plugins``) are registered
+  ``trylast`` so any plugin overrides them.
+
+The request path, in the order the kernel calls things::
+
+    WireFormat route parses JSON -> GenerationRequest + Credentials
+      -> Authenticator.authenticate           (register_authenticators)
+      -> Backend.prepare                      (register_backends)
+      -> logits_processors / sampler hooks    (fail closed: 400 before anything is counted)
+      -> Limiter.reserve                      (register_limiters)
+      -> engine queue (429 busy, 503 timeout)
+      -> Backend.generate, calling the sampler chain once per token
+      -> Limiter.settle with the real usage
+      -> WireFormat renders the events / result / AdytonError
+
+Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
+
+import numpy as np
+import pluggy
+
+from .types import (
+    Constraint,
+    Credentials,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    PreparedPrompt,
+    Principal,
+    RequestCost,
+    Reservation,
+    TokenPiece,
+    Usage,
+    Vocabulary,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+    import quart
+
+    from .app import Kernel
+    from .errors import AdytonError
+
+hookspec = pluggy.HookspecMarker("adyton")
+hookimpl = pluggy.HookimplMarker("adyton")
+
+#: ``step(logits) -> token_id``: the sampler chain a backend calls once per
+#: token with the logits of the last position (a float32 vector the size of
+#: the vocabulary; the chain may modify it in place).
+StepFunction = Callable[[np.ndarray], int]
+
+
+# ==========================================================================
+# Objects the catalog hooks register
+# ==========================================================================
+
+
+class Backend(ABC):
+    """A model engine. Register with ``register_backends``.
+
+    Thread model: ``prepare``, ``vocabulary`` and ``list_models`` are called on
+    the event loop and must be quick (tokenizing is fine; loading weights is
+    not). ``load_model`` and ``generate`` are blocking and run in a worker
+    thread, never two at once on one backend unless ``max_concurrency > 1``.
+    """
+
+    #: unique name, e.g. "llama"
+    name: str = ""
+    #: how many requests may run on this backend at once (its queue's slots)
+    max_concurrency: int = 1
+    #: False for engines that cannot hand logits to the kernel (remote APIs):
+    #: the kernel then refuses constraints and logprobs for their models
+    exposes_logits: bool = True
+
+    @abstractmethod
+    def list_models(self) -> list[ModelInfo]:
+        """Every model this backend can serve now (cheap; called often)."""
+
+    @abstractmethod
+    def loaded_model(self) -> str | None:
+        """The id of the model in memory, or None."""
+
+    @abstractmethod
+    def load_model(self, model_id: str) -> None:
+        """Make ``model_id`` the loaded model (unloading the previous one).
+        Blocking; raise ``adyton.errors.BackendError`` with a clear message
+        on failure."""
+
+    @abstractmethod
+    def prepare(self, request: GenerationRequest, model: ModelInfo) -> PreparedPrompt:
+        """Render (chat template) and tokenize the request for ``model``,
+        which need not be loaded. Raise ``InvalidRequest`` for input the model
+        cannot take. The kernel checks prompt + max_tokens against
+        ``PreparedPrompt.context_length``."""
+
+    def vocabulary(self, model: ModelInfo) -> Vocabulary | None:
+        """The tokenizer's vocabulary and encoder, for logits processors.
+        None if the backend cannot tell (constraints are then refused)."""
+        return None
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt: PreparedPrompt,
+        step: StepFunction,
+        max_tokens: int,
+        cancelled: threading.Event,
+    ) -> Iterator[TokenPiece]:
+        """Generate after ``prompt`` (the loaded model is ``prompt.model``).
+
+        For each token: run the model, call ``step(logits)`` to get the token
+        id, yield a ``TokenPiece`` with the newly complete text. Yield a
+        piece with ``finish_reason=STOP`` (and ``text=""``) for end of
+        sequence, or ``LENGTH`` after ``max_tokens`` pieces. Check
+        ``cancelled`` before every forward pass and return when it is set.
+        The kernel may also simply stop iterating (close the generator): a
+        stop string was found or a limit reached. Blocking; runs in a
+        worker thread.
+        """
+
+    def close(self) -> None:
+        """Free resources at shutdown."""
+
+
+class WireFormat(ABC):
+    """An HTTP surface with its own JSON shapes. Register with
+    ``register_wire_formats``.
+
+    The kernel mounts ``blueprint`` on the app. Any ``AdytonError`` raised by
+    its routes (or by the pipeline they call), any HTTP error (bad JSON, body
+    too large) and any unexpected exception is handed to ``render_error``, so
+    clients of this surface only ever see its own error shape. Paths under
+    ``url_prefixes`` that match no route get a 404 in this shape too.
+    """
+
+    name: str = ""
+    url_prefixes: Sequence[str] = ()
+
+    @property
+    @abstractmethod
+    def blueprint(self) -> "quart.Blueprint":
+        """The routes of this surface."""
+
+    @abstractmethod
+    def render_error(self, error: "AdytonError") -> "quart.Response":
+        """The response for ``error``: its ``status`` and
+        ``error.response_headers()`` (Retry-After, rate-limit headers)."""
+
+    def example_request(self, base_url: str) -> str | None:
+        """A shell command that calls this surface (printed by ``adyton serve``)."""
+        return None
+
+
+class Authenticator(ABC):
+    """Turns credentials into a principal. Register with
+    ``register_authenticators``. With none registered, every request is
+    anonymous; with some, a request none of them accepts gets 401."""
+
+    name: str = ""
+
+    @abstractmethod
+    async def authenticate(self, credentials: Credentials) -> Principal | None:
+        """A Principal if these credentials are yours and valid; None if they
+        are not your kind (the next authenticator is asked); raise
+        ``Unauthorized`` (with a message saying what is wrong) if they are
+        yours but invalid, unknown or disabled."""
+
+
+class Limiter(ABC):
+    """Admission control per principal. Register with ``register_limiters``.
+
+    Every registered limiter must admit a request; if one refuses, those that
+    already reserved are settled with zero usage. ``settle`` is called exactly
+    once per successful ``reserve``: when the request finishes, fails, is
+    cancelled, or is refused later in the path (``outcome`` says which)."""
+
+    name: str = ""
+
+    @abstractmethod
+    async def reserve(self, principal: Principal, cost: RequestCost) -> Reservation:
+        """Reserve the worst case of ``cost`` or raise ``RateLimited`` (with
+        ``retry_after``, and ``should_retry=False`` for a spent daily quota)."""
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, usage: Usage, outcome: str) -> None:
+        """Replace the reservation with the real ``usage``. ``outcome`` is one
+        of "ok", "cancelled", "error", "rejected" (never reached the engine)."""
+
+
+class LogitsProcessor(ABC):
+    """Changes the logits of one choice, token by token, before the sampler.
+
+    Returned per request by the ``logits_processors`` hook. Runs on the
+    engine's worker thread. ``reset`` is called before each choice (a request
+    with ``n > 1`` reuses the processor)."""
+
+    name: str = ""
+    #: the request constraints this processor enforces; a constraint that no
+    #: processor claims makes the kernel refuse the request (400)
+    handles: Sequence[Constraint] = ()
+    #: extra tokens this processor may use past ``max_tokens`` to complete its
+    #: constraint (repair); the kernel stops there only once ``is_complete``
+    extra_tokens: int = 0
+
+    def reset(self) -> None:
+        """Start a new choice."""
+
+    @abstractmethod
+    def process(self, generated: Sequence[int], logits: np.ndarray) -> None:
+        """Modify ``logits`` in place (e.g. set forbidden tokens to -inf).
+        ``generated`` holds this choice's tokens so far."""
+
+    def accept(self, token_id: int) -> None:
+        """The sampler chose ``token_id``; advance your state."""
+
+    def is_complete(self) -> bool:
+        """True when the output so far satisfies the constraint."""
+        return True
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers to add to the response (known before generation)."""
+        return {}
+
+    def report(self, text: str, finish_reason: FinishReason) -> dict[str, Any] | None:
+        """After a choice ends: a report for the wire format (verifier results
+        ...), keyed by your ``name`` in ``Choice.reports``."""
+        return None
+
+
+class Sampler(ABC):
+    """Chooses a token from logits (after processors). Returned by the
+    ``sampler`` hook; the kernel's ``adyton.sampling.DefaultSampler`` is the
+    fallback."""
+
+    @abstractmethod
+    def reset(self, seed: int | None) -> None:
+        """Start a new choice with this seed (None: unseeded)."""
+
+    @abstractmethod
+    def adjust(self, logits: np.ndarray) -> None:
+        """Request-level adjustments in place (logit bias, penalties)."""
+
+    @abstractmethod
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token."""
+
+
+# ==========================================================================
+# Hooks
+# ==========================================================================
+
+
+@hookspec
+def register_settings(register: Callable[[str, type], None]) -> None:
+    """Declare your settings section.
+
+    Call ``register("myfeature", MySettings)`` with a pydantic model whose
+    fields all have defaults. It becomes the ``[myfeature]`` table of
+    ``adyton.toml`` and the ``ADYTON_MYFEATURE__FIELD`` environment
+    variables, validated at startup (an invalid value stops startup naming
+    ``myfeature.field``). Read it with ``kernel.settings.myfeature``.
+    Catalog hook; synchronous."""
+
+
+@hookspec
+def register_backends(register: Callable[[Backend], None], kernel: "Kernel") -> None:
+    """Register ``Backend`` instances. Catalog hook; synchronous; called once
+    per app, before startup. Do not load weights here."""
+
+
+@hookspec
+def register_wire_formats(register: Callable[[WireFormat], None], kernel: "Kernel") -> None:
+    """Register ``WireFormat`` instances (HTTP surfaces with their own JSON
+    and error shapes). Catalog hook; synchronous."""
+
+
+@hookspec
+def register_authenticators(register: Callable[[Authenticator], None], kernel: "Kernel") -> None:
+    """Register ``Authenticator`` instances, asked in registration order;
+    the first to return a Principal wins. Catalog hook; synchronous."""
+
+
+@hookspec
+def register_limiters(register: Callable[[Limiter], None], kernel: "Kernel") -> None:
+    """Register ``Limiter`` instances; all must admit a request. Catalog
+    hook; synchronous."""
+
+
+@hookspec
+def logits_processors(
+    request: GenerationRequest,
+    model: ModelInfo,
+    vocabulary: Vocabulary | None,
+    kernel: "Kernel",
+) -> "LogitsProcessor | Sequence[LogitsProcessor] | Awaitable[Any] | None":
+    """Per request, before it is queued: return the logits processors this
+    request needs from you (or None). Claim the request's constraints you
+    enforce through ``LogitsProcessor.handles``; raise
+    ``UnsupportedConstraint`` for one of yours that does not compile — the
+    request is then refused with 400 before it is counted or queued.
+    ``vocabulary`` is None when the backend cannot describe its tokens.
+    Collect-all; may return an awaitable (run slow compiles off the loop)."""
+
+
+@hookspec(firstresult=True)
+def sampler(request: GenerationRequest, kernel: "Kernel") -> Sampler | None:
+    """Per request: the Sampler that picks tokens. First non-None wins; the
+    kernel's DefaultSampler is registered last. Pick-one; synchronous."""
+
+
+@hookspec
+def register_commands(cli: "click.Group") -> None:
+    """Add ``click`` commands or groups to the ``adyton`` CLI. Commands that
+    need the server's state take ``@click.pass_obj`` and call ``.kernel()``
+    on it (settings loaded, plugins registered, nothing served). Catalog
+    hook; synchronous."""
+
+
+@hookspec
+def startup(kernel: "Kernel") -> Awaitable[None] | None:
+    """The app is about to serve: open databases, connect to Redis. Failing
+    here stops startup naming your plugin. Collect-all; may be async."""
+
+
+@hookspec
+def shutdown(kernel: "Kernel") -> Awaitable[None] | None:
+    """The app stopped serving (in-flight requests have been settled):
+    close what ``startup`` opened. Collect-all; may be async."""

@@ -1,0 +1,546 @@
+"""The one request path.
+
+A wire format calls ``await kernel.pipeline.submit(request, credentials)``.
+``submit`` runs admission on the event loop — authenticate, resolve the
+model, prepare (tokenize), build the sampler chain (refusing unenforceable
+constraints), reserve limits, check the queue — and raises an ``AdytonError``
+if any step refuses. Otherwise it returns a running ``Generation``: iterate
+it for events (streaming) or ``await generation.result()``. Leaving early
+(``aclose()``, or the handler task being cancelled because the client went
+away) removes the request from the queue or stops its generation within one
+token step. The limits reservation is settled exactly once, with the tokens
+actually produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+
+import numpy as np
+
+from .errors import (
+    AdytonError,
+    BackendError,
+    ContextTooLong,
+    InvalidRequest,
+    RateLimited,
+    ServerBusy,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedConstraint,
+)
+from .hookspecs import Backend, Limiter, LogitsProcessor, Sampler
+from .sampling import StopMatcher, log_softmax
+from .types import (
+    ANONYMOUS,
+    Choice,
+    ChoiceFinished,
+    Credentials,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationResult,
+    PreparedPrompt,
+    Principal,
+    RequestCost,
+    Reservation,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    Vocabulary,
+    Waiting,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import Kernel
+
+log = logging.getLogger("adyton.pipeline")
+
+_END = object()
+
+
+async def resolve_all(results: Sequence[Any]) -> list[Any]:
+    """Await the awaitables among collect-all hook results."""
+    out = []
+    for result in results:
+        if inspect.isawaitable(result):
+            result = await result
+        out.append(result)
+    return out
+
+
+class Pipeline:
+    def __init__(self, kernel: "Kernel") -> None:
+        self.kernel = kernel
+
+    # -- admission ----------------------------------------------------------
+
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        authenticators = self.kernel.authenticators
+        if not authenticators:
+            return ANONYMOUS
+        for authenticator in authenticators:
+            principal = await authenticator.authenticate(credentials)
+            if principal is not None:
+                return principal
+        if credentials.kind == "none" or not credentials.secret:
+            raise Unauthorized("missing credentials: send an API key", code="missing_api_key")
+        raise Unauthorized("invalid credentials", code="invalid_api_key")
+
+    async def submit(self, request: GenerationRequest, credentials: Credentials) -> "Generation":
+        kernel = self.kernel
+        metrics = kernel.metrics
+        wire = credentials.wire_format
+        try:
+            principal = await self.authenticate(credentials)
+            backend, model = kernel.models.resolve(request.model)
+            prepared = backend.prepare(request, model)
+            max_tokens = self._max_tokens(request, prepared)
+            processors, sampler, vocabulary = await self._sampler_chain(request, backend, prepared)
+            queue = kernel.queue_for(backend)
+            queue.check_admission()
+        except AdytonError as exc:
+            metrics.rejected(exc, wire)
+            raise
+        extra = max((p.extra_tokens for p in processors), default=0)
+        cost = RequestCost(
+            model=model.id,
+            prompt_tokens=prepared.n_tokens,
+            max_completion_tokens=(max_tokens + extra) * request.n,
+            wire_format=wire,
+        )
+        reservations = await self._reserve(principal, cost, wire)
+        headers: dict[str, str] = {}
+        for reservation in reservations:
+            headers.update(reservation.headers)
+        for processor in processors:
+            headers.update(processor.response_headers())
+        generation = Generation(
+            pipeline=self,
+            request=request,
+            principal=principal,
+            backend=backend,
+            prepared=prepared,
+            max_tokens=max_tokens,
+            processors=processors,
+            sampler=sampler,
+            vocabulary=vocabulary,
+            reservations=reservations,
+            headers=headers,
+            wire_format=wire,
+        )
+        generation.start()
+        return generation
+
+    def _max_tokens(self, request: GenerationRequest, prepared: PreparedPrompt) -> int:
+        room = prepared.context_length - prepared.n_tokens
+        if room <= 0:
+            raise ContextTooLong(
+                f"the prompt is {prepared.n_tokens} tokens; the context of model "
+                f"'{prepared.model.id}' is {prepared.context_length} tokens",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        if request.max_tokens is None:
+            return room
+        if request.max_tokens > room:
+            raise ContextTooLong(
+                f"this model's maximum context length is {prepared.context_length} tokens; "
+                f"the prompt uses {prepared.n_tokens} and max_tokens asks for "
+                f"{request.max_tokens} more",
+                param="max_tokens",
+            )
+        return request.max_tokens
+
+    async def _sampler_chain(
+        self, request: GenerationRequest, backend: Backend, prepared: PreparedPrompt
+    ) -> tuple[list[LogitsProcessor], Sampler, Vocabulary | None]:
+        kernel = self.kernel
+        if not backend.exposes_logits and (request.constraints or request.logprobs is not None):
+            what = "constraints" if request.constraints else "logprobs"
+            raise UnsupportedConstraint(
+                f"model '{prepared.model.id}' runs on backend '{backend.name}', which cannot "
+                f"enforce {what}"
+            )
+        vocabulary = backend.vocabulary(prepared.model) if backend.exposes_logits else None
+        results = await resolve_all(
+            kernel.pm.hook.logits_processors(
+                request=request, model=prepared.model, vocabulary=vocabulary, kernel=kernel
+            )
+        )
+        processors: list[LogitsProcessor] = []
+        for result in results:
+            if result is None:
+                continue
+            if isinstance(result, LogitsProcessor):
+                processors.append(result)
+            else:
+                processors.extend(result)
+        claimed = [c for p in processors for c in p.handles]
+        for constraint in request.constraints:
+            if not any(c is constraint or c == constraint for c in claimed):
+                raise UnsupportedConstraint(
+                    f"no installed plugin can enforce the {constraint.kind} constraint "
+                    f"from '{constraint.source}' (install adyton-guided for guided decoding)",
+                    param=constraint.source,
+                )
+        sampler = kernel.pm.hook.sampler(request=request, kernel=kernel)
+        return processors, sampler, vocabulary
+
+    async def _reserve(self, principal: Principal, cost: RequestCost, wire: str) -> list[Reservation]:
+        reservations: list[tuple[Limiter, Reservation]] = []
+        try:
+            for limiter in self.kernel.limiters:
+                reservation = await limiter.reserve(principal, cost)
+                reservation.data = (limiter, reservation.data)
+                reservations.append((limiter, reservation))
+        except BaseException as exc:
+            for limiter, reservation in reversed(reservations):
+                await self._settle_one(limiter, reservation, Usage(), "rejected")
+            if isinstance(exc, AdytonError):
+                if isinstance(exc, RateLimited):
+                    for _, reservation in reservations:
+                        exc.headers = {**reservation.headers, **exc.headers}
+                self.kernel.metrics.rejected(exc, wire)
+            raise
+        return [r for _, r in reservations]
+
+    async def settle(self, reservations: list[Reservation], usage: Usage, outcome: str) -> None:
+        for reservation in reservations:
+            limiter, _ = reservation.data
+            await self._settle_one(limiter, reservation, usage, outcome)
+
+    async def _settle_one(self, limiter: Limiter, reservation: Reservation, usage: Usage, outcome: str) -> None:
+        own = reservation.data
+        if isinstance(own, tuple) and len(own) == 2 and own[0] is limiter:
+            reservation.data = own[1]
+        try:
+            await limiter.settle(reservation, usage, outcome)
+        except Exception:  # noqa: BLE001 - a failing limiter must not break the response
+            log.exception("limiter %s failed to settle a reservation", limiter.name)
+        finally:
+            reservation.data = (limiter, reservation.data)
+
+
+class _Chain:
+    """The per-choice step function a backend calls with each token's logits:
+    processors, then the sampler, recording logprobs when asked. Runs on the
+    engine thread."""
+
+    def __init__(self, processors: list[LogitsProcessor], sampler: Sampler,
+                 vocabulary: Vocabulary | None, top_logprobs: int | None) -> None:
+        self.processors = processors
+        self.sampler = sampler
+        self.vocabulary = vocabulary
+        self.top_logprobs = top_logprobs
+        self.generated: list[int] = []
+        self.last_logprob: TokenLogprob | None = None
+        self._copy = bool(processors) or getattr(sampler, "modifies_logits", True)
+
+    def reset(self, seed: int | None) -> None:
+        self.generated = []
+        self.sampler.reset(seed)
+        for processor in self.processors:
+            processor.reset()
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self._copy:
+            logits = np.array(logits, dtype=np.float32, copy=True)
+            for processor in self.processors:
+                processor.process(self.generated, logits)
+            self.sampler.adjust(logits)
+        token = self.sampler.choose(logits)
+        for processor in self.processors:
+            processor.accept(token)
+        self.generated.append(token)
+        if self.top_logprobs is not None:
+            self.last_logprob = self._logprob(logits, token)
+        return token
+
+    def is_complete(self) -> bool:
+        return all(p.is_complete() for p in self.processors)
+
+    def _token(self, token_id: int) -> tuple[str, list[int]]:
+        if self.vocabulary is None or token_id >= self.vocabulary.size:
+            return "", []
+        raw = self.vocabulary.token_bytes[token_id]
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    def _logprob(self, logits: np.ndarray, token: int) -> TokenLogprob:
+        lp = log_softmax(logits)
+        text, raw = self._token(token)
+        tops: list[TopLogprob] = []
+        k = self.top_logprobs or 0
+        if k:
+            ids = np.argpartition(-lp, k - 1)[:k]
+            ids = ids[np.argsort(-lp[ids], kind="stable")]
+            for i in ids:
+                t, b = self._token(int(i))
+                tops.append(TopLogprob(t, float(lp[i]), b))
+        return TokenLogprob(text, float(lp[token]), raw, tops)
+
+
+class Generation:
+    """A request that passed admission. Iterate for events, or
+    ``await result()``. Always ends settled, whichever way it ends."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        request: GenerationRequest,
+        principal: Principal,
+        backend: Backend,
+        prepared: PreparedPrompt,
+        max_tokens: int,
+        processors: list[LogitsProcessor],
+        sampler: Sampler,
+        vocabulary: Vocabulary | None,
+        reservations: list[Reservation],
+        headers: dict[str, str],
+        wire_format: str,
+    ) -> None:
+        self.pipeline = pipeline
+        self.kernel = pipeline.kernel
+        self.request = request
+        self.principal = principal
+        self.backend = backend
+        self.prepared = prepared
+        self.max_tokens = max_tokens
+        self.processors = processors
+        self.reservations = reservations
+        self.headers = headers
+        self.wire_format = wire_format
+        self.id = uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model = prepared.model.id
+        self.usage = Usage(prompt_tokens=prepared.n_tokens)
+        self.finish_reasons: dict[int, FinishReason] = {}
+        self._chain = _Chain(processors, sampler, vocabulary, request.logprobs)
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._consumed = False
+
+    # -- running --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"generation-{self.id}")
+        self.kernel.track(self._task)
+
+    async def _run(self) -> None:
+        kernel = self.kernel
+        metrics = kernel.metrics
+        queue = kernel.queue_for(self.backend)
+        outcome = "error"
+        slot = None
+        try:
+            try:
+                slot = await queue.acquire(on_wait=lambda pos: self._events.put_nowait(Waiting(pos)))
+            except AdytonError as exc:
+                metrics.rejected(exc, self.wire_format)
+                outcome = "rejected"
+                raise
+            await kernel.models.ensure_loaded(self.backend, self.prepared.model.id)
+            self._events.put_nowait(Started(self.model))
+            started = time.monotonic()
+            for index in range(self.request.n):
+                seed = None if self.request.seed is None else self.request.seed + index
+                await self._run_choice(index, seed, started)
+            outcome = "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self._events.put_nowait(_END)
+            raise
+        except AdytonError as exc:
+            self._events.put_nowait(exc)
+        except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
+            log.exception("generation %s failed", self.id)
+            self._events.put_nowait(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
+        finally:
+            if slot is not None:
+                slot.release()
+            metrics.finished(self, outcome)
+            await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
+            self._events.put_nowait(_END)
+
+    async def _run_choice(self, index: int, seed: int | None, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        events = self._events
+        chain = self._chain
+        chain.reset(seed)
+        stopper = StopMatcher(self.request.stop)
+        soft_limit = self.max_tokens
+        hard_limit = soft_limit + max((p.extra_tokens for p in self.processors), default=0)
+        cancelled = self._cancelled
+        want_logprobs = self.request.logprobs is not None
+        metrics = self.kernel.metrics
+        first_token_at: list[float] = []
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work() -> tuple[FinishReason, int, str]:
+            count = 0
+            emitted: list[str] = []
+            pending_logprobs: list[TokenLogprob] = []
+            finish: FinishReason | None = None
+            pieces = self.backend.generate(self.prepared, chain, hard_limit, cancelled)
+            try:
+                for piece in pieces:
+                    if cancelled.is_set():
+                        finish = FinishReason.CANCELLED
+                        break
+                    if not first_token_at:
+                        first_token_at.append(time.monotonic())
+                    if piece.finish_reason is FinishReason.STOP and not piece.text:
+                        finish = FinishReason.STOP  # end of sequence: not a visible token
+                        break
+                    count += 1
+                    if want_logprobs and chain.last_logprob is not None:
+                        pending_logprobs.append(chain.last_logprob)
+                    text, hit = stopper.feed(piece.text)
+                    emitted.append(text)
+                    if text or (hit and pending_logprobs):
+                        emit(TextDelta(index, text, pending_logprobs or None) if want_logprobs
+                             else TextDelta(index, text))
+                        pending_logprobs = []
+                    if hit:
+                        finish = FinishReason.STOP
+                        break
+                    if piece.finish_reason is not None:
+                        finish = piece.finish_reason
+                        break
+                    if count >= soft_limit and (count >= hard_limit or chain.is_complete()):
+                        finish = FinishReason.LENGTH
+                        break
+            finally:
+                pieces_close = getattr(pieces, "close", None)
+                if pieces_close is not None:
+                    pieces_close()
+            if finish is None:
+                finish = FinishReason.CANCELLED if cancelled.is_set() else (
+                    FinishReason.LENGTH if count >= soft_limit else FinishReason.STOP)
+            if finish is not FinishReason.CANCELLED:
+                tail = stopper.flush()
+                emitted.append(tail)
+                if tail or pending_logprobs:
+                    emit(TextDelta(index, tail, pending_logprobs or None) if want_logprobs
+                         else TextDelta(index, tail))
+            return finish, count, "".join(emitted)
+
+        future = loop.run_in_executor(self.kernel.engine_executor, work)
+        try:
+            finish, count, text = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # the client went away: stop the engine within one step, and keep
+            # the slot until the engine thread has really let go of it
+            cancelled.set()
+            try:
+                _, count, _ = await future
+            except Exception:  # noqa: BLE001
+                count = 0
+            self.usage.completion_tokens += count
+            raise
+        self.usage.completion_tokens += count
+        now = time.monotonic()
+        if first_token_at:
+            metrics.observe_generation(first_token_at[0] - started, count, now - first_token_at[0])
+        reports: dict[str, Any] = {}
+        for processor in self.processors:
+            report = processor.report(text, finish)
+            if report is not None:
+                reports[processor.name] = report
+        self.finish_reasons[index] = finish
+        events.put_nowait(ChoiceFinished(index, finish, count, reports))
+
+    # -- consuming --------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self.events()
+
+    async def events(self, keepalive_s: float | None = None) -> AsyncIterator[GenerationEvent]:
+        """Events until the generation ends. Raises the AdytonError that ended
+        it, if any. Yields ``Waiting()`` after ``keepalive_s`` of silence."""
+        if self._consumed:
+            raise RuntimeError("a Generation can be consumed once")
+        self._consumed = True
+        keepalive = keepalive_s if keepalive_s is not None else self.kernel.settings.server.keepalive_s
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._events.get(), timeout=keepalive)
+                except asyncio.TimeoutError:
+                    yield Waiting()
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, AdytonError):
+                    raise item
+                yield item
+        finally:
+            await self.aclose()
+
+    async def wait_started(self) -> None:
+        """Wait until the request has the engine, or raise why it never will.
+        Streaming wire formats call this before sending their headers, so
+        that a queue timeout is still a proper 503 with Retry-After."""
+        while True:
+            item = await self._events.get()
+            if isinstance(item, Started):
+                return
+            if isinstance(item, AdytonError):
+                self._consumed = True
+                await self.aclose()
+                raise item
+            if item is _END:
+                self._events.put_nowait(_END)
+                return
+
+    async def result(self) -> GenerationResult:
+        """Run to the end and collect the choices (non-streaming)."""
+        texts: dict[int, list[str]] = {i: [] for i in range(self.request.n)}
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.request.n)}
+        finished: dict[int, ChoiceFinished] = {}
+        async for event in self.events(keepalive_s=3600.0):
+            if isinstance(event, TextDelta):
+                texts[event.index].append(event.text)
+                if event.logprobs:
+                    logprobs[event.index].extend(event.logprobs)
+            elif isinstance(event, ChoiceFinished):
+                finished[event.index] = event
+        choices = []
+        for i in range(self.request.n):
+            done = finished.get(i)
+            choices.append(
+                Choice(
+                    index=i,
+                    text="".join(texts[i]),
+                    finish_reason=done.finish_reason if done else FinishReason.CANCELLED,
+                    logprobs=logprobs[i] if self.request.logprobs is not None else None,
+                    reports=done.reports if done else {},
+                )
+            )
+        return GenerationResult(
+            id=self.id, model=self.model, created=self.created, choices=choices,
+            usage=self.usage, headers=self.headers,
+        )
+
+    async def aclose(self) -> None:
+        """Stop (if still running) and wait until settled. Idempotent."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self._cancelled.set()
+        task.cancel()
+        try:
+            await asyncio.shield(task)
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            pass

@@ -1,0 +1,170 @@
+"""Settings: ``adyton.toml`` plus ``ADYTON_*`` environment variables.
+
+Precedence, highest first: values passed to ``create_app(settings=...)``,
+environment variables (``ADYTON_QUEUE__MAX_WAIT_S=30``: section and key joined
+by a double underscore), the TOML file (``--config``, else ``ADYTON_CONFIG``,
+else ``./adyton.toml`` if it exists), then the defaults below.
+
+Plugins add their own sections with the ``register_settings`` hook; the full
+model is built per app from the kernel's ``Settings`` plus those sections,
+so one validation pass checks everything and names the bad key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import SettingsError
+
+
+def default_home() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "adyton"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address to bind; keep loopback unless an auth plugin is installed.")
+    port: int = Field(8756, ge=0, le=65535, description="TCP port (0 = any free port).")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    keepalive_s: float = Field(5.0, gt=0, description="Streaming: seconds of silence before a keep-alive comment is sent.")
+    cors_origins: list[str] = Field(default_factory=list, description='Origins allowed by CORS ("*" for any); empty = CORS off.')
+    shutdown_grace_s: float = Field(10.0, ge=0, description="On shutdown, seconds running requests get to finish.")
+
+
+class QueueSettings(_Section):
+    max_waiting: int = Field(16, ge=0, description="Requests that may wait for a busy engine; one more gets 429.")
+    max_wait_s: float = Field(60.0, gt=0, description="A waiting request that cannot start within this gets 503 + Retry-After.")
+
+
+class ModelsSettings(_Section):
+    default: str | None = Field(None, description="Model loaded at start and used when a request names none (None: the backend's first).")
+    load_at_start: bool = Field(True, description="Load the default model when the server starts (/health is 503 until it is loaded).")
+    aliases: dict[str, str] = Field(default_factory=dict, description='Extra names for models, e.g. {qwen3_4b = "smollm2-135m-instruct"}.')
+
+
+class Settings(BaseSettings):
+    """The kernel's settings. Plugin sections are added per app."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADYTON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=default_home, description="Data directory: models, accounts, caches (ADYTON_HOME).")
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = getattr(settings_cls, "__toml_path__", None)
+        self.data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    self.data = tomllib.load(f)
+            except FileNotFoundError:
+                raise SettingsError(f"settings file not found: {path}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def find_config(path: str | os.PathLike | None = None) -> Path | None:
+    if path:
+        return Path(path)
+    env = os.environ.get("ADYTON_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("adyton.toml")
+    return local if local.exists() else None
+
+
+def build_settings_model(sections: dict[str, type[BaseModel]], toml_path: Path | None) -> type[Settings]:
+    """The app's settings class: the kernel's plus the plugins' sections."""
+    fields: dict[str, Any] = {}
+    for name, model in sections.items():
+        if name in Settings.model_fields:
+            raise SettingsError(f"settings section '{name}' is reserved by the kernel")
+        fields[name] = (model, Field(default_factory=model))
+    cls = create_model("AppSettings", __base__=Settings, **fields)
+    cls.__toml_path__ = toml_path  # type: ignore[attr-defined]
+    return cls
+
+
+def load_settings(
+    sections: dict[str, type[BaseModel]] | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: str | os.PathLike | None = None,
+) -> Settings:
+    """Validate everything; raise SettingsError naming each bad key."""
+    toml_path = find_config(config)
+    cls = build_settings_model(sections or {}, toml_path)
+    try:
+        return cls(**(overrides or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            env = "ADYTON_" + "__".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"  {key}: {err['msg']} (set in adyton.toml or {env})")
+        where = f" (file: {toml_path})" if toml_path else ""
+        raise SettingsError("invalid settings" + where + ":\n" + "\n".join(problems)) from None
+
+
+def describe_settings(settings_cls: type[BaseModel], prefix: str = "") -> list[dict[str, Any]]:
+    """Rows (key, env var, default, description) for docs/configuration.md."""
+    rows = []
+    for name, field in settings_cls.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_settings(annotation, prefix=key + "."))
+            continue
+        if name.startswith("_"):
+            continue
+        if field.default_factory is not None:
+            default: Any = field.default_factory()
+        else:
+            default = field.default
+        rows.append(
+            {
+                "key": key,
+                "env": "ADYTON_" + key.replace(".", "__").upper(),
+                "default": default,
+                "description": field.description or "",
+            }
+        )
+    return rows

@@ -1,0 +1,237 @@
+"""Helpers for testing adyton and its plugins.
+
+* ``ScriptedBackend``: a real ``Backend`` whose "model" yields a fixed script
+  of tokens, with a settable delay per token. It builds real logits (the
+  scripted token is the most likely) and calls the kernel's sampler chain,
+  so sampling, processors, stop strings, the queue and cancellation all run
+  for real — only the neural network is replaced.
+* ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
+  background thread, for tests over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .hookspecs import Backend, StepFunction, hookimpl
+from .types import (
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    PreparedPrompt,
+    TokenPiece,
+    Vocabulary,
+)
+
+
+class ScriptedBackend(Backend):
+    """A backend that "generates" ``script`` (a list of token texts)."""
+
+    def __init__(
+        self,
+        script: Sequence[str] = ("Hello", ",", " world", "!"),
+        *,
+        name: str = "scripted",
+        models: Sequence[str] = ("scripted-model",),
+        delay_s: float = 0.0,
+        load_s: float = 0.0,
+        context_length: int = 4096,
+        max_concurrency: int = 1,
+        eos_at_end: bool = True,
+        extra_vocab: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.script = list(script)
+        self.model_ids = list(models)
+        self.delay_s = delay_s
+        self.load_s = load_s
+        self.context_length = context_length
+        self.max_concurrency = max_concurrency
+        self.eos_at_end = eos_at_end
+        words = sorted(set(self.script) | set(extra_vocab))
+        self.tokens = ["<eos>"] + words
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        self.eos_id = 0
+        self._loaded: str | None = None
+        self.loads: list[str] = []
+        self.generations = 0
+        self.prompts: list[str] = []
+        self.running = threading.Event()  #: set while generate() runs
+        self.max_parallel_seen = 0
+        self._parallel = 0
+        self._lock = threading.Lock()
+
+    # -- Backend ------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=m, context_length=self.context_length, owned_by="test") for m in self.model_ids]
+
+    def loaded_model(self) -> str | None:
+        return self._loaded
+
+    def load_model(self, model_id: str) -> None:
+        if model_id not in self.model_ids:
+            raise ValueError(f"no model {model_id}")
+        time.sleep(self.load_s)
+        self._loaded = model_id
+        self.loads.append(model_id)
+
+    def prepare(self, request: GenerationRequest, model: ModelInfo) -> PreparedPrompt:
+        if request.messages is not None:
+            text = "".join(f"<{m.role}>{m.content}\n" for m in request.messages) + "<assistant>"
+        else:
+            text = request.prompt or ""
+        # one token per whitespace-separated word, at least one
+        n = max(1, len(text.split()))
+        return PreparedPrompt(model=model, token_ids=list(range(n)), text=text,
+                              context_length=self.context_length)
+
+    def vocabulary(self, model: ModelInfo) -> Vocabulary:
+        def encode(text: str) -> list[int]:
+            out, rest = [], text
+            while rest:
+                match = max((t for t in self.tokens[1:] if rest.startswith(t)), key=len, default=None)
+                if match is None:
+                    raise ValueError(f"cannot encode {rest!r}")
+                out.append(self.ids[match])
+                rest = rest[len(match):]
+            return out
+
+        return Vocabulary(
+            token_bytes=[b""] + [t.encode() for t in self.tokens[1:]],
+            eos_token_ids=[self.eos_id],
+            control_token_ids=frozenset({self.eos_id}),
+            encode=encode,
+        )
+
+    def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
+                 cancelled: threading.Event) -> Iterator[TokenPiece]:
+        self.generations += 1
+        self.prompts.append(prompt.text)
+        with self._lock:
+            self._parallel += 1
+            self.max_parallel_seen = max(self.max_parallel_seen, self._parallel)
+        self.running.set()
+        try:
+            vocab = len(self.tokens)
+            for i in range(max_tokens):
+                if cancelled.is_set():
+                    return
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                logits = np.zeros(vocab, dtype=np.float32)
+                if i < len(self.script):
+                    logits[self.ids[self.script[i]]] = 10.0
+                elif self.eos_at_end:
+                    logits[self.eos_id] = 10.0
+                else:
+                    logits[self.ids[self.script[i % len(self.script)]]] = 10.0
+                token = step(logits)
+                if token == self.eos_id:
+                    yield TokenPiece(token, "", FinishReason.STOP)
+                    return
+                last = i + 1 == max_tokens
+                yield TokenPiece(token, self.tokens[token], FinishReason.LENGTH if last else None)
+        finally:
+            with self._lock:
+                self._parallel -= 1
+            self.running.clear()
+
+
+class BackendPlugin:
+    """Wrap backend objects as a plugin: ``create_app(plugins=[BackendPlugin(b)])``."""
+
+    def __init__(self, *backends: Backend, name: str = "test-backends") -> None:
+        self.backends = backends
+        self.__name__ = name
+
+    @hookimpl
+    def register_backends(self, register, kernel):
+        for backend in self.backends:
+            register(backend)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """An app served by hypercorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> "ServerThread":
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{self.port}"]
+        config.accesslog = None
+        config.errorlog = None
+        config.graceful_timeout = 2.0
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._stop = asyncio.Event()
+
+            async def main() -> None:
+                started.set()
+                await serve(self.app, config, shutdown_trigger=self._stop.wait)
+
+            try:
+                loop.run_until_complete(main())
+            except BaseException as exc:  # noqa: BLE001
+                self._error = exc
+                started.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"adyton-test-server-{self.port}", daemon=True)
+        self._thread.start()
+        started.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._error is not None:
+                raise RuntimeError(f"server failed to start: {self._error!r}") from self._error
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError("server did not start listening in time")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[ServerThread]:
+    with ServerThread(app) as server:
+        yield server

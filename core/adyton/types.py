@@ -1,0 +1,369 @@
+"""The types every plugin shares.
+
+Request-level objects are pydantic models (validated once, at the edge).
+Objects on the per-token hot path (``TokenPiece``, ``StepLogprob``, the
+events a generation yields) are slotted dataclasses: they are created once per
+token and must stay cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FinishReason(str, enum.Enum):
+    """Why a generation ended."""
+
+    STOP = "stop"  #: end-of-sequence token, a stop string, or a constraint completed
+    LENGTH = "length"  #: max_tokens (or the context) ran out
+    CANCELLED = "cancelled"  #: the client went away or the server shut down
+
+
+# --------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    """One turn of a chat. Content is plain text (wire formats flatten parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class Constraint(BaseModel):
+    """A per-request restriction on what may be generated.
+
+    Wire formats turn their own fields (OpenAI ``response_format``, an
+    Axionic ``policy`` ...) into constraints; sampler plugins claim the ones
+    they can enforce. A constraint nobody claims makes the request fail with
+    400 before it is queued: constraints are never silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["json_schema", "json_object", "regex", "grammar", "choice"]
+    #: the schema (dict) for json_schema, the pattern for regex, the grammar
+    #: text for grammar, the list of strings for choice, None for json_object
+    value: Any = None
+    #: grammar syntax when kind == "grammar": "lark" or "gbnf"
+    syntax: Literal["lark", "gbnf"] | None = None
+    #: where it came from, for error messages: "response_format", "policy" ...
+    source: str = "request"
+    #: extra knobs for the enforcing plugin (verifiers, repair budget ...)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationRequest(BaseModel):
+    """A wire-neutral request to generate text.
+
+    Exactly one of ``messages`` (a chat, rendered by the backend with the
+    model's own template) or ``prompt`` (raw text) is set.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    #: a model id or alias; None means "the model currently loaded"
+    model: str | None = None
+    #: None means "as much as the context allows"
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)  #: 0 = disabled
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    stream: bool = False
+    #: number of independent completions of the same prompt
+    n: int = Field(default=1, ge=1, le=16)
+    #: token id -> bias added to its logit (-100 bans, +100 forces)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    #: None = no logprobs; k >= 0 = logprob of each chosen token plus the top k
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    constraints: list[Constraint] = Field(default_factory=list)
+    #: the caller's own label for the end user (OpenAI ``user``), for logs
+    user: str | None = None
+    #: free-form extras a wire format wants to hand to other plugins
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "GenerationRequest":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of 'messages' or 'prompt' is required")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+
+class Credentials(BaseModel):
+    """What the caller presented, as the wire format found it.
+
+    ``kind`` says where it came from: "bearer" (Authorization: Bearer),
+    "api_key" (x-api-key), "account_number" (Axiom sessionId), or "none".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["bearer", "api_key", "account_number", "none"] = "none"
+    secret: str = Field(default="", repr=False)
+    #: the wire format's name, e.g. "openai", "axiom"
+    wire_format: str = ""
+    client_address: str | None = None
+
+
+class Principal(BaseModel):
+    """Who is calling, as established by an authenticator.
+
+    The kernel treats ``id`` as opaque; limits plugins key their counters on
+    it. ``anonymous`` is what requests get when no auth plugin is installed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    display_name: str = ""
+    tier: str | None = None
+    anonymous: bool = False
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+ANONYMOUS = Principal(id="anonymous", display_name="anonymous", anonymous=True)
+
+
+class ModelInfo(BaseModel):
+    """A model a backend can serve."""
+
+    id: str
+    backend: str = ""
+    #: Axione-style namespace ("provider/model"); "adyton" for local files
+    owned_by: str = "adyton"
+    created: int = 0
+    context_length: int | None = None
+    size_bytes: int | None = None
+    quantization: str | None = None
+    path: str | None = None
+    loaded: bool = False
+    aliases: list[str] = Field(default_factory=list)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class RequestCost:
+    """What a request may cost at most, known before it is queued."""
+
+    model: str
+    prompt_tokens: int
+    max_completion_tokens: int
+    wire_format: str = ""
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.prompt_tokens + self.max_completion_tokens
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What a limiter holds for one request between reserve and settle.
+
+    ``headers`` are rendered by the wire format on the response (success or
+    error), e.g. ``x-ratelimit-remaining-requests``. ``data`` is the
+    limiter's own bookkeeping."""
+
+    principal: Principal
+    cost: RequestCost
+    headers: dict[str, str] = field(default_factory=dict)
+    data: Any = None
+
+
+# --------------------------------------------------------------------------
+# What a backend prepares and yields
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PreparedPrompt:
+    """A request turned into tokens by its backend, before it is queued.
+
+    ``context_length`` lets the kernel refuse prompt + max_tokens overflow
+    with a clear 400 before the request costs anything.
+    """
+
+    model: ModelInfo
+    token_ids: list[int]
+    text: str
+    context_length: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(slots=True)
+class TokenPiece:
+    """One step of a backend's generation.
+
+    ``text`` is the newly complete text this token adds (it may be "" while a
+    multi-byte character is still incomplete). A piece with a
+    ``finish_reason`` is the last; an end-of-sequence token is reported as a
+    piece with ``finish_reason=STOP`` and ``text=""``.
+    """
+
+    token_id: int
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class Vocabulary:
+    """What a backend tells samplers about its tokenizer.
+
+    Guided decoding needs the bytes of every token and the backend's real
+    encoder (a naive byte-wise encoder gives wrong masks).
+    """
+
+    #: token id -> the bytes it stands for (control tokens: their literal text)
+    token_bytes: list[bytes]
+    #: end-of-sequence ids (the first is the canonical one)
+    eos_token_ids: list[int]
+    #: control/special token ids (never produced by a constraint)
+    control_token_ids: frozenset[int]
+    #: the backend's tokenizer, no special-token parsing
+    encode: Callable[[str], list[int]]
+
+    @property
+    def size(self) -> int:
+        return len(self.token_bytes)
+
+    def token_text(self, token_id: int) -> str:
+        return self.token_bytes[token_id].decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------
+# What a generation yields to wire formats
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """New text for choice ``index``; ``logprobs`` covers the tokens behind it."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class ChoiceFinished:
+    index: int
+    finish_reason: FinishReason
+    completion_tokens: int
+    #: reports from logits processors (e.g. guided decoding's verifier)
+    reports: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Waiting:
+    """Nothing new yet: the request waits in the queue or its prompt is being
+    read. Streaming wire formats send a keep-alive comment."""
+
+    position: int | None = None
+
+
+@dataclass(slots=True)
+class Started:
+    """The request got the engine and generation began."""
+
+    model: str
+
+
+GenerationEvent = TextDelta | ChoiceFinished | Waiting | Started
+
+
+@dataclass(slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
+    reports: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """A finished non-streaming generation."""
+
+    id: str
+    model: str
+    created: int
+    choices: list[Choice]
+    usage: Usage
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+__all__ = [
+    "ANONYMOUS",
+    "ChatMessage",
+    "Choice",
+    "ChoiceFinished",
+    "Constraint",
+    "Credentials",
+    "FinishReason",
+    "GenerationEvent",
+    "GenerationRequest",
+    "GenerationResult",
+    "ModelInfo",
+    "PreparedPrompt",
+    "Principal",
+    "RequestCost",
+    "Reservation",
+    "Started",
+    "TextDelta",
+    "TokenLogprob",
+    "TokenPiece",
+    "TopLogprob",
+    "Usage",
+    "Vocabulary",
+    "Waiting",
+]
