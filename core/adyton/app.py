@@ -410,6 +410,7 @@ def _mount(app: Quart, wire: WireFormat) -> None:
         return wire.render_error(BackendError("internal server error"))
 
     app.register_blueprint(blueprint)
+    wire.init_app(app)
 
 
 def _render_for_path(kernel: Kernel, error: AdytonError) -> Response:

@@ -25,6 +25,7 @@ The request path, in the order the kernel calls things::
 
     WireFormat route parses JSON -> GenerationRequest + Credentials
       -> Authenticator.authenticate           (register_authenticators)
+      -> prepare_request hooks                (extension parameters, policies)
       -> Backend.prepare                      (register_backends)
       -> logits_processors / sampler hooks    (fail closed: 400 before anything is counted)
       -> Limiter.reserve                      (register_limiters)
@@ -172,6 +173,10 @@ class WireFormat(ABC):
         """The response for ``error``: its ``status`` and
         ``error.response_headers()`` (Retry-After, rate-limit headers)."""
 
+    def init_app(self, app: "quart.Quart") -> None:
+        """Called once when the blueprint is mounted, for extensions that
+        need the app itself (e.g. quart-schema's OpenAPI document)."""
+
     def example_request(self, base_url: str) -> str | None:
         """A shell command that calls this surface (printed by ``adyton serve``)."""
         return None
@@ -310,6 +315,19 @@ def register_authenticators(register: Callable[[Authenticator], None], kernel: "
 def register_limiters(register: Callable[[Limiter], None], kernel: "Kernel") -> None:
     """Register ``Limiter`` instances; all must admit a request. Catalog
     hook; synchronous."""
+
+
+@hookspec
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> Awaitable[None] | None:
+    """Per request, right after authentication: adjust ``request`` in place
+    (expand a saved policy into constraints, apply per-principal defaults).
+
+    ``request.extra`` holds extension parameters a wire format accepted but
+    does not understand itself (e.g. an Axionic ``policy``). A plugin that
+    handles one must ``pop`` it; anything left in ``extra`` afterwards makes
+    the kernel refuse the request with 400 ("no installed plugin handles
+    'policy'"), so no parameter is ever silently ignored. Raise
+    ``InvalidRequest`` for bad values. Collect-all; may be async."""
 
 
 @hookspec

@@ -101,6 +101,15 @@ class Pipeline:
         wire = credentials.wire_format
         try:
             principal = await self.authenticate(credentials)
+            await resolve_all(
+                kernel.pm.hook.prepare_request(request=request, principal=principal, kernel=kernel)
+            )
+            if request.extra:
+                names = ", ".join(repr(k) for k in sorted(request.extra))
+                raise InvalidRequest(
+                    f"no installed plugin handles the parameter(s) {names}",
+                    param=sorted(request.extra)[0], code="unsupported_parameter",
+                )
             backend, model = kernel.models.resolve(request.model)
             prepared = backend.prepare(request, model)
             max_tokens = self._max_tokens(request, prepared)

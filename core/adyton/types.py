@@ -93,7 +93,8 @@ class GenerationRequest(BaseModel):
     constraints: list[Constraint] = Field(default_factory=list)
     #: the caller's own label for the end user (OpenAI ``user``), for logs
     user: str | None = None
-    #: free-form extras a wire format wants to hand to other plugins
+    #: extension parameters for plugins (e.g. an Axionic "policy"); a plugin
+    #: that handles one pops it in ``prepare_request``; leftovers are a 400
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
