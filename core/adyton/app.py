@@ -114,7 +114,8 @@ class ModelRegistry:
                 if info.loaded:
                     return backend, info
             if self.loading:
-                raise ServiceUnavailable(f"the model '{self.loading}' is still loading; retry shortly", retry_after=5)
+                # the load holds the engine: this request queues behind it
+                return self.resolve(self.loading)
             default = self.kernel.settings.models.default
             if default:
                 return self.resolve(default)
