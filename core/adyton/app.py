@@ -168,7 +168,7 @@ class Kernel:
         self.models = ModelRegistry(self)
         self.metrics = Metrics(self)
         self.pipeline = Pipeline(self)
-        self.engine_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="adyton-engine")
+        self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- catalogs ---------------------------------------------------------------
@@ -220,6 +220,14 @@ class Kernel:
                 max_waiting=self.settings.queue.max_waiting,
                 max_wait_s=self.settings.queue.max_wait_s,
             )
+
+    @property
+    def engine_executor(self) -> ThreadPoolExecutor:
+        """Worker threads for blocking engine work (loads, generation)."""
+        if self._executor is None:
+            workers = sum(q.concurrency for q in self.queues.values()) + 2
+            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adyton-engine")
+        return self._executor
 
     def queue_for(self, backend: Backend) -> EngineQueue:
         return self.queues[backend.name]
@@ -294,7 +302,9 @@ class Kernel:
                 backend.close()
             except Exception:  # noqa: BLE001
                 log.exception("backend '%s' failed to close", backend.name)
-        self.engine_executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def _is_loopback(host: str) -> bool:
