@@ -1,0 +1,172 @@
+"""The Axiom HTTP surface: ``POST /api/chat`` (and ``GET /api/models``).
+
+Error body, for every error under ``/api/`` (documented in the README)::
+
+    {"error": "<human message>", "code": "<machine code>", "field": "<field or null>"}
+
+plus ``"available": [...]`` (model names) on a 404 for an unknown model.
+429 and 503 carry ``Retry-After``; limiter headers (``x-ratelimit-*``) are
+passed through on errors and successes alike.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from adyton import (
+    AdytonError,
+    GenerationRequest,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    WireFormat,
+    current_kernel,
+)
+
+from .parse import WIRE_FORMAT, decode_body, parse_chat
+
+#: the kernel's generic codes when no authenticator claims the credentials
+_GENERIC_AUTH_CODES = {"invalid_api_key", "missing_api_key"}
+
+
+class ReplyCap:
+    """The operator's cap on reply tokens, riding in ``GenerationRequest.extra``
+    from the route to ``prepare_request``. A client's JSON cannot produce an
+    instance, so a body key of the same name is never mistaken for it."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+
+CAP_KEY = "adyton_axiom.max_tokens"
+
+
+def fit_reply_cap(request: GenerationRequest, kernel: Any) -> None:
+    """Turn a ``ReplyCap`` into ``max_tokens``, lowered to what the model's
+    context leaves after the prompt: Axiom clients cannot choose max_tokens,
+    so a long chat must not turn the operator's cap into a context-length
+    error. Runs after authentication, so an unauthenticated body is never
+    tokenized. Problems (unknown model ...) are left for the pipeline to
+    report."""
+    cap = request.extra.get(CAP_KEY)
+    if not isinstance(cap, ReplyCap):
+        return
+    del request.extra[CAP_KEY]
+    request.max_tokens = cap.tokens
+    try:
+        backend, info = kernel.models.resolve(request.model)
+        prepared = backend.prepare(request, info)
+    except Exception:  # noqa: BLE001
+        return
+    room = prepared.context_length - prepared.n_tokens
+    if room > 0:
+        request.max_tokens = min(cap.tokens, room)
+
+
+def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body, ensure_ascii=False), status=status,
+                        content_type="application/json")
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+class AxiomWireFormat(WireFormat):
+    name = WIRE_FORMAT
+    url_prefixes = ("/api/",)
+
+    def __init__(self) -> None:
+        bp = Blueprint("adyton_axiom", __name__)
+        bp.add_url_rule("/api/chat", "chat", self.chat, methods=["POST"])
+        bp.add_url_rule("/api/models", "models", self.models, methods=["GET"])
+        self._blueprint = bp
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self._blueprint
+
+    # -- errors -------------------------------------------------------------------
+
+    def render_error(self, error: AdytonError) -> Response:
+        message = error.message
+        if isinstance(error, PayloadTooLarge):
+            try:
+                limit = current_kernel().settings.server.max_body_bytes
+                message = (f"request body too large: the limit is {limit} bytes "
+                           "(server.max_body_bytes)")
+            except Exception:  # noqa: BLE001
+                pass
+        body: dict[str, Any] = {"error": message, "code": error.code or error.type,
+                                "field": error.param}
+        if isinstance(error, ModelNotFound):
+            try:
+                body["available"] = current_kernel().models.names()
+            except Exception:  # noqa: BLE001 - the error itself must still render
+                pass
+        return _json_response(body, error.status, error.response_headers())
+
+    # -- routes -------------------------------------------------------------------
+
+    async def chat(self) -> Response:
+        kernel = current_kernel()
+        raw = await request.get_data(cache=False)  # over server.max_body_bytes: 413
+        body = decode_body(raw, request.headers.get("Content-Type"))
+        chat = parse_chat(body, client_address=request.remote_addr)
+        settings = getattr(kernel.settings, "axiom", None)
+        try:
+            gen_request = GenerationRequest(
+                model=chat.model,
+                messages=chat.messages,
+                temperature=settings.temperature if settings else 0.7,
+                top_p=settings.top_p if settings else 0.95,
+                extra=chat.extra,
+            )
+        except Exception as exc:  # noqa: BLE001 - pydantic: never a 500 for input
+            raise InvalidRequest(f"invalid request: {exc}") from None
+        cap = settings.max_tokens if settings else None
+        if cap is not None and CAP_KEY not in gen_request.extra:
+            # fitted to the prompt after authentication, in prepare_request
+            # (a client sending this key itself gets the kernel's 400)
+            gen_request.extra[CAP_KEY] = ReplyCap(cap)
+        try:
+            generation = await kernel.pipeline.submit(gen_request, chat.credentials)
+        except Unauthorized as exc:
+            raise self._axiom_unauthorized(exc) from None
+        result = await generation.result()
+        return _json_response({"message": result.choices[0].text}, headers=result.headers)
+
+    async def models(self) -> Response:
+        """The names ``model`` accepts (ids and aliases)."""
+        return _json_response({"models": current_kernel().models.names()})
+
+    # -- helpers ------------------------------------------------------------------
+
+    @staticmethod
+    def _axiom_unauthorized(exc: Unauthorized) -> Unauthorized:
+        """Name the Axiom field in 401s from the auth step."""
+        if exc.code in _GENERIC_AUTH_CODES:
+            err = Unauthorized(
+                "unknown sessionId: no enabled account has this account number",
+                param="sessionId", code="unknown_session_id", headers=exc.headers,
+            )
+            return err
+        if exc.param is None:
+            exc.param = "sessionId"
+        return exc
+
+    def example_request(self, base_url: str) -> str | None:
+        payload = {
+            "model": "qwen3_4b",
+            "sessionId": "<your 64-digit account number>",
+            "system_prompt": "You are a helpful programming assistant",
+            "messages": [{"role": "user", "content": "Write a Python web server"}],
+        }
+        return (f"curl -X POST {base_url}/api/chat -H 'Content-Type: application/json' "
+                f"-d {shlex.quote(json.dumps(payload))}")
