@@ -343,7 +343,8 @@ def logits_processors(
     ``UnsupportedConstraint`` for one of yours that does not compile — the
     request is then refused with 400 before it is counted or queued.
     ``vocabulary`` is None when the backend cannot describe its tokens.
-    Collect-all; may return an awaitable (run slow compiles off the loop)."""
+    Collect-all; may be async (return an awaitable; run slow compiles off
+    the loop)."""
 
 
 @hookspec(firstresult=True)
@@ -356,8 +357,8 @@ def sampler(request: GenerationRequest, kernel: "Kernel") -> Sampler | None:
 def register_commands(cli: "click.Group") -> None:
     """Add ``click`` commands or groups to the ``adyton`` CLI. Commands that
     need the server's state take ``@click.pass_obj`` and call ``.kernel()``
-    on it (settings loaded, plugins registered, nothing served). Catalog
-    hook; synchronous."""
+    on it (settings loaded, plugins registered, nothing served).
+    Catalog hook (``cli`` is the register point); synchronous."""
 
 
 @hookspec

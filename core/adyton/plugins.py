@@ -67,7 +67,7 @@ class PluginManager(pluggy.PluginManager):
             attr for attr in dir(plugin)
             if not attr.startswith("_")
             and self.parse_hookimpl_opts(plugin, attr) is not None
-            and not hasattr(self.hook, attr)
+            and getattr(getattr(self.hook, attr, None), "spec", None) is None
         ]
         if unknown:
             self.unregister(plugin)
