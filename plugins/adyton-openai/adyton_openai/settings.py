@@ -1,0 +1,35 @@
+"""The ``[openai]`` settings section (``ADYTON_OPENAI__*``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OpenAISettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strict: bool = Field(
+        False,
+        description="Refuse (400) parameters the server accepts but does not honour, instead of "
+        "listing them in the x-adyton-ignored-params response header.",
+    )
+    namespaced_ids: bool = Field(
+        False,
+        description='List models in /v1/models as "owned_by/id" (Axione style). Both forms are '
+        "accepted in requests either way.",
+    )
+    owned_by: str | None = Field(
+        None, description="Report this owned_by for every model (None: what the backend says)."
+    )
+    list_aliases: bool = Field(
+        True, description="List model aliases as extra entries in /v1/models."
+    )
+    ping: bool = Field(
+        True,
+        description="Streaming: send ': ping' SSE comments while a request waits or reads a long prompt.",
+    )
+    extra_params: list[str] = Field(
+        default_factory=list,
+        description="Extra top-level request fields passed to plugins (GenerationRequest.extra) "
+        "besides Axionic 'policy' and 'policy_id'; a plugin must handle them or the request is refused.",
+    )

@@ -1,0 +1,417 @@
+"""The OpenAI wire format: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from quart import Blueprint, Quart, Response, jsonify, request
+from quart_schema import QuartSchema, document_request, document_response
+
+from adyton import (
+    AdytonError,
+    BackendError,
+    ChoiceFinished,
+    Credentials,
+    Generation,
+    GenerationResult,
+    InvalidRequest,
+    TextDelta,
+    Unauthorized,
+    Waiting,
+    WireFormat,
+    current_kernel,
+)
+
+from . import convert, render
+from .schemas import (
+    ChatCompletionOut,
+    ChatCompletionRequest,
+    CompletionOut,
+    CompletionRequest,
+    ErrorOut,
+    ModelListOut,
+    ModelOut,
+)
+from .settings import OpenAISettings
+
+log = logging.getLogger("adyton.openai")
+
+_DEFAULTS = OpenAISettings()
+
+
+def _settings() -> OpenAISettings:
+    return getattr(current_kernel().settings, "openai", _DEFAULTS)
+
+
+def _documented(func: Callable[..., Awaitable[Response]], body: type | None, ok: type) -> Callable[..., Awaitable[Response]]:
+    if body is not None:
+        func = document_request(body)(func)
+    func = document_response(ok, 200)(func)
+    for status in (400, 401, 404, 413, 429, 503):
+        func = document_response(ErrorOut, status)(func)
+    return func
+
+
+def credentials_from_request(wire_name: str) -> Credentials:
+    """``x-api-key`` (Axionic) wins over ``Authorization: Bearer`` (Tholos,
+    Axione): SDKs always send a Bearer header, often with a dummy key, while
+    x-api-key is only ever sent on purpose."""
+    address = request.remote_addr
+    api_key = request.headers.get("x-api-key", "").strip()
+    if api_key:
+        return Credentials(kind="api_key", secret=api_key, wire_format=wire_name, client_address=address)
+    auth = request.headers.get("Authorization", "").strip()
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return Credentials(kind="bearer", secret=token.strip(), wire_format=wire_name, client_address=address)
+        if current_kernel().authenticators:
+            raise Unauthorized(
+                "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
+                code="invalid_authorization_header",
+            )
+    return Credentials(kind="none", wire_format=wire_name, client_address=address)
+
+
+class OpenAIWire(WireFormat):
+    name = "openai"
+    url_prefixes = ("/v1/",)
+
+    def __init__(self) -> None:
+        self.started = int(time.time())
+        bp = Blueprint("openai", __name__)
+
+        async def list_models() -> Response:
+            """List models
+
+            The installed models (and their aliases) in OpenAI's list format."""
+            return await self.list_models()
+
+        async def retrieve_model(model: str) -> Response:
+            """Retrieve a model"""
+            return await self.retrieve_model(model)
+
+        async def chat_completions() -> Response:
+            """Create a chat completion
+
+            OpenAI-compatible; `stream: true` answers with server-sent events."""
+            return await self.chat_completions()
+
+        async def completions() -> Response:
+            """Create a text completion (legacy)
+
+            OpenAI-compatible; `stream: true` answers with server-sent events."""
+            return await self.completions()
+
+        bp.add_url_rule("/v1/models", "models", _documented(list_models, None, ModelListOut), methods=["GET"])
+        bp.add_url_rule("/v1/models/<path:model>", "model", _documented(retrieve_model, None, ModelOut), methods=["GET"])
+        bp.add_url_rule("/v1/chat/completions", "chat_completions",
+                        _documented(chat_completions, ChatCompletionRequest, ChatCompletionOut), methods=["POST"])
+        bp.add_url_rule("/v1/completions", "completions",
+                        _documented(completions, CompletionRequest, CompletionOut), methods=["POST"])
+        self._blueprint = bp
+
+    # -- WireFormat ----------------------------------------------------------------
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self._blueprint
+
+    def init_app(self, app: Quart) -> None:
+        # one quart-schema per app: another wire format may have set it up already
+        if "QUART_SCHEMA" not in app.extensions:
+            QuartSchema(
+                app,
+                info={"title": "adyton", "version": "0.1.0",
+                      "description": "A self-hosted LLM inference server (OpenAI-compatible under /v1)."},
+                security_schemes={
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in_": "header", "name": "x-api-key"},
+                },
+                security=[{"bearer": []}, {"apiKey": []}],
+            )
+
+    def render_error(self, error: AdytonError) -> Response:
+        response = jsonify(render.error_body(error))
+        response.status_code = error.status
+        for key, value in error.response_headers().items():
+            response.headers[key] = value
+        if error.status == 401 and "WWW-Authenticate" not in response.headers:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="adyton"'
+        return response
+
+    def example_request(self, base_url: str) -> str | None:
+        body = '{"messages": [{"role": "user", "content": "Say hello in one sentence."}]}'
+        return (f"curl {shlex.quote(base_url.rstrip('/') + '/v1/chat/completions')} "
+                f"-H 'Content-Type: application/json' -H 'Authorization: Bearer YOUR_API_KEY' "
+                f"-d {shlex.quote(body)}")
+
+    # -- models ----------------------------------------------------------------------
+
+    def _entry(self, model_id: str, owned_by: str, created: int) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": created or self.started, "owned_by": owned_by}
+
+    def _public_id(self, model_id: str, owned_by: str, settings: OpenAISettings) -> str:
+        if settings.namespaced_ids and "/" not in model_id:
+            return f"{owned_by}/{model_id}"
+        return model_id
+
+    def _model_name(self, model_id: str) -> str:
+        """The id a response reports for the kernel's ``model_id``."""
+        settings = _settings()
+        if not settings.namespaced_ids:
+            return model_id
+        for _, info in current_kernel().models.list():
+            if info.id == model_id:
+                return self._public_id(model_id, settings.owned_by or info.owned_by, settings)
+        return model_id
+
+    async def list_models(self) -> Response:
+        settings = _settings()
+        data: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for _, info in current_kernel().models.list():
+            owned_by = settings.owned_by or info.owned_by
+            names = [self._public_id(info.id, owned_by, settings)]
+            if settings.list_aliases:
+                names += info.aliases
+            for name in names:
+                if name not in seen:
+                    seen.add(name)
+                    data.append(self._entry(name, owned_by, info.created))
+        return jsonify({"object": "list", "data": data})
+
+    async def retrieve_model(self, model: str) -> Response:
+        _, info = current_kernel().models.resolve(model)
+        settings = _settings()
+        return jsonify(self._entry(model, settings.owned_by or info.owned_by, info.created))
+
+    # -- generation ----------------------------------------------------------------
+
+    async def _body(self, model_cls: type) -> tuple[Any, dict[str, Any]]:
+        raw = await request.get_data(as_text=False)
+        body = convert.parse_json(raw)
+        return convert.load(model_cls, body, _settings().extra_params)
+
+    def _headers(self, parsed: convert.Parsed, generation: Generation | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if generation is not None:
+            headers.update(generation.headers)
+            headers["x-request-id"] = generation.id
+        if parsed.ignored:
+            headers["x-adyton-ignored-params"] = ", ".join(parsed.ignored)
+        return headers
+
+    def _check_ignored(self, parsed: convert.Parsed) -> None:
+        if parsed.ignored and _settings().strict:
+            raise convert.Unsupported(
+                f"this server does not honour the parameter(s) {', '.join(parsed.ignored)} "
+                "(openai.strict is on)",
+                param=parsed.ignored[0],
+            )
+
+    async def _submit(self, parsed: convert.Parsed) -> Generation:
+        return await self._submitter(credentials_from_request(self.name))(parsed)
+
+    @staticmethod
+    def _submitter(credentials: Credentials) -> Callable[[convert.Parsed], Awaitable[Generation]]:
+        pipeline = current_kernel().pipeline
+
+        async def submit(parsed: convert.Parsed) -> Generation:
+            generation = await pipeline.submit(parsed.request, credentials)
+            if parsed.request.stream:
+                await generation.wait_started()
+            return generation
+
+        return submit
+
+    async def chat_completions(self) -> Response:
+        body, extension = await self._body(ChatCompletionRequest)
+        parsed = convert.chat_request(body, extension)
+        self._check_ignored(parsed)
+        generation = await self._submit(parsed)
+        headers = self._headers(parsed, generation)
+        if parsed.request.stream:
+            chunks = render.ChatChunks(f"chatcmpl-{generation.id}", generation.created,
+                                       self._model_name(generation.model), parsed.include_usage)
+            return self._stream(self._chat_events(generation, parsed, chunks, _settings().ping), headers)
+        result = await generation.result()
+        response = jsonify(self._chat_body(result, parsed))
+        response.headers.update(headers)
+        return response
+
+    def _chat_body(self, result: GenerationResult, parsed: convert.Parsed) -> dict[str, Any]:
+        model = self._model_name(result.model)
+        return {
+            "id": f"chatcmpl-{result.id}",
+            "object": "chat.completion",
+            "created": result.created,
+            "model": model,
+            "system_fingerprint": render.fingerprint(model),
+            "choices": [
+                self._with_reports({
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": render.chat_logprobs(c.logprobs) if parsed.logprobs is not None else None,
+                    "finish_reason": render.finish_reason(c.finish_reason),
+                }, c.reports)
+                for c in result.choices
+            ],
+            "usage": result.usage.as_dict(),
+        }
+
+    @staticmethod
+    def _with_reports(choice: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
+        if reports:
+            choice["reports"] = reports
+        return choice
+
+    async def _chat_events(self, generation: Generation, parsed: convert.Parsed,
+                           chunks: render.ChatChunks, ping: bool) -> AsyncIterator[str]:
+        # runs after the handler returned: no request or app context here
+        want_logprobs = parsed.logprobs is not None
+        for index in range(parsed.request.n):
+            yield chunks.role(index)
+        events = generation.events()
+        try:
+            async for event in events:
+                if type(event) is TextDelta:
+                    yield chunks.content(event.index, event.text, event.logprobs if want_logprobs else None)
+                elif type(event) is ChoiceFinished:
+                    yield chunks.finish(event.index, render.finish_reason(event.finish_reason))
+                elif type(event) is Waiting:
+                    if ping:
+                        yield render.PING
+        except AdytonError as exc:
+            yield render.sse_error(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the status line is long gone: tell the client in-band
+            log.exception("chat stream %s failed", generation.id)
+            yield render.sse_error(BackendError(f"internal error: {type(exc).__name__}"))
+            return
+        finally:
+            await events.aclose()
+            await generation.aclose()
+        if parsed.include_usage:
+            yield chunks.usage(generation.usage.as_dict())
+        yield render.DONE
+
+    # -- legacy completions ------------------------------------------------------------
+
+    async def completions(self) -> Response:
+        body, extension = await self._body(CompletionRequest)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        parsed = [convert.completion_request(body, p, extension) for p in prompts]
+        self._check_ignored(parsed[0])
+        first = await self._submit(parsed[0])
+        headers = self._headers(parsed[0], first)
+        if parsed[0].request.stream:
+            chunks = render.CompletionChunks(f"cmpl-{first.id}", first.created,
+                                             self._model_name(first.model), parsed[0].include_usage)
+            submit = self._submitter(credentials_from_request(self.name))
+            return self._stream(self._completion_events(first, parsed, chunks, _settings().ping, submit), headers)
+        results = [await first.result()]
+        for item in parsed[1:]:
+            results.append(await (await self._submit(item)).result())
+            headers.update(results[-1].headers)
+        response = jsonify(self._completion_body(results, parsed))
+        response.headers.update(headers)
+        return response
+
+    def _completion_body(self, results: list[GenerationResult], parsed: list[convert.Parsed]) -> dict[str, Any]:
+        first = results[0]
+        model = self._model_name(first.model)
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for k, (result, item) in enumerate(zip(results, parsed)):
+            n = item.request.n
+            prompt_tokens += result.usage.prompt_tokens
+            completion_tokens += result.usage.completion_tokens
+            echo = item.echo or ""
+            for c in result.choices:
+                choices.append(self._with_reports({
+                    "index": k * n + c.index,
+                    "text": echo + c.text,
+                    "logprobs": render.legacy_logprobs(c.logprobs, item.logprobs or 0, len(echo))
+                    if item.logprobs is not None else None,
+                    "finish_reason": render.finish_reason(c.finish_reason),
+                }, c.reports))
+        return {
+            "id": f"cmpl-{first.id}",
+            "object": "text_completion",
+            "created": first.created,
+            "model": model,
+            "system_fingerprint": render.fingerprint(model),
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    async def _completion_events(self, first: Generation, parsed: list[convert.Parsed],
+                                 chunks: render.CompletionChunks, ping: bool,
+                                 submit: Callable[[convert.Parsed], Awaitable[Generation]]) -> AsyncIterator[str]:
+        # runs after the handler returned: no request or app context here
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        generation: Generation | None = first
+        try:
+            for k, item in enumerate(parsed):
+                if generation is None:
+                    generation = await submit(item)
+                n = item.request.n
+                k_logprobs = item.logprobs
+                offsets = [0] * n
+                if item.echo:
+                    for i in range(n):
+                        yield chunks.content(k * n + i, item.echo)
+                        offsets[i] = len(item.echo)
+                events = generation.events()
+                try:
+                    async for event in events:
+                        if type(event) is TextDelta:
+                            lp = None
+                            if k_logprobs is not None:
+                                lp = render.legacy_logprobs(event.logprobs or [], k_logprobs, offsets[event.index])
+                            offsets[event.index] += len(event.text)
+                            yield chunks.content(k * n + event.index, event.text, lp)
+                        elif type(event) is ChoiceFinished:
+                            yield chunks.finish(k * n + event.index, render.finish_reason(event.finish_reason))
+                        elif type(event) is Waiting:
+                            if ping:
+                                yield render.PING
+                finally:
+                    await events.aclose()
+                    await generation.aclose()
+                usage["prompt_tokens"] += generation.usage.prompt_tokens
+                usage["completion_tokens"] += generation.usage.completion_tokens
+                generation = None
+        except AdytonError as exc:
+            yield render.sse_error(exc)
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("completion stream failed")
+            yield render.sse_error(BackendError(f"internal error: {type(exc).__name__}"))
+            return
+        finally:
+            if generation is not None:
+                await generation.aclose()
+        if parsed[0].include_usage:
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            yield chunks.usage(usage)
+        yield render.DONE
+
+    # -- SSE ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _stream(body: AsyncIterator[str], headers: dict[str, str]) -> Response:
+        response = Response(body, content_type="text/event-stream; charset=utf-8")
+        response.headers.update(headers)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        response.timeout = None  # a long generation is not a stuck response
+        return response
+
+
+__all__ = ["OpenAIWire", "credentials_from_request", "InvalidRequest"]
