@@ -1,0 +1,69 @@
+"""Servers the benchmarks start in subprocesses: `python _servers.py KIND PORT`.
+
+bare      a bare Quart route returning the same JSON an OpenAI chat completion has
+pipeline  the full adyton pipeline (adyton-openai if installed, scripted backend
+          that yields its tokens instantly)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+
+def bare_app():
+    from quart import Quart, jsonify, request
+
+    app = Quart("bare")
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        body = await request.get_json()
+        assert body["messages"]
+        return jsonify({
+            "id": "chatcmpl-0", "object": "chat.completion", "created": int(time.time()), "model": "scripted-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello, world!"},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6},
+        })
+
+    return app
+
+
+def pipeline_app(extra_plugins=()):
+    import adyton_openai
+    from adyton import create_app
+    from adyton.testing import BackendPlugin, ScriptedBackend
+
+    return create_app(
+        settings={"home": "/tmp/adyton-bench-home", "log_level": "warning",
+                  "queue": {"max_waiting": 1000}},
+        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"])), *extra_plugins],
+        load_entrypoints=False,
+    )
+
+
+def main() -> None:
+    kind, port = sys.argv[1], int(sys.argv[2])
+    if kind == "bare":
+        app = bare_app()
+    elif kind == "pipeline":
+        app = pipeline_app()
+    elif kind == "pipeline+limits":
+        import adyton_limits
+        app = pipeline_app([adyton_limits])
+    else:
+        raise SystemExit(f"unknown server kind {kind}")
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    asyncio.run(serve(app, config))
+
+
+if __name__ == "__main__":
+    main()
