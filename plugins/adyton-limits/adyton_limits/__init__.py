@@ -1,0 +1,115 @@
+"""adyton-limits: accounts, credentials and per-account limits.
+
+The only code in adyton that knows what an account is. It registers
+
+* an ``Authenticator`` for Bearer / x-api-key keys (``sk-...``) and 64-digit
+  account numbers (Axiom ``sessionId``),
+* a ``Limiter`` reserving each request's worst case on ``limits`` counters
+  (memory or Redis) and settling it with the real usage plus a ledger row,
+* the admin HTTP API under ``/admin/`` and, if enabled, ``POST /create-account``,
+* the ``[limits]`` settings section and the ``adyton accounts`` commands.
+
+Installed, the entry point ``limits`` registers this module; its hooks keep
+their state per kernel. Tests build ``LimitsPlugin(clock=...)`` to inject a
+clock: ``create_app(plugins=[LimitsPlugin(clock=fake)], load_entrypoints=False)``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+from adyton import Authenticator, Credentials, Principal, hookimpl
+
+from .service import LimitsService
+from .settings import LimitsSettings, TierLimits, UpgradeRule, default_tiers
+
+__all__ = ["LimitsPlugin", "LimitsService", "LimitsSettings", "TierLimits", "UpgradeRule", "default_tiers",
+           "service_for"]
+
+
+class AccountAuthenticator(Authenticator):
+    name = "limits"
+
+    def __init__(self, service: LimitsService) -> None:
+        self.service = service
+
+    async def authenticate(self, credentials: Credentials) -> Principal | None:
+        if credentials.kind not in ("bearer", "api_key", "account_number"):
+            return None
+        return self.service.authenticate(credentials.kind, credentials.secret)
+
+
+class LimitsPlugin:
+    """The plugin's hooks; state lives in one ``LimitsService`` per kernel."""
+
+    def __init__(self, clock: Callable[[], float] | None = None, name: str = "limits") -> None:
+        self.clock = clock
+        self.__name__ = name
+        self._services: "weakref.WeakKeyDictionary[Any, LimitsService]" = weakref.WeakKeyDictionary()
+
+    def service(self, kernel: Any) -> LimitsService:
+        svc = self._services.get(kernel)
+        if svc is None:
+            svc = LimitsService(kernel, clock=self.clock)
+            self._services[kernel] = svc
+            kernel.limits_service = svc  # for tests and tools: service_for(kernel)
+        return svc
+
+    @hookimpl
+    def register_settings(self, register):
+        register("limits", LimitsSettings)
+
+    @hookimpl
+    def register_authenticators(self, register, kernel):
+        register(AccountAuthenticator(self.service(kernel)))
+
+    @hookimpl
+    def register_limiters(self, register, kernel):
+        register(self.service(kernel).limiter)
+
+    @hookimpl
+    def register_wire_formats(self, register, kernel):
+        from .http import AdminApi, SignupApi
+
+        service = self.service(kernel)
+        register(AdminApi(service))
+        if service.settings.signup_enabled:
+            register(SignupApi(service))
+
+    @hookimpl
+    def register_commands(self, cli):
+        from .cli import accounts
+
+        cli.add_command(accounts)
+
+    @hookimpl
+    async def startup(self, kernel):
+        await self.service(kernel).startup()
+
+    @hookimpl
+    async def shutdown(self, kernel):
+        svc = self._services.get(kernel)
+        if svc is not None:
+            await svc.shutdown()
+
+
+def service_for(kernel: Any) -> LimitsService:
+    """The service of an app's kernel (created by whichever LimitsPlugin serves it)."""
+    svc = getattr(kernel, "limits_service", None)
+    if svc is None:
+        svc = _plugin.service(kernel)
+    return svc
+
+
+_plugin = LimitsPlugin()
+
+# the module itself is the entry-point plugin: its hooks delegate to one
+# LimitsPlugin, which keeps a service per kernel (no per-app module state)
+register_settings = _plugin.register_settings
+register_authenticators = _plugin.register_authenticators
+register_limiters = _plugin.register_limiters
+register_wire_formats = _plugin.register_wire_formats
+register_commands = _plugin.register_commands
+startup = _plugin.startup
+shutdown = _plugin.shutdown

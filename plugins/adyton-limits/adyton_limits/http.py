@@ -1,0 +1,183 @@
+"""The admin HTTP API (``/admin/...``) and the optional public sign-up
+endpoint (``POST /create-account``), as wire formats with JSON errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from adyton import (
+    AdytonError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    WireFormat,
+    default_error_response,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .service import LimitsService
+
+
+def parse_since(value: str | None) -> float | None:
+    """ISO date/time (UTC if naive), or a duration like 24h / 7d / 30m."""
+    if not value:
+        return None
+    v = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
+        import time
+
+        return time.time() - float(v[:-1]) * units[v[-1]]
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"cannot read {value!r}: use an ISO date (2025-01-31) or a duration (24h, 7d)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+class _JsonSurface(WireFormat):
+    def render_error(self, error: AdytonError) -> Response:
+        return default_error_response(error)
+
+
+class AdminApi(_JsonSurface):
+    """Guarded by the admin key: ``Authorization: Bearer <key>`` or ``x-admin-key``."""
+
+    name = "limits-admin"
+    url_prefixes = ("/admin/",)
+
+    def __init__(self, service: "LimitsService") -> None:
+        self.service = service
+        bp = Blueprint("adyton_limits_admin", __name__, url_prefix="/admin")
+        bp.before_request(self._guard)
+        bp.add_url_rule("/accounts", "create", self.create, methods=["POST"])
+        bp.add_url_rule("/accounts", "list", self.list, methods=["GET"])
+        bp.add_url_rule("/accounts/<ref>", "show", self.show, methods=["GET"])
+        bp.add_url_rule("/accounts/<ref>/rotate-key", "rotate", self.rotate, methods=["POST"])
+        bp.add_url_rule("/accounts/<ref>/tier", "tier", self.tier, methods=["POST"])
+        bp.add_url_rule("/accounts/<ref>/disable", "disable", self.disable, methods=["POST"])
+        bp.add_url_rule("/accounts/<ref>/enable", "enable", self.enable, methods=["POST"])
+        bp.add_url_rule("/usage", "usage", self.usage, methods=["GET"])
+        self._bp = bp
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self._bp
+
+    async def _guard(self) -> None:
+        auth = request.headers.get("Authorization", "")
+        presented = request.headers.get("x-admin-key")
+        if not presented and auth.lower().startswith("bearer "):
+            presented = auth[7:]
+        if not presented:
+            raise Unauthorized("the admin API needs the admin key (Authorization: Bearer <key>); "
+                               f"it is in {self.service.admin_key_path} on the server", code="missing_admin_key")
+        if not self.service.check_admin_key(presented):
+            raise Forbidden("wrong admin key", code="invalid_admin_key")
+
+    async def _body(self) -> dict[str, Any]:
+        body = await request.get_json(force=True, silent=True)
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        return body
+
+    def _tier(self, value: Any) -> int:
+        try:
+            tier = int(value)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"tier must be an integer, got {value!r}", param="tier") from None
+        if tier not in self.service.settings.tiers:
+            raise InvalidRequest(f"no tier {tier} (tiers: {sorted(self.service.settings.tiers)})", param="tier")
+        return tier
+
+    def _account(self, ref: str):
+        account = self.service.store.find(ref)
+        if account is None:
+            raise NotFound(f"no account {ref!r}", code="account_not_found")
+        return account
+
+    async def create(self) -> Response:
+        body = await self._body()
+        tier = self._tier(body.get("tier", self.service.settings.default_tier))
+        name = str(body.get("name") or "")
+        new = await self.service.in_writer(self.service.store.create_account, tier, name)
+        response = jsonify(new.as_dict())
+        response.status_code = 201
+        return response
+
+    async def list(self) -> Response:
+        return jsonify({"accounts": [a.as_dict() for a in self.service.store.list()]})
+
+    async def show(self, ref: str) -> Response:
+        account = self._account(ref)
+        return jsonify({**account.as_dict(), "usage": self.service.store.usage(account.id)})
+
+    async def rotate(self, ref: str) -> Response:
+        account = self._account(ref)
+        key = await self.service.in_writer(self.service.store.rotate_key, account.id)
+        return jsonify({"id": account.id, "api_key": key})
+
+    async def tier(self, ref: str) -> Response:
+        account = self._account(ref)
+        tier = self._tier((await self._body()).get("tier"))
+        updated = await self.service.in_writer(self.service.store.set_tier, account.id, tier)
+        return jsonify(updated.as_dict())
+
+    async def disable(self, ref: str) -> Response:
+        account = self._account(ref)
+        return jsonify((await self.service.in_writer(self.service.store.set_enabled, account.id, False)).as_dict())
+
+    async def enable(self, ref: str) -> Response:
+        account = self._account(ref)
+        return jsonify((await self.service.in_writer(self.service.store.set_enabled, account.id, True)).as_dict())
+
+    async def usage(self) -> Response:
+        ref = request.args.get("account")
+        account_id = self._account(ref).id if ref else None
+        try:
+            since = parse_since(request.args.get("since"))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="since") from None
+        return jsonify({"usage": self.service.store.usage(account_id, since)})
+
+
+class SignupApi(_JsonSurface):
+    """``POST /create-account`` -> a new account number (Axiom's "create-account")."""
+
+    name = "limits-signup"
+    url_prefixes = ("/create-account",)
+
+    def __init__(self, service: "LimitsService") -> None:
+        self.service = service
+        bp = Blueprint("adyton_limits_signup", __name__)
+        bp.add_url_rule("/create-account", "create_account", self.create, methods=["POST"])
+        self._bp = bp
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self._bp
+
+    async def create(self) -> Response:
+        service = self.service
+        per_hour = service.settings.signup_per_hour
+        if per_hour and service.counters is not None:
+            hour = int(service.clock() // 3600)
+            who = request.remote_addr or "unknown"
+            key = f"signup/{who}/{hour}"
+            if await service.counters.incr(key, 7200, 1) > per_hour:
+                raise RateLimited(f"too many accounts created from {who}; try again later",
+                                  retry_after=3600 - service.clock() % 3600)
+        new = await service.in_writer(service.store.create_account, service.settings.default_tier, "")
+        response = jsonify({"account_number": new.account_number, "api_key": new.api_key,
+                            "tier": new.account.tier})
+        response.status_code = 201
+        return response

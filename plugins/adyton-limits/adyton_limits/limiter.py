@@ -1,0 +1,306 @@
+"""Per-account admission control on counters of the ``limits`` library.
+
+Counters
+--------
+Every limit is a counter in a ``limits`` async storage: ``MemoryStorage``
+(``memory://``, one server) or ``RedisStorage`` (``redis://host:port``,
+through redis-py; several servers share one account's counters). Only the
+storages' atomic ``incr(key, expiry, amount)`` is used — an ``INCRBY`` in a
+Lua script on Redis, a locked add in memory — with the window in the key:
+
+* ``<prefix>/<account>/rpm/<minute index>`` and ``.../tpm/<minute index>``:
+  minute windows aligned to the clock's whole minutes;
+* ``<prefix>/<account>/rpd/<YYYY-MM-DD>`` and ``.../tpd/<YYYY-MM-DD>``:
+  day windows aligned to 00:00 UTC;
+* ``<prefix>/<account>/conc``: requests in flight (a gauge).
+
+Why not ``FixedWindowRateLimiter.hit``/``MovingWindowRateLimiter``: their
+windows start at the first hit (not at 00:00 UTC), their keys contain the
+limit (a tier change would reset the day), and neither can give tokens back.
+A moving window cannot remove an entry at all; the fixed-window counter can
+take a negative ``incr`` on both storages (``MemoryStorage.decr`` clamps at 0,
+Redis storage has no ``decr``), which is what refunds use.
+
+Admission (exact under concurrency)
+-----------------------------------
+``reserve`` increments every counter of the request by its worst case
+(1 request, prompt + max_tokens tokens, +1 in flight) and looks at the values
+the increments returned. Each ``INCRBY`` is atomic, so the values handed out
+for one counter are a strict sequence: a request is admitted only if every
+counter stayed within its limit *including* its own amount. If any counter
+went over, the request rolls back all its increments and is refused. A
+refused request's increment is visible to others until its rollback lands,
+so under contention a request may be refused that a perfectly serial limiter
+would have admitted (conservative), but a limit can never be overrun: with
+50 simultaneous requests against 20 requests/minute, exactly 20 get a value
+<= 20. This holds for one process and for many servers sharing Redis.
+
+Settling
+--------
+``settle`` gives back ``reserved - used`` tokens to the *same* window keys
+the reservation charged (kept in the reservation), releases the in-flight
+slot, and writes a ledger row. A request refused later in the path
+(``outcome == "rejected"``) never ran: its request counts are given back too.
+A refund that lands after its minute window expired creates a short-lived
+negative counter in a key no one reads again: harmless.
+
+The in-flight gauge has an expiry (``concurrency_ttl_s``) so that slots held
+by a server killed mid-request free themselves; decrements clamp at zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from adyton import Limiter, Principal, RateLimited, RequestCost, Reservation, Usage
+
+from .settings import LimitsSettings, TierLimits
+from .store import LedgerRow, utc_day
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .service import LimitsService
+
+log = logging.getLogger("adyton.limits")
+
+MINUTE = 60
+DAY = 86400
+
+
+class Counters:
+    """The ``limits`` storage behind the counters."""
+
+    def __init__(self, uri: str, prefix: str = "adyton") -> None:
+        from limits.aio.storage import MemoryStorage
+        from limits.storage import storage_from_string
+
+        self.uri = uri
+        self.prefix = prefix
+        scheme = uri.split(":", 1)[0].lower()
+        if scheme in ("memory", "async+memory"):
+            self.storage = MemoryStorage()
+            self.shared = False
+        elif scheme in ("redis", "rediss", "redis+unix", "async+redis", "async+rediss", "async+redis+unix"):
+            full = uri if uri.startswith("async+") else "async+" + uri
+            self.storage = storage_from_string(full, implementation="redispy", key_prefix=prefix)
+            self.shared = True
+        else:
+            raise ValueError(f"limits.storage_uri: unsupported scheme in {uri!r} (use memory:// or redis://host:port)")
+
+    async def check(self) -> None:
+        if not await self.storage.check():
+            raise RuntimeError(f"the limits storage at {self.uri} does not answer")
+
+    async def incr(self, key: str, expiry: int, amount: int) -> int:
+        return int(await self.storage.incr(f"{self.prefix}/{key}", int(expiry), amount=int(amount)))
+
+    async def get(self, key: str) -> int:
+        return int(await self.storage.get(f"{self.prefix}/{key}"))
+
+    async def close(self) -> None:
+        bridge = getattr(self.storage, "bridge", None)
+        client = getattr(bridge, "storage", None)
+        if client is not None and hasattr(client, "aclose"):
+            await client.aclose()
+
+
+@dataclass(slots=True)
+class Counter:
+    name: str        #: "requests/minute", ...
+    dimension: str   #: "requests" | "tokens" | "concurrency"
+    period: str      #: "minute" | "day" | ""
+    key: str
+    expiry: int
+    amount: int
+    limit: int
+    reset_at: float  #: when the window ends (clock time)
+    value: int = 0   #: the counter after our increment
+
+
+@dataclass(slots=True)
+class Held:
+    """The limiter's bookkeeping inside a ``Reservation``."""
+
+    account_id: str
+    started_at: float
+    tokens: int
+    counters: list[Counter] = field(default_factory=list)
+
+
+def fmt_duration(seconds: float) -> str:
+    """OpenAI-style reset durations: ``"59s"``, ``"1m0s"``, ``"6h3m12s"``."""
+    s = max(0, math.ceil(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
+
+
+def next_utc_midnight(now: float) -> float:
+    d = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (d + timedelta(days=1)).timestamp()
+
+
+class AccountLimiter(Limiter):
+    name = "limits"
+
+    def __init__(self, service: "LimitsService") -> None:
+        self.service = service
+
+    @property
+    def settings(self) -> LimitsSettings:
+        return self.service.settings
+
+    def tier_limits(self, principal: Principal) -> tuple[int, TierLimits]:
+        tiers = self.settings.tiers
+        try:
+            tier = int(principal.tier) if principal.tier is not None else self.settings.default_tier
+        except ValueError:
+            tier = self.settings.default_tier
+        if tier not in tiers:
+            lower = [t for t in tiers if t <= tier]
+            tier = max(lower) if lower else self.settings.default_tier
+        return tier, tiers[tier]
+
+    def _counters(self, account: str, limits: TierLimits, cost: RequestCost, now: float) -> list[Counter]:
+        minute = int(now // MINUTE)
+        minute_end = (minute + 1) * MINUTE
+        day = utc_day(now)
+        day_end = next_utc_midnight(now)
+        tokens = cost.max_total_tokens
+        conc_ttl = self.settings.concurrency_ttl_s
+        spec = [
+            ("requests/day", "requests", "day", f"{account}/rpd/{day}", 2 * DAY, 1, limits.requests_per_day, day_end),
+            ("tokens/day", "tokens", "day", f"{account}/tpd/{day}", 2 * DAY, tokens, limits.tokens_per_day, day_end),
+            ("requests/minute", "requests", "minute", f"{account}/rpm/{minute}", 2 * MINUTE, 1,
+             limits.requests_per_minute, minute_end),
+            ("tokens/minute", "tokens", "minute", f"{account}/tpm/{minute}", 2 * MINUTE, tokens,
+             limits.tokens_per_minute, minute_end),
+            ("concurrent requests", "concurrency", "", f"{account}/conc", conc_ttl, 1,
+             limits.concurrent_requests, now + 1),
+        ]
+        return [Counter(*row) for row in spec if row[6] > 0 and row[5] > 0]
+
+    async def reserve(self, principal: Principal, cost: RequestCost) -> Reservation:
+        service = self.service
+        now = service.clock()
+        tier, limits = self.tier_limits(principal)
+        counters = self._counters(principal.id, limits, cost, now)
+        too_big = [c for c in counters if c.dimension == "tokens" and c.amount > c.limit]
+        if too_big:
+            c = too_big[0]
+            headers = self._headers(counters, now, before=True)
+            raise RateLimited(
+                f"this request may use up to {c.amount} tokens (prompt + max_tokens), more than the "
+                f"{c.limit} {c.name} of tier {tier}: lower max_tokens",
+                should_retry=False, code="request_exceeds_limit", headers=headers,
+            )
+        counts = self.service.counters
+        values = await asyncio.gather(*(counts.incr(c.key, c.expiry, c.amount) for c in counters))
+        for c, v in zip(counters, values):
+            c.value = v
+        over = [c for c in counters if c.value > c.limit]
+        if over:
+            await asyncio.gather(*(self._give_back(c, c.amount) for c in counters))
+            raise self._refusal(over, counters, tier, now)
+        held = Held(principal.id, now, cost.max_total_tokens, counters)
+        return Reservation(principal=principal, cost=cost, headers=self._headers(counters, now), data=held)
+
+    def _refusal(self, over: list[Counter], counters: list[Counter], tier: int, now: float) -> RateLimited:
+        headers = self._headers(counters, now, before=True)
+        daily = [c for c in over if c.period == "day"]
+        if daily:
+            c = daily[0]
+            return RateLimited(
+                f"daily quota exceeded: {c.name} of tier {tier} is {c.limit}; it resets at 00:00 UTC",
+                should_retry=False, code="daily_quota_exceeded",
+                retry_after=max(1.0, c.reset_at - now), headers=headers,
+            )
+        minute = [c for c in over if c.period == "minute"]
+        if minute:
+            c = minute[0]
+            return RateLimited(
+                f"rate limit reached: {c.name} of tier {tier} is {c.limit}; retry after the minute ends",
+                code="rate_limit_exceeded", retry_after=min(60.0, max(1.0, c.reset_at - now)), headers=headers,
+            )
+        c = over[0]
+        return RateLimited(
+            f"too many concurrent requests: tier {tier} allows {c.limit} at once",
+            code="concurrency_limit_exceeded", retry_after=1.0, headers=headers,
+        )
+
+    def _headers(self, counters: list[Counter], now: float, before: bool = False) -> dict[str, str]:
+        """x-ratelimit-{limit,remaining,reset}-{requests,tokens}: of the
+        window (minute or day) with the least room left."""
+        headers: dict[str, str] = {}
+        for dimension in ("requests", "tokens"):
+            best: tuple[int, float, Counter] | None = None
+            for c in counters:
+                if c.dimension != dimension:
+                    continue
+                used = c.value - c.amount if before else c.value
+                remaining = max(0, c.limit - used)
+                rank = (remaining, c.reset_at)
+                if best is None or rank < best[:2]:
+                    best = (remaining, c.reset_at, c)
+            if best is None:
+                continue
+            remaining, reset_at, c = best
+            headers[f"x-ratelimit-limit-{dimension}"] = str(c.limit)
+            headers[f"x-ratelimit-remaining-{dimension}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{dimension}"] = fmt_duration(reset_at - now)
+        return headers
+
+    async def _give_back(self, c: Counter, amount: int) -> None:
+        if amount == 0:
+            return
+        counts = self.service.counters
+        value = await counts.incr(c.key, c.expiry, -amount)
+        if c.dimension == "concurrency" and value < 0:
+            # the gauge expired while we held a slot (or a killed server's
+            # slots were reset): do not let it go below zero
+            await counts.incr(c.key, c.expiry, -value)
+
+    async def settle(self, reservation: Reservation, usage: Usage, outcome: str) -> None:
+        held: Held = reservation.data
+        used = usage.total_tokens
+        refunds = []
+        for c in held.counters:
+            if c.dimension == "concurrency":
+                refunds.append(self._give_back(c, c.amount))
+            elif outcome == "rejected":
+                refunds.append(self._give_back(c, c.amount))
+            elif c.dimension == "tokens":
+                # unused tokens back; a (never expected) overrun is charged
+                refunds.append(self._give_back(c, c.amount - used))
+        try:
+            await asyncio.gather(*refunds)
+        finally:
+            await self.service.record(LedgerRow(
+                account_id=held.account_id,
+                model=reservation.cost.model,
+                prompt_tokens=usage.prompt_tokens if outcome != "rejected" else 0,
+                completion_tokens=usage.completion_tokens if outcome != "rejected" else 0,
+                reserved_tokens=held.tokens,
+                outcome=outcome,
+                wire_format=reservation.cost.wire_format,
+                started_at=held.started_at,
+                finished_at=self.service.clock(),
+            ))
+
+    async def seed_daily(self, day: str, rows: list[tuple[str, int, int]], now: float) -> None:
+        """Memory storage only: after a restart, charge today's ledger totals
+        to the fresh day counters so a restart does not reset daily quotas."""
+        for account, requests, tokens in rows:
+            if requests:
+                await self.service.counters.incr(f"{account}/rpd/{day}", 2 * DAY, requests)
+            if tokens:
+                await self.service.counters.incr(f"{account}/tpd/{day}", 2 * DAY, tokens)

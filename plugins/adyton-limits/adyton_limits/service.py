@@ -1,0 +1,189 @@
+"""One app's accounts, counters and admin key (per kernel, no module state)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from adyton import Principal, Unauthorized
+
+from .limiter import AccountLimiter, Counters
+from .settings import LimitsSettings
+from .store import KEY_RE, NUMBER_RE, AccountStore, LedgerRow, hash_secret, utc_day
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adyton import Kernel
+
+log = logging.getLogger("adyton.limits")
+
+
+class LimitsService:
+    def __init__(self, kernel: "Kernel", clock: Callable[[], float] | None = None) -> None:
+        self.kernel = kernel
+        self.settings: LimitsSettings = getattr(kernel.settings, "limits", None) or LimitsSettings()
+        self.clock: Callable[[], float] = clock or time.time
+        home = Path(kernel.home)
+        self.db_path = Path(self.settings.db_path or home / "limits" / "accounts.sqlite3").expanduser()
+        self.admin_key_path = Path(self.settings.admin_key_file or home / "limits" / "admin.key").expanduser()
+        self.store = AccountStore(self.db_path, synchronous=self.settings.sqlite_synchronous, clock=self.clock)
+        self.limiter = AccountLimiter(self)
+        self.counters: Counters | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._admin_hash: str | None = None
+        self._opened = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open_store(self) -> AccountStore:
+        """Open the database (synchronous; the CLI uses this alone)."""
+        if not self._opened:
+            self.store.open()
+            self._opened = True
+        return self.store
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adyton-limits-db")
+        await loop.run_in_executor(self._writer, self.open_store)
+        self.counters = Counters(self.settings.storage_uri, self.settings.key_prefix)
+        await self.counters.check()
+        if not self.counters.shared:
+            today = utc_day(self.clock())
+            await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
+        self.ensure_admin_key()
+        log.info("adyton-limits: accounts in %s; counters in %s", self.db_path, self.settings.storage_uri)
+        log.info("adyton-limits: admin API key is in %s (send 'Authorization: Bearer <key>' to /admin/...)",
+                 self.admin_key_path)
+        if self.settings.signup_enabled:
+            log.warning("adyton-limits: public sign-up is ON: POST /create-account creates accounts")
+
+    async def shutdown(self) -> None:
+        if self.counters is not None:
+            try:
+                await self.counters.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the limits storage failed")
+        if self._writer is not None:
+            self._writer.submit(self.store.close).result()
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self._opened = False
+
+    async def in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a database write in the one writer thread."""
+        if self._writer is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    # -- admin key -------------------------------------------------------------
+
+    def ensure_admin_key(self) -> Path:
+        path = self.admin_key_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write("adm-" + secrets.token_urlsafe(32) + "\n")
+            log.info("adyton-limits: generated a new admin API key in %s", path)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+        key = path.read_text().strip()
+        if not key:
+            raise RuntimeError(f"the admin key file {path} is empty")
+        self._admin_hash = hash_secret(key)
+        return path
+
+    def check_admin_key(self, presented: str | None) -> bool:
+        if not presented or self._admin_hash is None:
+            return False
+        return hmac.compare_digest(hash_secret(presented.strip()), self._admin_hash)
+
+    # -- auth --------------------------------------------------------------------
+
+    def authenticate(self, kind: str, secret: str) -> Principal:
+        secret = secret.strip()
+        if not secret:
+            raise Unauthorized("missing credentials: send an API key (Authorization: Bearer sk-...) "
+                               "or your 64-digit account number", code="missing_api_key")
+        store = self.store
+        if kind == "account_number" or secret.isdigit():
+            if not NUMBER_RE.match(secret):
+                raise Unauthorized(f"malformed account number: expected 64 digits, got {len(secret)} characters",
+                                   code="invalid_account_number")
+            account = store.by_account_number(secret)
+            if account is None:
+                raise Unauthorized("unknown account number", code="invalid_account_number")
+        else:
+            if not KEY_RE.match(secret):
+                raise Unauthorized("malformed API key: expected 'sk-' followed by letters, digits, '-' or '_'",
+                                   code="invalid_api_key")
+            account = store.by_api_key(secret)
+            if account is None:
+                raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
+        if not account.enabled:
+            raise Unauthorized(f"account {account.id} is disabled", code="account_disabled")
+        return Principal(
+            id=account.id,
+            display_name=account.name or account.id,
+            tier=str(account.tier),
+            attributes={"account_number_last4": account.number_last4, "credential": kind},
+        )
+
+    # -- ledger + upgrades -------------------------------------------------------
+
+    async def record(self, row: LedgerRow) -> None:
+        rule = self.settings.upgrade
+        upgrade = self._upgrade if rule.enabled else None
+        new_tier = await self.in_writer(self.store.record, row, upgrade)
+        if new_tier is not None:
+            log.info("adyton-limits: account %s promoted to tier %s by usage", row.account_id, new_tier)
+
+    def _upgrade(self, conn: sqlite3.Connection, account_id: str, day: str) -> int | None:
+        """Inside the ledger transaction: promote ``account_id`` one tier if
+        it used >= share of its daily quota on >= days days since its last
+        tier change."""
+        rule = self.settings.upgrade
+        tiers = self.settings.tiers
+        row = conn.execute("SELECT tier, tier_changed_at FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        if row is None:
+            return None
+        tier, changed_at = int(row[0]), float(row[1])
+        higher = sorted(t for t in tiers if t > tier)
+        if not higher or higher[0] > rule.max_tier or tier not in tiers:
+            return None
+        limits = tiers[tier]
+        req = math.ceil(rule.share * limits.requests_per_day) if limits.requests_per_day else None
+        tok = math.ceil(rule.share * limits.tokens_per_day) if limits.tokens_per_day else None
+        if req is None and tok is None:
+            return None
+        today = conn.execute(
+            "SELECT requests, prompt_tokens + completion_tokens FROM usage_daily WHERE account_id = ? AND day = ?",
+            (account_id, day)).fetchone()
+        if today is None or not ((req is not None and today[0] >= req) or (tok is not None and today[1] >= tok)):
+            return None  # today does not count (yet): nothing new to decide
+        n = conn.execute(
+            "SELECT count(*) FROM usage_daily WHERE account_id = ? AND day >= ? AND"
+            " (requests >= ? OR prompt_tokens + completion_tokens >= ?)",
+            (account_id, utc_day(changed_at), req if req is not None else 2**62,
+             tok if tok is not None else 2**62)).fetchone()[0]
+        if n < rule.days:
+            return None
+        new = higher[0]
+        now = self.clock()
+        conn.execute("UPDATE accounts SET tier = ?, tier_changed_at = ? WHERE id = ?", (new, now, account_id))
+        conn.execute("INSERT INTO tier_changes (account_id, at, old_tier, new_tier, reason) VALUES (?, ?, ?, ?, ?)",
+                     (account_id, now, tier, new, f"usage: {n} days >= {rule.share:.0%} of the daily quota"))
+        return new

@@ -1,0 +1,78 @@
+"""The ``[limits]`` settings section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TierLimits(BaseModel):
+    """What one tier may use. 0 means "no limit" for that dimension."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int = Field(..., ge=0)
+    tokens_per_minute: int = Field(..., ge=0)
+    requests_per_day: int = Field(..., ge=0)
+    tokens_per_day: int = Field(..., ge=0)
+    concurrent_requests: int = Field(..., ge=0)
+
+
+def default_tiers() -> dict[int, TierLimits]:
+    # daily figures: Axione's published tier table; per-minute and
+    # concurrency figures: ours (a tier may burst ~1/10 of its day in a minute
+    # at the low end, less at the high end)
+    return {
+        1: TierLimits(requests_per_minute=60, tokens_per_minute=40_000,
+                      requests_per_day=1_000, tokens_per_day=250_000, concurrent_requests=4),
+        2: TierLimits(requests_per_minute=200, tokens_per_minute=160_000,
+                      requests_per_day=4_000, tokens_per_day=1_000_000, concurrent_requests=8),
+        3: TierLimits(requests_per_minute=1_000, tokens_per_minute=800_000,
+                      requests_per_day=40_000, tokens_per_day=10_000_000, concurrent_requests=16),
+        4: TierLimits(requests_per_minute=2_000, tokens_per_minute=1_600_000,
+                      requests_per_day=80_000, tokens_per_day=20_000_000, concurrent_requests=32),
+        5: TierLimits(requests_per_minute=3_000, tokens_per_minute=2_400_000,
+                      requests_per_day=120_000, tokens_per_day=30_000_000, concurrent_requests=64),
+    }
+
+
+class UpgradeRule(BaseModel):
+    """Automatic promotion: an account moves up one tier once it used at
+    least ``share`` of its daily quota (requests or tokens) on ``days``
+    days since its last tier change. Never above ``max_tier``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Promote accounts automatically.")
+    share: float = Field(0.5, gt=0.0, le=1.0, description="Share of a daily quota that makes a day count.")
+    days: int = Field(3, ge=1, description="Counting days needed for a promotion.")
+    max_tier: int = Field(4, ge=1, description="Highest tier reached automatically (higher tiers: by hand).")
+
+
+class LimitsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    storage_uri: str = Field(
+        "memory://",
+        description='Counter storage of the limits library: "memory://" (one server) or '
+                    '"redis://host:port[/db]" (servers share limits).')
+    key_prefix: str = Field("adyton", description="Prefix of counter keys (Redis).")
+    db_path: Path | None = Field(None, description="Accounts + ledger SQLite file (default: $ADYTON_HOME/limits/accounts.sqlite3).")
+    admin_key_file: Path | None = Field(None, description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, created 0600 at first start).")
+    default_tier: int = Field(1, ge=1, description="Tier of new accounts.")
+    tiers: dict[int, TierLimits] = Field(default_factory=default_tiers, description="Tier number -> limits.")
+    upgrade: UpgradeRule = Field(default_factory=UpgradeRule)
+    signup_enabled: bool = Field(False, description="Public POST /create-account returning a new account number.")
+    signup_per_hour: int = Field(5, ge=0, description="Sign-ups allowed per client address and hour (0: no limit).")
+    concurrency_ttl_s: int = Field(3600, ge=60, description="A concurrency counter leaked by a killed server frees itself after this.")
+    sqlite_synchronous: str = Field("NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$",
+                                    description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LimitsSettings":
+        if not self.tiers:
+            raise ValueError("at least one tier is required")
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier} is not in the tiers table {sorted(self.tiers)}")
+        return self
