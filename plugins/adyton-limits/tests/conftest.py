@@ -1,0 +1,128 @@
+"""Fixtures for the adyton-limits tests: apps with the plugin and a test
+wire format, a fake clock, and a real Redis server on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from limits_testwire import TestWirePlugin  # noqa: E402
+
+from adyton import create_app  # noqa: E402
+from adyton.testing import BackendPlugin, ScriptedBackend, free_port  # noqa: E402
+from adyton_limits import LimitsPlugin, service_for  # noqa: E402
+
+BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
+       "tokens_per_day": 1_000_000_000, "concurrent_requests": 1000}
+
+
+def tier(**over):
+    return {**BIG, **over}
+
+
+class FakeClock:
+    """Injectable clock: starts at a fixed UTC time; ``advance(s)``, ``set(...)``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.t = (start or datetime(2025, 3, 10, 12, 0, 5, tzinfo=timezone.utc)).timestamp()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+    def set(self, when: datetime) -> None:
+        self.t = when.timestamp()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_app(home, clock):
+    """make_app(*backends, tiers=None, settings=None, clock=...) -> app"""
+
+    def make(*backends, tiers=None, limits=None, settings=None, use_clock=True):
+        if not backends:
+            backends = (ScriptedBackend(),)
+        lim = {"upgrade": {"enabled": False}}
+        if tiers is not None:
+            lim["tiers"] = tiers
+        lim.update(limits or {})
+        merged = {"home": str(home), "queue": {"max_waiting": 200}, "limits": lim}
+        merged.update(settings or {})
+        plugin = LimitsPlugin(clock=clock if use_clock else None)
+        return create_app(settings=merged, plugins=[TestWirePlugin(), BackendPlugin(*backends), plugin],
+                          load_entrypoints=False)
+
+    return make
+
+
+def service(app):
+    return service_for(app.extensions["adyton"])
+
+
+def new_account(app, tier_n=1, name=""):
+    """Create an account through the app's store (works before or after start)."""
+    svc = service(app)
+    svc.open_store()
+    return svc.store.create_account(tier_n, name)
+
+
+def body(text="hi there", **kw):
+    return {"messages": [{"role": "user", "content": text}], **kw}
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make redis, or apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_limits(redis_server):
+    """limits settings for Redis with a per-test key prefix."""
+    return {"storage_uri": redis_server, "key_prefix": "t" + uuid.uuid4().hex[:10]}
