@@ -1,5 +1,8 @@
-"""Fixtures: an adyton app with the OpenAI wire format and a scripted backend,
-served by hypercorn on a loopback port."""
+"""Fixtures (a module, not conftest.py: the kernel tests import their own
+``conftest`` by name, so a second conftest module would shadow it). Test
+modules import them with ``from openai_fixtures import serve, server, sdk``.
+The app: the OpenAI wire format and a scripted backend, served by hypercorn
+on a loopback port."""
 
 from __future__ import annotations
 
