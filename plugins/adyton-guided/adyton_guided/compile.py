@@ -1,0 +1,299 @@
+"""Constraints -> llguidance grammars, refusing what cannot be enforced.
+
+``compile_grammar`` is vocabulary-independent and cached by a content hash
+of the constraint (kind, value, syntax). ``Compiler.matcher`` adds the
+vocabulary: it validates the grammar against the tokenizer once, keeps a
+pristine ``LLMatcher`` per (vocabulary, constraint) and hands out
+``deep_copy()``s of it (≈1 µs instead of ≈1 ms for a fresh matcher).
+
+Everything wrong with a constraint raises ``adyton.UnsupportedConstraint``
+naming the problem: a schema that fails its metaschema, a keyword llguidance
+cannot enforce ("Unimplemented keys"), a regex or grammar that does not
+parse. A constraint is never silently relaxed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import llguidance as llg
+from llguidance.gbnf_to_lark import any_to_lark
+
+from adyton import Constraint, UnsupportedConstraint
+
+from .tokenizer import GuidedTokenizer
+
+#: JSON layout the model must follow: one space after ':' and ',', no other
+#: whitespace (unbounded whitespace lets a small model loop on spaces or
+#: newlines until max_tokens). A schema's own "x-guidance" options override
+#: these (they are llguidance "defaults").
+JSON_OPTIONS: dict[str, Any] = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+
+#: what {"type": "json_object"} means
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+#: keys whose values are data, not subschemas (no regex rewriting inside)
+_DATA_KEYS = frozenset({"const", "enum", "default", "examples", "example"})
+
+
+def content_hash(constraint: Constraint) -> str:
+    payload = json.dumps(
+        # the source is part of the key only so that cached refusals name it
+        {"kind": constraint.kind, "value": constraint.value, "syntax": constraint.syntax,
+         "source": constraint.source},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def ascii_digits(regex: str) -> str:
+    r"""Rewrite ``\d`` to ``[0-9]`` (``0-9`` inside a class).
+
+    In llguidance (Rust ``regex``) ``\d`` is Unicode-aware and also matches
+    Arabic-Indic, Devanagari ... digits, which a model will happily produce
+    and which downstream ``int()`` parsers do not expect."""
+    out: list[str] = []
+    i, n, in_class = 0, len(regex), False
+    while i < n:
+        c = regex[i]
+        if c == "\\" and i + 1 < n:
+            nxt = regex[i + 1]
+            if nxt == "d":
+                out.append("0-9" if in_class else "[0-9]")
+            else:
+                out.append(c + nxt)
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and regex[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and regex[i] == "]":  # a literal ']' first in the class
+                out.append("]")
+                i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _rewrite_schema_patterns(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _DATA_KEYS:
+                out[key] = value
+            elif key == "pattern" and isinstance(value, str):
+                out[key] = ascii_digits(value)
+            elif key == "patternProperties" and isinstance(value, dict):
+                out[key] = {ascii_digits(k): _rewrite_schema_patterns(v) for k, v in value.items()}
+            elif key == "properties" and isinstance(value, dict):
+                out[key] = {k: _rewrite_schema_patterns(v) for k, v in value.items()}
+            else:
+                out[key] = _rewrite_schema_patterns(value)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_schema_patterns(v) for v in node]
+    return node
+
+
+def check_schema(schema: Any, source: str) -> None:
+    """Metaschema check (the schema's own $schema, else draft 2020-12)."""
+    if not isinstance(schema, dict):
+        raise UnsupportedConstraint(
+            f"the JSON schema from '{source}' must be a JSON object, not {type(schema).__name__}",
+            param=source,
+        )
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise UnsupportedConstraint(
+            f"invalid JSON schema from '{source}' at {where}: {exc.message}", param=source
+        ) from None
+
+
+def _what(constraint: Constraint) -> str:
+    return {
+        "json_schema": "JSON schema",
+        "json_object": "JSON object constraint",
+        "regex": "regex",
+        "grammar": "grammar",
+        "choice": "choice list",
+    }[constraint.kind]
+
+
+def compile_grammar(constraint: Constraint) -> str:
+    """The llguidance grammar for ``constraint`` (not yet checked against a
+    tokenizer). Raises UnsupportedConstraint."""
+    kind, value, source = constraint.kind, constraint.value, constraint.source
+    try:
+        if kind == "json_schema":
+            check_schema(value, source)
+            return llg.LLMatcher.grammar_from_json_schema(
+                _rewrite_schema_patterns(value), defaults=JSON_OPTIONS
+            )
+        if kind == "json_object":
+            if value not in (None, {}, ANY_OBJECT):
+                raise UnsupportedConstraint(
+                    f"a json_object constraint from '{source}' takes no value", param=source)
+            return llg.LLMatcher.grammar_from_json_schema(ANY_OBJECT, defaults=JSON_OPTIONS)
+        if kind == "regex":
+            if not isinstance(value, str) or not value:
+                raise UnsupportedConstraint(
+                    f"the regex from '{source}' must be a non-empty string", param=source)
+            return llg.LLMatcher.grammar_from_regex(ascii_digits(value))
+        if kind == "grammar":
+            if not isinstance(value, str) or not value.strip():
+                raise UnsupportedConstraint(
+                    f"the grammar from '{source}' must be a non-empty string", param=source)
+            if constraint.syntax == "lark":
+                return llg.LLMatcher.grammar_from_lark(value)
+            try:
+                # "gbnf", or None: llguidance tells GBNF from Lark by itself
+                lark = any_to_lark(value)
+            except Exception as exc:  # noqa: BLE001 - the converter raises plain errors
+                raise UnsupportedConstraint(
+                    f"the grammar from '{source}' is not valid GBNF/Lark: {exc}", param=source
+                ) from None
+            return llg.LLMatcher.grammar_from_lark(lark)
+        if kind == "choice":
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, str) and v for v in value)):
+                raise UnsupportedConstraint(
+                    f"the choice constraint from '{source}' must be a non-empty list of "
+                    "non-empty strings", param=source)
+            lark = "start: " + " | ".join(json.dumps(v) for v in dict.fromkeys(value))
+            return llg.LLMatcher.grammar_from_lark(lark)
+    except UnsupportedConstraint:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UnsupportedConstraint(
+            f"the {_what(constraint)} from '{source}' could not be compiled: {exc}", param=source
+        ) from None
+    raise UnsupportedConstraint(f"unknown constraint kind {kind!r}", param=source)  # pragma: no cover
+
+
+def _clean(message: str) -> str:
+    """llguidance errors can carry a parser dump; keep the first lines."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    head = []
+    for line in lines:
+        if line.startswith("<state>") or line.startswith("<grammar>"):
+            break
+        head.append(line.rstrip())
+        if len(head) >= 4:
+            break
+    return " ".join(head) or "unknown error"
+
+
+def validate(grammar: str, constraint: Constraint, tokenizer: llg.LLTokenizer | None) -> None:
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error:
+        raise UnsupportedConstraint(
+            f"the {_what(constraint)} from '{constraint.source}' cannot be enforced: "
+            f"{_clean(messages[0] if messages else '')}",
+            param=constraint.source,
+        )
+
+
+@dataclass
+class Compiled:
+    hash: str
+    grammar: str
+    template: llg.LLMatcher  #: pristine matcher; deep_copy() per request
+
+
+class Compiler:
+    """Thread-safe LRU caches: grammar text by content hash, and a pristine
+    matcher per (vocabulary, content hash). Refusals are cached too."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._grammars: OrderedDict[str, str | UnsupportedConstraint] = OrderedDict()
+        self._matchers: OrderedDict[tuple[str, str], Compiled | UnsupportedConstraint] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def _put(self, cache: OrderedDict, key: Any, value: Any) -> None:
+        with self._lock:
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > self.max_entries:
+                cache.popitem(last=False)
+
+    def _get(self, cache: OrderedDict, key: Any) -> Any:
+        with self._lock:
+            value = cache.get(key)
+            if value is not None:
+                cache.move_to_end(key)
+            return value
+
+    def is_cached(self, constraint: Constraint, tok: GuidedTokenizer | None) -> bool:
+        key = content_hash(constraint)
+        if tok is None:
+            return self._get(self._grammars, key) is not None
+        return self._get(self._matchers, (tok.key, key)) is not None
+
+    def grammar(self, constraint: Constraint) -> str:
+        key = content_hash(constraint)
+        hit = self._get(self._grammars, key)
+        if hit is None:
+            try:
+                hit = compile_grammar(constraint)
+                validate(hit, constraint, None)
+            except UnsupportedConstraint as exc:
+                hit = exc
+            self._put(self._grammars, key, hit)
+        if isinstance(hit, UnsupportedConstraint):
+            raise _again(hit, constraint)
+        return hit
+
+    def matcher(self, constraint: Constraint, tok: GuidedTokenizer) -> Compiled:
+        key = content_hash(constraint)
+        hit = self._get(self._matchers, (tok.key, key))
+        if hit is None:
+            self.misses += 1
+            try:
+                grammar = self.grammar(constraint)
+                template = llg.LLMatcher(tok.lltok, grammar, log_level=0)
+                if template.is_error():
+                    raise UnsupportedConstraint(
+                        f"the {_what(constraint)} from '{constraint.source}' cannot be enforced: "
+                        f"{_clean(template.get_error())}", param=constraint.source)
+                hit = Compiled(key, grammar, template)
+            except UnsupportedConstraint as exc:
+                hit = exc
+            self._put(self._matchers, (tok.key, key), hit)
+        else:
+            self.hits += 1
+        if isinstance(hit, UnsupportedConstraint):
+            raise _again(hit, constraint)
+        return hit
+
+
+def _again(cached: UnsupportedConstraint, constraint: Constraint) -> UnsupportedConstraint:
+    """A fresh exception (tracebacks must not pile up on a cached one),
+    naming this request's source."""
+    return UnsupportedConstraint(cached.message, param=constraint.source)

@@ -1,0 +1,223 @@
+"""Axionic inference policies: the inline ``policy`` object, saved policies
+(``policy_id``), and their translation into kernel ``Constraint``s.
+
+A policy::
+
+    {"sampling":    {"method": "guided-generation", "temperature": 0.2, "top_p": 0.9},
+     "constraints": {"json_mode": true, "json_schema": {...}}       # or regex_pattern / grammar
+     "verifiers":   {"enabled": ["syntax", "json_schema"], "repair_on_failure": true}}
+
+Unknown fields are refused (400) rather than ignored, so a policy never does
+less than its author believes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adyton import Constraint, GenerationRequest, InvalidRequest, NotFound, Principal
+
+from .verify import VERIFIERS
+
+GUIDED = "guided-generation"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingPolicy(_Strict):
+    method: Literal["guided-generation", "standard"] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    seed: int | None = None
+
+
+class ConstraintsPolicy(_Strict):
+    json_mode: bool = False
+    json_schema: dict[str, Any] | None = None
+    regex_pattern: str | None = None
+    grammar: str | None = None
+    #: adyton extension: "lark" or "gbnf" (default: detected)
+    grammar_syntax: Literal["lark", "gbnf"] | None = None
+    #: adyton extension: the output is exactly one of these strings
+    choices: list[str] | None = None
+
+
+class VerifiersPolicy(_Strict):
+    enabled: list[Literal["syntax", "json_schema"]] | None = None
+    repair_on_failure: bool = False
+    #: adyton extension: the repair budget past max_tokens
+    max_repair_tokens: int | None = Field(None, ge=1, le=4096)
+
+
+class Policy(_Strict):
+    name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    sampling: SamplingPolicy = Field(default_factory=SamplingPolicy)
+    constraints: ConstraintsPolicy = Field(default_factory=ConstraintsPolicy)
+    verifiers: VerifiersPolicy = Field(default_factory=VerifiersPolicy)
+
+
+def parse_policy(raw: Any, param: str = "policy") -> Policy:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"'{param}' must be a JSON object", param=param)
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (param, *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            message = f"unsupported field '{where}'"
+        else:
+            message = f"invalid '{where}': {err['msg']}"
+        raise InvalidRequest(message, param=param) from None
+
+
+def policy_constraint(policy: Policy, source: str, policy_id: str | None = None) -> Constraint | None:
+    """The constraint a policy asks for, or None. Raises InvalidRequest for
+    contradictions."""
+    c = policy.constraints
+    given = [name for name in ("json_schema", "regex_pattern", "grammar", "choices")
+             if getattr(c, name) is not None]
+    if len(given) > 1:
+        raise InvalidRequest(
+            f"'{source}.constraints' sets {' and '.join(given)}; use one constraint per request",
+            param=source)
+    if c.json_mode and given and given[0] != "json_schema":
+        raise InvalidRequest(
+            f"'{source}.constraints.json_mode' cannot be combined with {given[0]}", param=source)
+    method = policy.sampling.method
+    if method == "standard" and (given or c.json_mode):
+        raise InvalidRequest(
+            f"'{source}.sampling.method' is 'standard' but constraints are set; constraints are "
+            f"enforced by method '{GUIDED}'", param=source)
+    options: dict[str, Any] = {"repair_on_failure": policy.verifiers.repair_on_failure}
+    if policy.verifiers.enabled is not None:
+        options["verifiers"] = list(policy.verifiers.enabled)
+    if policy.verifiers.max_repair_tokens is not None:
+        options["repair_budget"] = policy.verifiers.max_repair_tokens
+    if policy_id:
+        options["policy_id"] = policy_id
+    if c.json_schema is not None:
+        return Constraint(kind="json_schema", value=c.json_schema, source=source, options=options)
+    if c.regex_pattern is not None:
+        return Constraint(kind="regex", value=c.regex_pattern, source=source, options=options)
+    if c.grammar is not None:
+        return Constraint(kind="grammar", value=c.grammar, syntax=c.grammar_syntax,
+                          source=source, options=options)
+    if c.choices is not None:
+        return Constraint(kind="choice", value=list(c.choices), source=source, options=options)
+    if c.json_mode:
+        return Constraint(kind="json_object", source=source, options=options)
+    if method == GUIDED:
+        raise InvalidRequest(
+            f"'{source}.sampling.method' is '{GUIDED}' but no constraint is set (json_mode, "
+            "json_schema, regex_pattern or grammar)", param=source)
+    return None
+
+
+def apply_policy(request: GenerationRequest, policy: Policy, source: str,
+                 policy_id: str | None = None) -> None:
+    s = policy.sampling
+    if s.temperature is not None:
+        request.temperature = s.temperature
+    if s.top_p is not None:
+        request.top_p = s.top_p
+    if s.top_k is not None:
+        request.top_k = s.top_k
+    if s.seed is not None and request.seed is None:
+        request.seed = s.seed
+    constraint = policy_constraint(policy, source, policy_id)
+    if constraint is not None:
+        request.constraints.append(constraint)
+
+
+# --------------------------------------------------------------------------
+# Saved policies
+# --------------------------------------------------------------------------
+
+_ID = re.compile(r"^pol_[A-Za-z0-9]{8,64}$")
+
+
+class PolicyStore:
+    """One JSON file per policy under ``<ADYTON_HOME>/policies``. A policy
+    belongs to the principal that created it (by its opaque ``id``); others
+    get 404 for it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    def _path(self, policy_id: str) -> Path | None:
+        if not _ID.match(policy_id):
+            return None
+        return self.root / f"{policy_id}.json"
+
+    def create(self, policy: Policy, principal: Principal) -> dict[str, Any]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        record = {
+            "id": "pol_" + secrets.token_hex(12),
+            "object": "policy",
+            "created": int(time.time()),
+            "owner": principal.id,
+            "policy": policy.model_dump(exclude_none=True, exclude_defaults=False),
+        }
+        path = self._path(record["id"])
+        assert path is not None
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f, ensure_ascii=False, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return record
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def get(self, policy_id: str, principal: Principal) -> dict[str, Any]:
+        path = self._path(policy_id)
+        record = self._read(path) if path is not None else None
+        if record is None or record.get("owner") != principal.id:
+            raise NotFound(f"no policy '{policy_id}'", param="policy_id", code="policy_not_found")
+        return record
+
+    def list(self, principal: Principal) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in self.root.glob("pol_*.json"):
+            record = self._read(path)
+            if record is not None and record.get("owner") == principal.id:
+                out.append(record)
+        out.sort(key=lambda r: (r.get("created", 0), r["id"]))
+        return out
+
+    def delete(self, policy_id: str, principal: Principal) -> None:
+        self.get(policy_id, principal)
+        path = self._path(policy_id)
+        assert path is not None
+        path.unlink(missing_ok=True)
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored policy as clients see it (no owner)."""
+    return {"id": record["id"], "policy_id": record["id"], "object": "policy",
+            "created": record.get("created", 0), "policy": record.get("policy", {})}

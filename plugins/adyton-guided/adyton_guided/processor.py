@@ -1,0 +1,216 @@
+"""The logits processor that enforces one compiled constraint.
+
+Per token, on the engine thread: ``process`` applies the llguidance token
+mask (a packed bitmask unpacked with numpy) by setting every forbidden logit
+to -inf; ``accept`` advances the matcher with the sampled token. Once the
+matcher is stopped (or in an error state) only end-of-sequence is allowed.
+
+Mask prefetch: after ``accept`` the next mask is computed on a helper
+thread while the backend runs its next forward pass (llguidance releases the
+GIL while it computes), and ``process`` only waits for it. Every other
+matcher call first waits for a pending computation (the matcher is not
+re-entrant).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from adyton import Constraint, FinishReason, LogitsProcessor
+
+from . import verify
+from .compile import Compiled
+from .tokenizer import GuidedTokenizer, closer_ids
+
+log = logging.getLogger("adyton.guided")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _mask_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adyton-guided-mask")
+    return _executor
+
+
+class GuidedProcessor(LogitsProcessor):
+    name = "guided"
+
+    def __init__(
+        self,
+        constraint: Constraint,
+        compiled: Compiled,
+        tok: GuidedTokenizer,
+        *,
+        max_tokens: int | None,
+        verifiers: Sequence[str],
+        repair: bool,
+        repair_budget: int,
+        prefetch: bool = True,
+    ) -> None:
+        self.constraint = constraint
+        self.handles = (constraint,)
+        self.compiled = compiled
+        self.tok = tok
+        self.max_tokens = max_tokens
+        self.verifiers = list(verifiers)
+        self.repair = repair
+        self.extra_tokens = repair_budget if repair else 0
+        self.prefetch = prefetch
+        self._vocab = tok.vocab_size
+        self._eos = np.asarray(tok.eos_ids, dtype=np.int64)
+        self._bitmask = np.full((self._vocab + 31) // 32, -1, dtype=np.int32)
+        self._closers = closer_ids(tok) if repair else None
+        self._matcher = compiled.template.deep_copy()
+        self._pending: Future[None] | None = None
+        self._count = 0
+        self._error: str | None = None
+
+    # -- the matcher, possibly busy on the helper thread ------------------------
+
+    def _fill(self) -> None:
+        m = self._matcher
+        m.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
+
+    def _settle(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            pending.result()
+
+    def _schedule(self) -> None:
+        if self.prefetch:
+            self._pending = _mask_executor().submit(self._fill)
+        else:
+            self._pending = None
+
+    # -- LogitsProcessor ----------------------------------------------------------
+
+    def reset(self) -> None:
+        self._settle()
+        self._matcher = self.compiled.template.deep_copy()
+        self._count = 0
+        self._error = None
+        self._schedule()
+
+    def process(self, generated: Sequence[int], logits: np.ndarray) -> None:
+        if self._pending is not None:
+            self._settle()
+        else:
+            self._fill()
+        m = self._matcher
+        n = logits.shape[0]
+        if m.is_error() or m.is_stopped():
+            if m.is_error() and self._error is None:
+                self._error = m.get_error()
+                log.warning("guided decoding entered an error state: %s", self._error)
+            self._only_eos(logits)
+            return
+        vocab = min(n, self._vocab)
+        allowed = np.unpackbits(self._bitmask.view(np.uint8), count=vocab, bitorder="little").view(bool)
+        head = logits[:vocab]
+        if (self.repair and self.max_tokens is not None and len(generated) >= self.max_tokens):
+            # repair: past max_tokens, finish as soon as the constraint allows
+            closers = allowed & self._closers[:vocab]
+            if closers.any():
+                allowed = closers
+        np.copyto(head, -np.inf, where=~allowed)
+        if n > vocab:
+            logits[vocab:] = -np.inf
+        if not allowed.any():  # cannot happen unless the matcher is broken
+            self._only_eos(logits)
+
+    def _only_eos(self, logits: np.ndarray) -> None:
+        eos = self._eos[self._eos < logits.shape[0]]
+        keep = logits[eos].copy()
+        logits[:] = -np.inf
+        logits[eos] = np.where(np.isfinite(keep), keep, 0.0)
+
+    def accept(self, token_id: int) -> None:
+        self._settle()
+        self._count += 1
+        m = self._matcher
+        if m.is_stopped():
+            return
+        if not m.consume_token(token_id):
+            if self._error is None:
+                self._error = m.get_error() or f"token {token_id} was not allowed"
+            return
+        if not m.is_stopped():
+            self._schedule()
+
+    def is_complete(self) -> bool:
+        self._settle()
+        m = self._matcher
+        if m.is_error() or not m.is_accepting():
+            return False
+        if self.repair and m.is_stopped() and self.max_tokens is not None and self._count >= self.max_tokens:
+            # Past max_tokens with a finished output only end-of-sequence is
+            # allowed: let the engine emit it (one more step, inside the
+            # repair budget) so that the choice ends with finish_reason
+            # "stop" rather than "length".
+            return False
+        return True
+
+    def response_headers(self) -> dict[str, str]:
+        return {"x-adyton-guided": "enforced"}
+
+    # -- after the choice -------------------------------------------------------------
+
+    def _text_accepted(self, text: str) -> tuple[bool, str | None]:
+        m = self.compiled.template.deep_copy()
+        try:
+            ids = self.tok.vocabulary.encode(text)
+        except Exception as exc:  # noqa: BLE001
+            return False, f"the output could not be tokenized: {exc}"
+        if ids and not m.consume_tokens(list(ids)):
+            return False, "the output does not match the constraint"
+        if not m.is_accepting():
+            return False, "the output is incomplete"
+        return True, None
+
+    def report(self, text: str, finish_reason: FinishReason) -> dict[str, Any]:
+        self._settle()
+        m = self._matcher
+        complete = not m.is_error() and m.is_accepting()
+        kind = self.constraint.kind
+        results: dict[str, dict[str, Any]] = {}
+        parsed: Any = None
+        syntax_ok = False
+        if kind in ("json_schema", "json_object"):
+            results_syntax, parsed = verify.check_json(text, want_object=kind == "json_object")
+            syntax_ok = results_syntax["passed"]
+        else:
+            ok, why = self._text_accepted(text)
+            if ok and kind == "choice" and text not in self.constraint.value:
+                ok, why = False, "the output is not one of the choices"
+            results_syntax = {"passed": ok} if ok else {"passed": False, "error": why}
+            syntax_ok = ok
+        if "syntax" in self.verifiers:
+            results["syntax"] = results_syntax
+        if "json_schema" in self.verifiers and kind == "json_schema":
+            if syntax_ok:
+                validator = verify.schema_validator(self.compiled.hash, self.constraint.value)
+                results["json_schema"] = verify.check_schema(validator, parsed)
+            else:
+                results["json_schema"] = {"passed": False, "error": "not checked: the output is not valid JSON"}
+        accepted = syntax_ok and all(r["passed"] for r in results.values())
+        report: dict[str, Any] = {
+            "enforced": True,
+            "constraint": kind,
+            "source": self.constraint.source,
+            "accepted": accepted,
+            "complete": complete,
+            "verifiers": results,
+        }
+        if self.repair:
+            over = max(0, self._count - (self.max_tokens or self._count))
+            report["repair"] = {"used": over > 0, "extra_tokens": over, "budget": self.extra_tokens}
+        if self._error:
+            report["error"] = self._error.splitlines()[0]
+        return report

@@ -1,0 +1,234 @@
+"""Axionic's guided-generation surface.
+
+* ``POST /v1/policies`` (body: a policy, or ``{"policy": {...}}``) -> the
+  saved policy with its ``policy_id``; ``GET /v1/policies``,
+  ``GET /v1/policies/<id>``, ``DELETE /v1/policies/<id>``.
+* ``POST /sampling/generate``: ``prompt`` (or ``messages``), ``method:
+  "guided-generation"``, ``max_new_tokens``, ``params`` (temperature, top_p,
+  top_k, seed, stop), and one of ``json_schema`` / ``regex_pattern`` /
+  ``grammar`` (adyton also takes ``choices``, ``json_mode``, ``policy`` or
+  ``policy_id``). Answers with the text and whether the verifiers accepted
+  it.
+
+Errors: ``{"detail": message, "error": {"message", "type", "code", "param"}}``.
+Credentials: ``x-api-key`` or ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from adyton import (
+    AdytonError,
+    ChatMessage,
+    Credentials,
+    GenerationRequest,
+    InvalidRequest,
+    UnsupportedConstraint,
+    WireFormat,
+    current_kernel,
+)
+
+from .policy import GUIDED, Policy, parse_policy, policy_constraint, public
+
+_PARAMS = {"temperature", "top_p", "top_k", "seed", "stop", "min_p"}
+_BODY = {"prompt", "messages", "model", "method", "max_new_tokens", "max_tokens", "params",
+         "json_schema", "regex_pattern", "grammar", "grammar_syntax", "choices", "json_mode",
+         "verifiers", "repair_on_failure", "policy", "policy_id"}
+
+
+def credentials_from_headers(wire: str) -> Credentials:
+    address = request.remote_addr
+    key = request.headers.get("x-api-key")
+    if key:
+        return Credentials(kind="api_key", secret=key.strip(), wire_format=wire, client_address=address)
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return Credentials(kind="bearer", secret=auth[7:].strip(), wire_format=wire, client_address=address)
+    return Credentials(kind="none", wire_format=wire, client_address=address)
+
+
+async def _json_body() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+class AxionicGuided(WireFormat):
+    name = "guided"
+    url_prefixes = ("/v1/policies", "/sampling/")
+
+    def __init__(self) -> None:
+        bp = Blueprint("adyton_guided", __name__)
+        bp.add_url_rule("/v1/policies", "create_policy", self.create_policy, methods=["POST"])
+        bp.add_url_rule("/v1/policies", "list_policies", self.list_policies, methods=["GET"])
+        bp.add_url_rule("/v1/policies/<policy_id>", "get_policy", self.get_policy, methods=["GET"])
+        bp.add_url_rule("/v1/policies/<policy_id>", "delete_policy", self.delete_policy, methods=["DELETE"])
+        bp.add_url_rule("/sampling/generate", "generate", self.generate, methods=["POST"])
+        self._bp = bp
+
+    @property
+    def blueprint(self) -> Blueprint:
+        return self._bp
+
+    def render_error(self, error: AdytonError) -> Response:
+        body: dict[str, Any] = {"message": error.message, "type": error.type, "code": error.code}
+        if error.param is not None:
+            body["param"] = error.param
+        response = jsonify({"detail": error.message, "error": body})
+        response.status_code = error.status
+        response.headers.update(error.response_headers())
+        return response
+
+    def example_request(self, base_url: str) -> str | None:
+        return (
+            f"curl -s {base_url}/sampling/generate -H 'content-type: application/json' -d "
+            "'{\"prompt\": \"Give a JSON object with a name.\", \"method\": \"guided-generation\", "
+            "\"max_new_tokens\": 60, \"json_schema\": {\"type\": \"object\", \"properties\": "
+            "{\"name\": {\"type\": \"string\"}}, \"required\": [\"name\"]}}'"
+        )
+
+    # -- policies ------------------------------------------------------------------
+
+    async def _principal(self):
+        kernel = current_kernel()
+        return kernel, await kernel.pipeline.authenticate(credentials_from_headers(self.name))
+
+    async def create_policy(self) -> Response:
+        from . import compiler, policy_store
+
+        kernel, principal = await self._principal()
+        body = await _json_body()
+        raw = body["policy"] if isinstance(body.get("policy"), dict) else body
+        if raw is not body:
+            extra = set(body) - {"policy", "name", "description"}
+            if extra:
+                raise InvalidRequest(f"unsupported field '{sorted(extra)[0]}'", param=sorted(extra)[0])
+            raw = {**raw, **{k: body[k] for k in ("name", "description") if k in body}}
+        policy = parse_policy(raw)
+        constraint = policy_constraint(policy, "policy")
+        if constraint is not None:
+            compiler.grammar(constraint)  # refuse what could never be enforced, now
+        record = policy_store(kernel).create(policy, principal)
+        response = jsonify(public(record))
+        response.status_code = 201
+        return response
+
+    async def list_policies(self) -> Response:
+        from . import policy_store
+
+        kernel, principal = await self._principal()
+        return jsonify({"object": "list", "data": [public(r) for r in policy_store(kernel).list(principal)]})
+
+    async def get_policy(self, policy_id: str) -> Response:
+        from . import policy_store
+
+        kernel, principal = await self._principal()
+        return jsonify(public(policy_store(kernel).get(policy_id, principal)))
+
+    async def delete_policy(self, policy_id: str) -> Response:
+        from . import policy_store
+
+        kernel, principal = await self._principal()
+        policy_store(kernel).delete(policy_id, principal)
+        return jsonify({"id": policy_id, "policy_id": policy_id, "object": "policy", "deleted": True})
+
+    # -- /sampling/generate -------------------------------------------------------------
+
+    async def generate(self) -> Response:
+        kernel = current_kernel()
+        body = await _json_body()
+        unknown = set(body) - _BODY
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidRequest(f"unsupported field '{name}'", param=name)
+        gen_request = self._request(body)
+        generation = await kernel.pipeline.submit(gen_request, credentials_from_headers(self.name))
+        result = await generation.result()
+        choice = result.choices[0]
+        report = choice.reports.get("guided")
+        out = {
+            "id": result.id,
+            "object": "sampling.generation",
+            "created": result.created,
+            "model": result.model,
+            "method": GUIDED,
+            "output": choice.text,
+            "text": choice.text,
+            "accepted": bool(report and report.get("accepted")),
+            "finish_reason": choice.finish_reason.value,
+            "verification": report,
+            "usage": result.usage.as_dict(),
+        }
+        response = jsonify(out)
+        response.headers.update(result.headers)
+        return response
+
+    def _request(self, body: dict[str, Any]) -> GenerationRequest:
+        method = body.get("method", GUIDED)
+        if method != GUIDED:
+            raise InvalidRequest(
+                f"unsupported method {method!r}; this server supports '{GUIDED}'", param="method")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("'params' must be an object", param="params")
+        unknown = set(params) - _PARAMS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidRequest(f"unsupported field 'params.{name}'", param=f"params.{name}")
+        inline = {k: body[k] for k in ("json_schema", "regex_pattern", "grammar", "grammar_syntax",
+                                        "choices", "json_mode") if k in body}
+        uses_policy = "policy" in body or "policy_id" in body
+        if inline and uses_policy:
+            raise InvalidRequest("send constraints inline or through 'policy'/'policy_id', not both",
+                                 param="policy")
+        max_new = body.get("max_new_tokens", body.get("max_tokens", 256))
+        fields: dict[str, Any] = {
+            "model": body.get("model"),
+            "max_tokens": max_new,
+        }
+        if "prompt" in body and "messages" in body:
+            raise InvalidRequest("send 'prompt' or 'messages', not both", param="prompt")
+        if "messages" in body:
+            fields["messages"] = body["messages"]
+        elif isinstance(body.get("prompt"), str):
+            fields["prompt"] = body["prompt"]
+        else:
+            raise InvalidRequest("'prompt' (a string) is required", param="prompt")
+        for key in ("temperature", "top_p", "top_k", "seed", "stop", "min_p"):
+            if key in params:
+                fields[key] = params[key]
+        if isinstance(fields.get("stop"), str):
+            fields["stop"] = [fields["stop"]]
+        try:
+            gen_request = GenerationRequest.model_validate(fields)
+        except Exception as exc:  # noqa: BLE001 - pydantic: name the field
+            errors = getattr(exc, "errors", None)
+            if callable(errors):
+                err = errors()[0]
+                loc = ".".join(str(p) for p in err["loc"]) or "body"
+                loc = {"max_tokens": "max_new_tokens"}.get(loc, loc)
+                raise InvalidRequest(f"invalid '{loc}': {err['msg']}", param=loc) from None
+            raise InvalidRequest(str(exc)) from None
+        if uses_policy:
+            for key in ("policy", "policy_id"):
+                if key in body:
+                    gen_request.extra[key] = body[key]
+            return gen_request
+        verifiers = body.get("verifiers") or {}
+        if "repair_on_failure" in body:
+            if not isinstance(verifiers, dict):
+                raise InvalidRequest("'verifiers' must be an object", param="verifiers")
+            verifiers = {**verifiers, "repair_on_failure": body["repair_on_failure"]}
+        policy = parse_policy(
+            {"sampling": {"method": GUIDED}, "constraints": inline, "verifiers": verifiers},
+            param="body",
+        )
+        constraint = policy_constraint(policy, "sampling/generate")
+        if constraint is None:  # pragma: no cover - guided-generation demands one
+            raise UnsupportedConstraint("no constraint given")
+        gen_request.constraints.append(constraint)
+        return gen_request
