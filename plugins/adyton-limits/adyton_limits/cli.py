@@ -142,7 +142,7 @@ def usage(state, account: str | None, since: str | None, as_json: bool) -> None:
     svc = _service(state)
     account_id = _find(svc, account).id if account else None
     try:
-        since_ts = parse_since(since)
+        since_ts = parse_since(since, svc.clock())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     rows = svc.store.usage(account_id, since_ts)

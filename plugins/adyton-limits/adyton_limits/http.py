@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .service import LimitsService
 
 
-def parse_since(value: str | None) -> float | None:
-    """ISO date/time (UTC if naive), or a duration like 24h / 7d / 30m."""
+def parse_since(value: str | None, now: float | None = None) -> float | None:
+    """ISO date/time (UTC if naive), or a duration like 24h / 7d / 30m
+    before ``now``."""
     if not value:
         return None
     v = value.strip()
@@ -32,7 +33,7 @@ def parse_since(value: str | None) -> float | None:
     if v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
         import time
 
-        return time.time() - float(v[:-1]) * units[v[-1]]
+        return (time.time() if now is None else now) - float(v[:-1]) * units[v[-1]]
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
@@ -144,7 +145,7 @@ class AdminApi(_JsonSurface):
         ref = request.args.get("account")
         account_id = self._account(ref).id if ref else None
         try:
-            since = parse_since(request.args.get("since"))
+            since = parse_since(request.args.get("since"), self.service.clock())
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="since") from None
         return jsonify({"usage": self.service.store.usage(account_id, since)})
