@@ -83,6 +83,8 @@ def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
             f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             code="invalid_json",
         ) from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {_type_name(body)}",
                              code="invalid_json")
@@ -120,6 +122,16 @@ def credentials_from(body: dict[str, Any], client_address: str | None = None) ->
                        client_address=client_address)
 
 
+def _check_text(value: str, field: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"'{field}' contains an unpaired UTF-16 surrogate (not valid Unicode text)",
+                             param=field, code="invalid_value") from None
+    return value
+
+
 def _string_field(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     value = body.get(key)
     if value is None:
@@ -129,7 +141,7 @@ def _string_field(body: dict[str, Any], key: str, *, required: bool) -> str | No
     if not isinstance(value, str):
         raise InvalidRequest(f"'{key}' must be a string, not {_type_name(value)}", param=key,
                              code="invalid_type")
-    return value
+    return _check_text(value, key)
 
 
 def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
@@ -168,7 +180,7 @@ def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if not isinstance(content, str):
             raise InvalidRequest(f"'{where}.content' must be a string, not {_type_name(content)}",
                                  param=f"{where}.content", code="invalid_type")
-        out.append(ChatMessage(role=role, content=content))
+        out.append(ChatMessage(role=role, content=_check_text(content, f"{where}.content")))
     return out
 
 

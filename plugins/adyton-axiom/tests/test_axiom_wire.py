@@ -13,8 +13,9 @@ from axiom_helpers import ACCOUNT, RoutedBackend, chat_body
 
 
 def post(server, body=None, *, content=None, headers=None) -> httpx.Response:
-    if content is None:
-        return httpx.post(server.base_url + "/api/chat", json=body, headers=headers, timeout=30)
+    if content is None:  # ASCII-escaped JSON, so lone surrogates travel as \\ud800
+        content = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
     return httpx.post(server.base_url + "/api/chat", content=content, headers=headers, timeout=30)
 
 
@@ -203,6 +204,8 @@ BAD_BODIES = [
     ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]},
      "unknown_field", "messages[0].name", "unknown key 'name'"),
     ({"stream": True}, "unsupported_parameter", "stream", "'stream'"),
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "invalid_value", "messages[0].content", "surrogate"),
+    ({"system_prompt": "a\udfffb"}, "invalid_value", "system_prompt", "surrogate"),
 ]
 
 
@@ -228,11 +231,12 @@ def test_400_bad_fields_are_named(serve, change, code, field, words):
         (b"[1, 2]", "application/json", "not an array"),
         (b'"hi"', "application/json", "not a string"),
         (b"\xff\xfe{}", "application/json", "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply"),
         (None, "text/plain", "Content-Type must be application/json"),
         (None, "application/x-www-form-urlencoded", "Content-Type must be application/json"),
         (None, None, "got none"),
     ],
-    ids=["truncated", "empty", "array", "string", "bad-utf8", "text-plain", "form", "no-content-type"],
+    ids=["truncated", "empty", "array", "string", "bad-utf8", "deep", "text-plain", "form", "no-content-type"],
 )
 def test_400_not_json(serve, content, content_type, words):
     server = serve()
