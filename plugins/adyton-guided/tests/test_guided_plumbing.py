@@ -8,7 +8,7 @@ import pytest
 
 from adyton.testing import ScriptedBackend
 
-from conftest import JSON_VOCAB
+from guided_helpers import JSON_VOCAB, limiter, make_app  # noqa: F401 - fixtures
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}

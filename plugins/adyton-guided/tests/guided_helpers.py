@@ -1,6 +1,7 @@
-"""Fixtures for adyton-guided: apps with a scripted backend, a minimal test
-wire format that takes a kernel GenerationRequest as JSON, and a counting
-limiter (to show refusals never reach the limits)."""
+"""Helpers and fixtures for adyton-guided tests (a module, not conftest.py, so
+the kernel tests' `from conftest import` keeps working): apps with a scripted
+backend, a minimal test wire format that takes a kernel GenerationRequest as
+JSON, and a counting limiter (to show refusals never reach the limits)."""
 
 from __future__ import annotations
 
