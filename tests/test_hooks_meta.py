@@ -10,7 +10,7 @@ import click
 from click.testing import CliRunner
 
 from adyton import DefaultSampler, create_app, hookimpl, hookspecs
-from adyton.testing import ScriptedBackend
+from adyton.testing import JsonTestWire, ScriptedBackend
 
 HOOKS = sorted(
     name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
@@ -49,8 +49,7 @@ class Everything:
     @hookimpl
     def register_wire_formats(self, register, kernel):
         self.called.add("register_wire_formats")
-        from conftest import TestWire
-        register(TestWire())
+        register(JsonTestWire())
 
     @hookimpl
     def register_authenticators(self, register, kernel):
