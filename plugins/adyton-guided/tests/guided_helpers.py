@@ -132,3 +132,65 @@ def make_app(tmp_path, limiter):
         )
 
     return make
+
+
+# --------------------------------------------------------------------------
+# The default model's real vocabulary, built from its GGUF (tests only; the
+# llama backend builds its own)
+# --------------------------------------------------------------------------
+
+_VOCAB_CACHE: dict[str, object] = {}
+
+
+def _byte_decoder() -> dict[str, int]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def gguf_vocabulary(path: Path | None = None):
+    """An adyton.Vocabulary for the GGUF's GPT-2-style BPE tokenizer, with a
+    real ``tokenizers`` encoder (SmolLM2: digits split, byte-level BPE)."""
+    path = Path(path or model_path())
+    key = str(path)
+    if key in _VOCAB_CACHE:
+        return _VOCAB_CACHE[key]
+    gguf = pytest.importorskip("gguf")
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from adyton import Vocabulary
+
+    if not path.exists():
+        pytest.skip(f"no model file at {path} (set ADYTON_TEST_MODEL)")
+    reader = gguf.GGUFReader(str(path))
+    fields = reader.fields
+    if fields["tokenizer.ggml.model"].contents() != "gpt2":
+        pytest.skip("the test vocabulary builder only knows GPT-2-style BPE")
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"].contents()]
+    eos = int(fields["tokenizer.ggml.eos_token_id"].contents())
+    control = frozenset(i for i, t in enumerate(types) if t in (3, 4))  # CONTROL, USER_DEFINED
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    tk = tokenizers.Tokenizer(bpe)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    dec = _byte_decoder()
+    token_bytes = [t.encode() if i in control else bytes(dec[ch] for ch in t) for i, t in enumerate(tokens)]
+
+    def encode(text: str) -> list[int]:
+        return tk.encode(text, add_special_tokens=False).ids
+
+    vocab = Vocabulary(token_bytes=token_bytes, eos_token_ids=[eos], control_token_ids=control, encode=encode)
+    _VOCAB_CACHE[key] = vocab
+    return vocab
