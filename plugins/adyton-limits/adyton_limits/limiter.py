@@ -99,6 +99,11 @@ class Counters:
     async def incr(self, key: str, expiry: int, amount: int) -> int:
         return int(await self.storage.incr(f"{self.prefix}/{key}", int(expiry), amount=int(amount)))
 
+    async def incr_many(self, items: list[tuple[str, int, int]]) -> list[int]:
+        if self.shared:  # overlap the round trips; each INCRBY stays atomic
+            return list(await asyncio.gather(*(self.incr(k, e, a) for k, e, a in items)))
+        return [await self.incr(k, e, a) for k, e, a in items]
+
     async def get(self, key: str) -> int:
         return int(await self.storage.get(f"{self.prefix}/{key}"))
 
@@ -204,12 +209,12 @@ class AccountLimiter(Limiter):
                 should_retry=False, code="request_exceeds_limit", headers=headers,
             )
         counts = self.service.counters
-        values = await asyncio.gather(*(counts.incr(c.key, c.expiry, c.amount) for c in counters))
+        values = await counts.incr_many([(c.key, c.expiry, c.amount) for c in counters])
         for c, v in zip(counters, values):
             c.value = v
         over = [c for c in counters if c.value > c.limit]
         if over:
-            await asyncio.gather(*(self._give_back(c, c.amount) for c in counters))
+            await self._all([self._give_back(c, c.amount) for c in counters])
             raise self._refusal(over, counters, tier, now)
         held = Held(principal.id, now, cost.max_total_tokens, counters)
         return Reservation(principal=principal, cost=cost, headers=self._headers(counters, now), data=held)
@@ -259,6 +264,13 @@ class AccountLimiter(Limiter):
             headers[f"x-ratelimit-reset-{dimension}"] = fmt_duration(reset_at - now)
         return headers
 
+    async def _all(self, coros: list) -> None:
+        if self.service.counters.shared:
+            await asyncio.gather(*coros)  # Redis: overlap the round trips
+        else:
+            for coro in coros:  # memory: no I/O, tasks would only add cost
+                await coro
+
     async def _give_back(self, c: Counter, amount: int) -> None:
         if amount == 0:
             return
@@ -282,7 +294,7 @@ class AccountLimiter(Limiter):
                 # unused tokens back; a (never expected) overrun is charged
                 refunds.append(self._give_back(c, c.amount - used))
         try:
-            await asyncio.gather(*refunds)
+            await self._all(refunds)
         finally:
             await self.service.record(LedgerRow(
                 account_id=held.account_id,
