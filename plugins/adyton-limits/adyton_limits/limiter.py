@@ -53,12 +53,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
-from adyton import Limiter, Principal, RateLimited, RequestCost, Reservation, Usage
+from adyton import Limiter, Principal, RateLimited, RequestCost, Reservation, ServiceUnavailable, Usage
 
 from .settings import LimitsSettings, TierLimits
 from .store import LedgerRow, utc_day
@@ -99,9 +98,10 @@ class Counters:
     async def incr(self, key: str, expiry: int, amount: int) -> int:
         return int(await self.storage.incr(f"{self.prefix}/{key}", int(expiry), amount=int(amount)))
 
-    async def incr_many(self, items: list[tuple[str, int, int]]) -> list[int]:
+    async def incr_many(self, items: list[tuple[str, int, int]]) -> list[int | BaseException]:
+        """Each increment's new value, or the exception that stopped it."""
         if self.shared:  # overlap the round trips; each INCRBY stays atomic
-            return list(await asyncio.gather(*(self.incr(k, e, a) for k, e, a in items)))
+            return list(await asyncio.gather(*(self.incr(k, e, a) for k, e, a in items), return_exceptions=True))
         return [await self.incr(k, e, a) for k, e, a in items]
 
     async def get(self, key: str) -> int:
@@ -210,6 +210,17 @@ class AccountLimiter(Limiter):
             )
         counts = self.service.counters
         values = await counts.incr_many([(c.key, c.expiry, c.amount) for c in counters])
+        failed = [v for v in values if isinstance(v, BaseException)]
+        if failed:
+            # the storage (Redis) is unreachable: undo what did land, refuse with 503
+            landed = [c for c, v in zip(counters, values) if not isinstance(v, BaseException)]
+            try:
+                await self._all([self._give_back(c, c.amount) for c in landed])
+            except Exception:  # noqa: BLE001
+                log.warning("could not roll back a partial reservation for %s", principal.id)
+            log.error("limits storage %s failed: %r", counts.uri, failed[0])
+            raise ServiceUnavailable("the rate-limit storage is unavailable; try again shortly",
+                                     retry_after=5.0)
         for c, v in zip(counters, values):
             c.value = v
         over = [c for c in counters if c.value > c.limit]

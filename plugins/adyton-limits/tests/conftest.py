@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 
 import pytest
 
@@ -20,30 +19,9 @@ from limits_testwire import TestWirePlugin  # noqa: E402
 
 from adyton import create_app  # noqa: E402
 from adyton.testing import BackendPlugin, ScriptedBackend, free_port  # noqa: E402
-from adyton_limits import LimitsPlugin, service_for  # noqa: E402
+from adyton_limits import LimitsPlugin  # noqa: E402
+from limits_helpers import FakeClock  # noqa: E402
 
-BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
-       "tokens_per_day": 1_000_000_000, "concurrent_requests": 1000}
-
-
-def tier(**over):
-    return {**BIG, **over}
-
-
-class FakeClock:
-    """Injectable clock: starts at a fixed UTC time; ``advance(s)``, ``set(...)``."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.t = (start or datetime(2025, 3, 10, 12, 0, 5, tzinfo=timezone.utc)).timestamp()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-    def set(self, when: datetime) -> None:
-        self.t = when.timestamp()
 
 
 @pytest.fixture
@@ -74,21 +52,6 @@ def make_app(home, clock):
                           load_entrypoints=False)
 
     return make
-
-
-def service(app):
-    return service_for(app.extensions["adyton"])
-
-
-def new_account(app, tier_n=1, name=""):
-    """Create an account through the app's store (works before or after start)."""
-    svc = service(app)
-    svc.open_store()
-    return svc.store.create_account(tier_n, name)
-
-
-def body(text="hi there", **kw):
-    return {"messages": [{"role": "user", "content": text}], **kw}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from adyton.testing import ServerThread
-from conftest import body, service
+from limits_helpers import body, service
 
 
 def admin_key(app) -> str:

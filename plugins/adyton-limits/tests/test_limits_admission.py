@@ -9,7 +9,7 @@ import threading
 import httpx
 
 from adyton.testing import ScriptedBackend, ServerThread
-from conftest import body, new_account, service, tier
+from limits_helpers import body, new_account, service, tier
 
 
 async def _burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:
@@ -103,3 +103,21 @@ def test_exactly_20_of_50_two_servers_sharing_redis(make_app, redis_limits):
         assert len({u.split("/t/")[0] for u in served}) == 2
     rows = service(app_a).store.usage(acct.account.id)
     assert sum(r["requests"] for r in rows if r["outcome"] == "ok") == 20
+
+
+def test_redis_down_is_503_not_500(make_app, redis_limits):
+    from adyton.testing import free_port
+
+    limits = {**redis_limits}
+    app = make_app(limits=limits)
+    acct = new_account(app)
+    with ServerThread(app) as server:
+        url = server.base_url + "/t/generate"
+        assert httpx.post(url, json=body(), headers={"x-api-key": acct.api_key}).status_code == 200
+        # point the running limiter at a port where nothing listens
+        from adyton_limits.limiter import Counters
+
+        svc = service(app)
+        svc.counters = Counters(f"redis://127.0.0.1:{free_port()}", "x")
+        r = httpx.post(url, json=body(), headers={"x-api-key": acct.api_key})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"

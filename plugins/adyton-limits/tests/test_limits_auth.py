@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from adyton.testing import ServerThread
-from conftest import body, new_account, service
+from limits_helpers import body, new_account, service
 
 
 def test_key_bearer_and_account_number(make_app):

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import httpx
 
 from adyton.testing import ServerThread
-from conftest import body, new_account, service, tier
+from limits_helpers import body, new_account, service, tier
 
 
 def test_daily_quota_and_reset_at_utc_midnight(make_app, clock):

@@ -11,7 +11,7 @@ import time
 import httpx
 
 from adyton.testing import ScriptedBackend, ServerThread
-from conftest import body, new_account, service, tier
+from limits_helpers import body, new_account, service, tier
 
 
 class GatedBackend(ScriptedBackend):
