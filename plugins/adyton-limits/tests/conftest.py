@@ -23,7 +23,6 @@ from adyton_limits import LimitsPlugin  # noqa: E402
 from limits_helpers import FakeClock  # noqa: E402
 
 
-
 @pytest.fixture
 def clock():
     return FakeClock()
