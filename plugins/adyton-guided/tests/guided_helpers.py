@@ -194,3 +194,27 @@ def gguf_vocabulary(path: Path | None = None):
     vocab = Vocabulary(token_bytes=token_bytes, eos_token_ids=[eos], control_token_ids=control, encode=encode)
     _VOCAB_CACHE[key] = vocab
     return vocab
+
+
+def llama_vocabulary(path: Path | None = None):
+    """The same vocabulary through adyton-llama's own GGUF tokenizer (what the
+    backend will hand to samplers); skips until adyton-llama is installed."""
+    path = Path(path or model_path())
+    key = "llama:" + str(path)
+    if key in _VOCAB_CACHE:
+        return _VOCAB_CACHE[key]
+    mod = pytest.importorskip("adyton_llama.tokenizer", reason="adyton-llama is not installed")
+    if not path.exists():
+        pytest.skip(f"no model file at {path} (set ADYTON_TEST_MODEL)")
+    from adyton import Vocabulary
+
+    try:
+        tk = mod.GGUFTokenizer.from_gguf(path)
+        eos = [tk.eos_id] + sorted(set(tk.eos_ids) - {tk.eos_id})
+        vocab = Vocabulary(token_bytes=list(tk.token_bytes()), eos_token_ids=eos,
+                           control_token_ids=frozenset(tk.control_token_ids),
+                           encode=lambda text: tk.encode(text, parse_special=False))
+    except (AttributeError, TypeError) as exc:  # its API moved: the backend tests cover it
+        pytest.skip(f"adyton-llama's tokenizer API differs: {exc}")
+    _VOCAB_CACHE[key] = vocab
+    return vocab

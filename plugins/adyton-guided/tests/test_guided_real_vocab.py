@@ -17,7 +17,7 @@ from adyton import Constraint, FinishReason, UnsupportedConstraint
 from adyton_guided.compile import Compiler
 from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
-from guided_helpers import gguf_vocabulary, model_path
+from guided_helpers import gguf_vocabulary, llama_vocabulary, model_path
 
 pytestmark = pytest.mark.skipif(not model_path().exists(), reason="default model GGUF not present")
 
@@ -48,9 +48,9 @@ SCHEMAS = {
 }
 
 
-@pytest.fixture(scope="module")
-def vocab():
-    return gguf_vocabulary()
+@pytest.fixture(scope="module", params=["gguf+tokenizers", "adyton-llama"])
+def vocab(request):
+    return gguf_vocabulary() if request.param == "gguf+tokenizers" else llama_vocabulary()
 
 
 @pytest.fixture(scope="module")
