@@ -15,6 +15,7 @@ actually produced.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import threading
@@ -65,6 +66,54 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("adyton.pipeline")
 
 _END = object()
+
+
+class _Channel:
+    """Events for one consumer, from the event loop and from the engine
+    thread. Cheaper than an ``asyncio.Queue`` fed by ``call_soon_threadsafe``
+    per token: the engine thread wakes the loop at most once per batch."""
+
+    __slots__ = ("_loop", "_items", "_waiter", "_wake_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_pending = False
+
+    def put(self, item: Any) -> None:
+        """From the event loop."""
+        self._items.append(item)
+        self._wake()
+
+    def put_threadsafe(self, item: Any) -> None:
+        """From the engine thread."""
+        self._items.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake_from_thread)
+
+    def _wake_from_thread(self) -> None:
+        self._wake_pending = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """The next item; ``asyncio.TimeoutError`` after ``timeout`` s of silence."""
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                if timeout is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(self._waiter, timeout)
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 async def resolve_all(results: Sequence[Any]) -> list[Any]:
@@ -333,7 +382,7 @@ class Generation:
         self.usage = Usage(prompt_tokens=prepared.n_tokens)
         self.finish_reasons: dict[int, FinishReason] = {}
         self._chain = _Chain(processors, sampler, vocabulary, request.logprobs)
-        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._events = _Channel(asyncio.get_running_loop())
         self._cancelled = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumed = False
@@ -352,13 +401,13 @@ class Generation:
         slot = None
         try:
             try:
-                slot = await queue.acquire(on_wait=lambda pos: self._events.put_nowait(Waiting(pos)))
+                slot = await queue.acquire(on_wait=lambda pos: self._events.put(Waiting(pos)))
             except AdytonError as exc:
                 metrics.rejected(exc, self.wire_format)
                 outcome = "rejected"
                 raise
             await kernel.models.ensure_loaded(self.backend, self.prepared.model.id)
-            self._events.put_nowait(Started(self.model))
+            self._events.put(Started(self.model))
             started = time.monotonic()
             for index in range(self.request.n):
                 seed = None if self.request.seed is None else self.request.seed + index
@@ -366,23 +415,24 @@ class Generation:
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
-            self._events.put_nowait(_END)
+            self._events.put(_END)
             raise
         except AdytonError as exc:
-            self._events.put_nowait(exc)
+            self._events.put(exc)
         except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
             log.exception("generation %s failed", self.id)
-            self._events.put_nowait(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
+            self._events.put(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
         finally:
             if slot is not None:
                 slot.release()
             metrics.finished(self, outcome)
             await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
-            self._events.put_nowait(_END)
+            self._events.put(_END)
 
     async def _run_choice(self, index: int, seed: int | None, started: float) -> None:
         loop = asyncio.get_running_loop()
         events = self._events
+        emit = events.put_threadsafe
         chain = self._chain
         chain.reset(seed)
         stopper = StopMatcher(self.request.stop)
@@ -392,9 +442,6 @@ class Generation:
         want_logprobs = self.request.logprobs is not None
         metrics = self.kernel.metrics
         first_token_at: list[float] = []
-
-        def emit(item: Any) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
 
         def work() -> tuple[FinishReason, int, str]:
             count = 0
@@ -468,7 +515,7 @@ class Generation:
             if report is not None:
                 reports[processor.name] = report
         self.finish_reasons[index] = finish
-        events.put_nowait(ChoiceFinished(index, finish, count, reports))
+        events.put(ChoiceFinished(index, finish, count, reports))
 
     # -- consuming --------------------------------------------------------------
 
@@ -485,10 +532,26 @@ class Generation:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._events.get(), timeout=keepalive)
+                    item = await self._events.get(keepalive)
                 except asyncio.TimeoutError:
                     yield Waiting()
                     continue
+                if item is _END:
+                    return
+                if isinstance(item, AdytonError):
+                    raise item
+                yield item
+        finally:
+            await self.aclose()
+
+    async def _drain(self) -> AsyncIterator[GenerationEvent]:
+        """Events without keep-alives (for result())."""
+        if self._consumed:
+            raise RuntimeError("a Generation can be consumed once")
+        self._consumed = True
+        try:
+            while True:
+                item = await self._events.get()
                 if item is _END:
                     return
                 if isinstance(item, AdytonError):
@@ -510,7 +573,7 @@ class Generation:
                 await self.aclose()
                 raise item
             if item is _END:
-                self._events.put_nowait(_END)
+                self._events.put(_END)
                 return
 
     async def result(self) -> GenerationResult:
@@ -518,7 +581,7 @@ class Generation:
         texts: dict[int, list[str]] = {i: [] for i in range(self.request.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.request.n)}
         finished: dict[int, ChoiceFinished] = {}
-        async for event in self.events(keepalive_s=3600.0):
+        async for event in self._drain():
             if isinstance(event, TextDelta):
                 texts[event.index].append(event.text)
                 if event.logprobs:

@@ -33,14 +33,22 @@ class DefaultSampler:
         self.min_p = request.min_p
         self.presence_penalty = request.presence_penalty
         self.frequency_penalty = request.frequency_penalty
-        self._bias_ids = np.fromiter(request.logit_bias.keys(), dtype=np.int64)
-        self._bias_values = np.fromiter(request.logit_bias.values(), dtype=np.float32)
+        bias = request.logit_bias
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
         self.reset(seed if seed is not None else request.seed)
 
     def reset(self, seed: int | None) -> None:
         """Start a new choice: new random stream, no token counts."""
-        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng_state: np.random.Generator | None = None  # made on first draw
         self._counts: dict[int, int] = {}
+
+    @property
+    def _rng(self) -> np.random.Generator:
+        if self._rng_state is None:
+            self._rng_state = np.random.default_rng(self._seed)
+        return self._rng_state
 
     @property
     def modifies_logits(self) -> bool:

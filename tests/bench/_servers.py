@@ -8,6 +8,7 @@ pipeline  the full adyton pipeline (adyton-openai if installed, scripted backend
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
@@ -42,13 +43,15 @@ def pipeline_app(extra_plugins=()):
     return create_app(
         settings={"home": "/tmp/adyton-bench-home", "log_level": "warning",
                   "queue": {"max_waiting": 1000}},
-        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"])), *extra_plugins],
+        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"], max_concurrency=int(__import__("os").environ.get("BENCH_CONCURRENCY", "1")))), *extra_plugins],
         load_entrypoints=False,
     )
 
 
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     if kind == "bare":
         app = bare_app()
     elif kind == "pipeline":
@@ -62,7 +65,23 @@ def main() -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
-    asyncio.run(serve(app, config))
+
+    async def run() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, config, shutdown_trigger=stop.wait)
+
+    profile = os.environ.get("BENCH_PROFILE")
+    if profile:
+        import cProfile
+
+        cProfile.runctx("asyncio.run(run())", globals(), locals(), profile)
+    else:
+        asyncio.run(run())
 
 
 if __name__ == "__main__":
