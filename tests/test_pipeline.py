@@ -203,14 +203,26 @@ async def test_auth_and_limits(make_app):
 
 
 async def test_refused_after_reservation_is_settled_as_rejected(make_app):
+    import asyncio
+
     limiter = CountingLimiter(limit=5)
-    app = make_app(ScriptedBackend(), plugins=[AuthLimitPlugin(limiter)],
-                   settings={"queue": {"max_waiting": 0}})
-    kernel = app.extensions["adyton"]
-    kernel.queues["scripted"]._running = 1  # the engine is taken, nobody may wait
-    status, out, _ = await call(app, CHAT, {"x-key": "good"})
-    assert status == 429 and out["err"]["code"] == "server_busy"
+    backend = ScriptedBackend(["a"] * 20, delay_s=0.02)
+    app = make_app(backend, plugins=[AuthLimitPlugin(limiter)], settings={"queue": {"max_waiting": 0}})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        while app.extensions["adyton"].models.loading:  # the model load holds the engine first
+            await asyncio.sleep(0.005)
+        first = asyncio.ensure_future(client.post("/t/generate", json=CHAT, headers={"x-key": "good"}))
+        for _ in range(1000):
+            if backend.running.is_set():
+                break
+            await asyncio.sleep(0.005)
+        r = await client.post("/t/generate", json=CHAT, headers={"x-key": "good"})
+        assert r.status_code == 429 and (await r.get_json())["err"]["code"] == "server_busy"
+        assert limiter.active == 1  # only the running request holds a reservation
+        assert (await first).status_code == 200
     assert limiter.active == 0
+    assert [s[2] for s in limiter.settled] == ["ok"]
 
 
 async def test_models_aliases_and_switching(make_app):

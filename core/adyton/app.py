@@ -10,7 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -32,7 +32,7 @@ from .errors import (
 from .hookspecs import Authenticator, Backend, Limiter, WireFormat
 from .pipeline import Pipeline, resolve_all
 from .plugins import PluginManager, build_plugin_manager
-from .queue import EngineQueue
+from .queue import EngineJob, EngineQueue
 from .settings import Settings, load_settings
 from .types import ModelInfo
 
@@ -84,35 +84,48 @@ class Metrics:
 class ModelRegistry:
     """Which backend serves which model; names, aliases and the loaded model."""
 
+    #: how long a backend's model list is trusted before it is asked again
+    CATALOG_TTL_S = 2.0
+
     def __init__(self, kernel: "Kernel") -> None:
         self.kernel = kernel
         self.loading: str | None = None  #: model id being loaded at start
         self.load_error: str | None = None
+        self._catalog: list[tuple[Backend, ModelInfo]] = []
+        self._catalog_at = float("-inf")
+
+    def _entries(self, refresh: bool = False) -> list[tuple[Backend, ModelInfo]]:
+        """(backend, model) pairs, with backend names and aliases filled in."""
+        now = time.monotonic()
+        if refresh or now - self._catalog_at > self.CATALOG_TTL_S:
+            aliases = self.kernel.settings.models.aliases
+            catalog = []
+            for backend in self.kernel.backends.values():
+                for info in backend.list_models():
+                    extra = [alias for alias, target in aliases.items() if target == info.id]
+                    catalog.append((backend, info.model_copy(update={
+                        "backend": backend.name,
+                        "aliases": sorted(set(info.aliases) | set(extra)),
+                    })))
+            self._catalog, self._catalog_at = catalog, now
+        return self._catalog
 
     def list(self) -> list[tuple[Backend, ModelInfo]]:
-        aliases = self.kernel.settings.models.aliases
-        out = []
-        for backend in self.kernel.backends.values():
-            loaded = backend.loaded_model()
-            for info in backend.list_models():
-                extra = [alias for alias, target in aliases.items() if target == info.id]
-                info = info.model_copy(update={
-                    "backend": backend.name,
-                    "loaded": info.id == loaded,
-                    "aliases": sorted(set(info.aliases) | set(extra)),
-                })
-                out.append((backend, info))
-        return out
+        """Every model, with ``loaded`` telling which are in memory now."""
+        return [
+            (backend, info.model_copy(update={"loaded": info.id == backend.loaded_model()}))
+            for backend, info in self._entries(refresh=True)
+        ]
 
     def names(self) -> list[str]:
-        return sorted({info.id for _, info in self.list()} | set(self.kernel.settings.models.aliases))
+        return sorted({info.id for _, info in self._entries()} | set(self.kernel.settings.models.aliases))
 
     def resolve(self, name: str | None) -> tuple[Backend, ModelInfo]:
-        models = self.list()
         if not name:
-            for backend, info in models:
-                if info.loaded:
-                    return backend, info
+            for backend in self.kernel.backends.values():
+                loaded = backend.loaded_model()
+                if loaded is not None:
+                    return self.resolve(loaded)
             if self.loading:
                 # the load holds the engine: this request queues behind it
                 return self.resolve(self.loading)
@@ -125,9 +138,10 @@ class ModelRegistry:
                 code="no_model_loaded", retry_after=30,
             )
         target = self.kernel.settings.models.aliases.get(name, name)
-        for backend, info in models:
-            if target == info.id or target in info.aliases or target == f"{info.owned_by}/{info.id}":
-                return backend, info
+        for refresh in (False, True):
+            for backend, info in self._entries(refresh):
+                if target == info.id or target in info.aliases or target == f"{info.owned_by}/{info.id}":
+                    return backend, info
         names = ", ".join(self.names()) or "none installed"
         raise ModelNotFound(f"The model '{name}' does not exist (available: {names})", param="model")
 
@@ -138,14 +152,13 @@ class ModelRegistry:
         models = self.list()
         return models[0] if models else None
 
-    async def ensure_loaded(self, backend: Backend, model_id: str) -> None:
-        """Switch ``backend`` to ``model_id`` (the caller holds its engine slot)."""
+    def load_blocking(self, backend: Backend, model_id: str) -> None:
+        """Switch ``backend`` to ``model_id``. Runs on one of its engine threads."""
         if backend.loaded_model() == model_id:
             return
-        loop = asyncio.get_running_loop()
         log.info("loading model %s on backend %s", model_id, backend.name)
         try:
-            await loop.run_in_executor(self.kernel.engine_executor, backend.load_model, model_id)
+            backend.load_model(model_id)
         except AdytonError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -168,7 +181,6 @@ class Kernel:
         self.models = ModelRegistry(self)
         self.metrics = Metrics(self)
         self.pipeline = Pipeline(self)
-        self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- catalogs ---------------------------------------------------------------
@@ -221,14 +233,6 @@ class Kernel:
                 max_wait_s=self.settings.queue.max_wait_s,
             )
 
-    @property
-    def engine_executor(self) -> ThreadPoolExecutor:
-        """Worker threads for blocking engine work (loads, generation)."""
-        if self._executor is None:
-            workers = sum(q.concurrency for q in self.queues.values()) + 2
-            self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adyton-engine")
-        return self._executor
-
     def queue_for(self, backend: Backend) -> EngineQueue:
         return self.queues[backend.name]
 
@@ -269,16 +273,18 @@ class Kernel:
         self.models.loading = info.id
 
         async def load() -> None:
-            slot = await self.queue_for(backend).acquire()
+            # a job like any other, so requests queue behind the load
+            job = EngineJob(lambda: self.models.load_blocking(backend, info.id))
+            queue = self.queue_for(backend)
             try:
-                await self.models.ensure_loaded(backend, info.id)
+                queue.submit(job)
+                await job.wait_done()
                 log.info("model %s is loaded", info.id)
             except AdytonError as exc:
                 self.models.load_error = exc.message
                 log.error("could not load the default model: %s", exc.message)
             finally:
                 self.models.loading = None
-                slot.release()
 
         task = asyncio.get_running_loop().create_task(load(), name="adyton-load-default")
         self.track(task)
@@ -302,9 +308,8 @@ class Kernel:
                 backend.close()
             except Exception:  # noqa: BLE001
                 log.exception("backend '%s' failed to close", backend.name)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        for queue in self.queues.values():
+            await asyncio.get_running_loop().run_in_executor(None, queue.close)
 
 
 def _is_loopback(host: str) -> bool:

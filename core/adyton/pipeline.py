@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import threading
@@ -37,6 +38,7 @@ from .errors import (
     UnsupportedConstraint,
 )
 from .hookspecs import Backend, Limiter, LogitsProcessor, Sampler
+from .queue import EngineJob, mailbox_for
 from .sampling import StopMatcher, log_softmax
 from .types import (
     ANONYMOUS,
@@ -70,13 +72,14 @@ _END = object()
 
 class _Channel:
     """Events for one consumer, from the event loop and from the engine
-    thread. Cheaper than an ``asyncio.Queue`` fed by ``call_soon_threadsafe``
-    per token: the engine thread wakes the loop at most once per batch."""
+    thread. The engine thread wakes the loop only when the consumer is
+    actually waiting, through the coalescing loop mailbox."""
 
-    __slots__ = ("_loop", "_items", "_waiter", "_wake_pending")
+    __slots__ = ("_loop", "_mailbox", "_items", "_waiter", "_wake_pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._mailbox = mailbox_for(loop)
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wake_pending = False
@@ -87,11 +90,13 @@ class _Channel:
         self._wake()
 
     def put_threadsafe(self, item: Any) -> None:
-        """From the engine thread."""
+        """From the engine thread. (Append first, then look for a waiter: the
+        consumer sets its waiter first, then looks for items, so one of the
+        two always sees the other.)"""
         self._items.append(item)
-        if not self._wake_pending:
+        if self._waiter is not None and not self._wake_pending:
             self._wake_pending = True
-            self._loop.call_soon_threadsafe(self._wake_from_thread)
+            self._mailbox.post(self._wake_from_thread)
 
     def _wake_from_thread(self) -> None:
         self._wake_pending = False
@@ -105,12 +110,14 @@ class _Channel:
     async def get(self, timeout: float | None = None) -> Any:
         """The next item; ``asyncio.TimeoutError`` after ``timeout`` s of silence."""
         while not self._items:
-            self._waiter = self._loop.create_future()
+            waiter = self._waiter = self._loop.create_future()
             try:
+                if self._items:  # arrived while the waiter was being set
+                    break
                 if timeout is None:
-                    await self._waiter
+                    await waiter
                 else:
-                    await asyncio.wait_for(self._waiter, timeout)
+                    await asyncio.wait_for(waiter, timeout)
             finally:
                 self._waiter = None
         return self._items.popleft()
@@ -394,24 +401,36 @@ class Generation:
         self.kernel.track(self._task)
 
     async def _run(self) -> None:
-        kernel = self.kernel
-        metrics = kernel.metrics
-        queue = kernel.queue_for(self.backend)
+        """Loop side: queue the engine work, wait for it, settle, report."""
+        metrics = self.kernel.metrics
+        queue = self.kernel.queue_for(self.backend)
         outcome = "error"
-        slot = None
+        job = EngineJob(self._engine_work)
         try:
             try:
-                slot = await queue.acquire(on_wait=lambda pos: self._events.put(Waiting(pos)))
+                position = queue.submit(job)
             except AdytonError as exc:
                 metrics.rejected(exc, self.wire_format)
                 outcome = "rejected"
                 raise
-            await kernel.models.ensure_loaded(self.backend, self.prepared.model.id)
-            self._events.put(Started(self.model))
-            started = time.monotonic()
-            for index in range(self.request.n):
-                seed = None if self.request.seed is None else self.request.seed + index
-                await self._run_choice(index, seed, started)
+            if position is not None:
+                self._events.put(Waiting(position))
+            try:
+                await job.wait_done()
+            except ServiceUnavailable as exc:
+                if job.started:
+                    raise
+                metrics.rejected(exc, self.wire_format)  # could not start in time
+                outcome = "rejected"
+                raise
+            except asyncio.CancelledError:
+                # the client went away: leave the queue, or stop the engine
+                # within one step and keep accounting until it has let go
+                if queue.abandon(job) is None:
+                    self._cancelled.set()
+                    with contextlib.suppress(BaseException):
+                        await job.wait_done()
+                raise
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -420,19 +439,29 @@ class Generation:
         except AdytonError as exc:
             self._events.put(exc)
         except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
-            log.exception("generation %s failed", self.id)
+            log.error("generation %s failed", self.id, exc_info=exc)
             self._events.put(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
         finally:
-            if slot is not None:
-                slot.release()
             metrics.finished(self, outcome)
             await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
             self._events.put(_END)
 
-    async def _run_choice(self, index: int, seed: int | None, started: float) -> None:
-        loop = asyncio.get_running_loop()
-        events = self._events
-        emit = events.put_threadsafe
+    def _engine_work(self) -> None:
+        """Engine thread: load the model if needed, then run every choice."""
+        self.kernel.models.load_blocking(self.backend, self.prepared.model.id)
+        emit = self._events.put_threadsafe
+        emit(Started(self.model))
+        started = time.monotonic()
+        for index in range(self.request.n):
+            if self._cancelled.is_set():
+                return
+            seed = None if self.request.seed is None else self.request.seed + index
+            self._run_choice(index, seed, started)
+
+    def _run_choice(self, index: int, seed: int | None, started: float) -> None:
+        """Engine thread: one choice, token by token, with stop strings and
+        limits applied here so the backend is closed the moment we are done."""
+        emit = self._events.put_threadsafe
         chain = self._chain
         chain.reset(seed)
         stopper = StopMatcher(self.request.stop)
@@ -440,82 +469,65 @@ class Generation:
         hard_limit = soft_limit + max((p.extra_tokens for p in self.processors), default=0)
         cancelled = self._cancelled
         want_logprobs = self.request.logprobs is not None
-        metrics = self.kernel.metrics
-        first_token_at: list[float] = []
-
-        def work() -> tuple[FinishReason, int, str]:
-            count = 0
-            emitted: list[str] = []
-            pending_logprobs: list[TokenLogprob] = []
-            finish: FinishReason | None = None
-            pieces = self.backend.generate(self.prepared, chain, hard_limit, cancelled)
-            try:
-                for piece in pieces:
-                    if cancelled.is_set():
-                        finish = FinishReason.CANCELLED
-                        break
-                    if not first_token_at:
-                        first_token_at.append(time.monotonic())
-                    if piece.finish_reason is FinishReason.STOP and not piece.text:
-                        finish = FinishReason.STOP  # end of sequence: not a visible token
-                        break
-                    count += 1
-                    if want_logprobs and chain.last_logprob is not None:
-                        pending_logprobs.append(chain.last_logprob)
-                    text, hit = stopper.feed(piece.text)
-                    emitted.append(text)
-                    if text or (hit and pending_logprobs):
-                        emit(TextDelta(index, text, pending_logprobs or None) if want_logprobs
-                             else TextDelta(index, text))
-                        pending_logprobs = []
-                    if hit:
-                        finish = FinishReason.STOP
-                        break
-                    if piece.finish_reason is not None:
-                        finish = piece.finish_reason
-                        break
-                    if count >= soft_limit and (count >= hard_limit or chain.is_complete()):
-                        finish = FinishReason.LENGTH
-                        break
-            finally:
-                pieces_close = getattr(pieces, "close", None)
-                if pieces_close is not None:
-                    pieces_close()
-            if finish is None:
-                finish = FinishReason.CANCELLED if cancelled.is_set() else (
-                    FinishReason.LENGTH if count >= soft_limit else FinishReason.STOP)
-            if finish is not FinishReason.CANCELLED:
-                tail = stopper.flush()
-                emitted.append(tail)
-                if tail or pending_logprobs:
-                    emit(TextDelta(index, tail, pending_logprobs or None) if want_logprobs
-                         else TextDelta(index, tail))
-            return finish, count, "".join(emitted)
-
-        future = loop.run_in_executor(self.kernel.engine_executor, work)
+        count = 0
+        emitted: list[str] = []
+        pending_logprobs: list[TokenLogprob] = []
+        finish: FinishReason | None = None
+        first_token_at = 0.0
+        pieces = self.backend.generate(self.prepared, chain, hard_limit, cancelled)
         try:
-            finish, count, text = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # the client went away: stop the engine within one step, and keep
-            # the slot until the engine thread has really let go of it
-            cancelled.set()
-            try:
-                _, count, _ = await future
-            except Exception:  # noqa: BLE001
-                count = 0
+            for piece in pieces:
+                if cancelled.is_set():
+                    finish = FinishReason.CANCELLED
+                    break
+                if not first_token_at:
+                    first_token_at = time.monotonic()
+                if piece.finish_reason is FinishReason.STOP and not piece.text:
+                    finish = FinishReason.STOP  # end of sequence: not a visible token
+                    break
+                count += 1
+                if want_logprobs and chain.last_logprob is not None:
+                    pending_logprobs.append(chain.last_logprob)
+                text, hit = stopper.feed(piece.text)
+                if text or (hit and pending_logprobs):
+                    emitted.append(text)
+                    emit(TextDelta(index, text, pending_logprobs or None) if want_logprobs else TextDelta(index, text))
+                    pending_logprobs = []
+                if hit:
+                    finish = FinishReason.STOP
+                    break
+                if piece.finish_reason is not None:
+                    finish = piece.finish_reason
+                    break
+                if count >= soft_limit and (count >= hard_limit or chain.is_complete()):
+                    finish = FinishReason.LENGTH
+                    break
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
             self.usage.completion_tokens += count
-            raise
-        self.usage.completion_tokens += count
-        now = time.monotonic()
+        if finish is None:
+            if cancelled.is_set():
+                finish = FinishReason.CANCELLED
+            else:
+                finish = FinishReason.LENGTH if count >= soft_limit else FinishReason.STOP
+        if finish is not FinishReason.CANCELLED:
+            tail = stopper.flush()
+            if tail or pending_logprobs:
+                emitted.append(tail)
+                emit(TextDelta(index, tail, pending_logprobs or None) if want_logprobs else TextDelta(index, tail))
         if first_token_at:
-            metrics.observe_generation(first_token_at[0] - started, count, now - first_token_at[0])
+            self.kernel.metrics.observe_generation(first_token_at - started, count,
+                                                   time.monotonic() - first_token_at)
+        text = "".join(emitted)
         reports: dict[str, Any] = {}
         for processor in self.processors:
             report = processor.report(text, finish)
             if report is not None:
                 reports[processor.name] = report
         self.finish_reasons[index] = finish
-        events.put(ChoiceFinished(index, finish, count, reports))
+        emit(ChoiceFinished(index, finish, count, reports))
 
     # -- consuming --------------------------------------------------------------
 

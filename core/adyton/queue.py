@@ -1,22 +1,128 @@
 """The engine queue: who may use an engine, in which order, for how long.
 
-One queue per backend. ``concurrency`` requests run at once (1 for a local
-engine); at most ``max_waiting`` wait behind them (one more is refused at once
-with 429 "server busy"); a waiter that cannot start within ``max_wait_s`` is
-refused with 503 and a Retry-After estimated from the measured service time
-and its position. A waiter whose client goes away (its task is cancelled)
-leaves the queue at once.
+One queue per backend, with ``concurrency`` engine threads (1 for a local
+engine). An admitted request becomes an ``EngineJob``; the engine threads take
+jobs first-in first-out and run them back to back, so the engine never waits
+for the event loop between two requests. At most ``max_waiting`` jobs wait
+(one more is refused at once with 429 "server busy"); a job that cannot start
+within ``max_wait_s`` is abandoned with 503 and a Retry-After estimated from
+the measured service time and its position. A job whose client goes away
+before it starts is simply dropped from the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
+import threading
 import time
-from typing import Callable
+import weakref
+from typing import Any, Callable
 
 from .errors import ServerBusy, ServiceUnavailable
+
+log = logging.getLogger("adyton.queue")
+
+_WAITING, _RUNNING, _ABANDONED, _DONE = "waiting", "running", "abandoned", "done"
+
+
+class LoopMailbox:
+    """Calls from engine threads into the event loop, coalesced.
+
+    ``loop.call_soon_threadsafe`` writes to the loop's self-pipe on every
+    call; from an engine thread each such syscall drops and re-takes the GIL.
+    The mailbox writes once per batch: while a drain is pending, more calls
+    just queue up behind it."""
+
+    __slots__ = ("_loop", "_calls", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._scheduled = False
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            fn(*args)
+
+
+_mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox]" = weakref.WeakKeyDictionary()
+_mailboxes_lock = threading.Lock()
+
+
+def mailbox_for(loop: asyncio.AbstractEventLoop) -> LoopMailbox:
+    box = _mailboxes.get(loop)
+    if box is None:
+        with _mailboxes_lock:
+            box = _mailboxes.get(loop)
+            if box is None:
+                box = _mailboxes[loop] = LoopMailbox(loop)
+    return box
+
+
+class EngineJob:
+    """Blocking work for one request, run on an engine thread.
+
+    ``work()`` runs on the engine thread; its return value or exception
+    becomes the result of ``wait_done()``."""
+
+    __slots__ = ("work", "state", "_loop", "_mailbox", "_done", "_deadline", "service_s")
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+        self.state = _WAITING
+        self._loop = asyncio.get_running_loop()
+        self._mailbox = mailbox_for(self._loop)
+        self._done: asyncio.Future[Any] = self._loop.create_future()
+        self._deadline: asyncio.TimerHandle | None = None
+        self.service_s = 0.0
+
+    @property
+    def started(self) -> bool:
+        return self.state in (_RUNNING, _DONE)
+
+    async def wait_done(self) -> Any:
+        """The work's result. Raises ServiceUnavailable if the job could not
+        start in time. If the caller is cancelled, the job keeps running:
+        call ``EngineQueue.abandon`` or stop the work, then wait again."""
+        return await asyncio.shield(self._done)
+
+    # -- called on the engine thread -----------------------------------------
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            result = self.work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            self.service_s = time.monotonic() - t0
+            self._mailbox.post(_set_exception, self._done, exc)
+        else:
+            self.service_s = time.monotonic() - t0
+            self._mailbox.post(_set_result, self._done, result)
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 class EngineQueue:
@@ -27,7 +133,6 @@ class EngineQueue:
         concurrency: int = 1,
         max_waiting: int = 16,
         max_wait_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -35,10 +140,12 @@ class EngineQueue:
         self.concurrency = concurrency
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
-        self._clock = clock
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[EngineJob] = collections.deque()
         self._running = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # exponential moving average of how long one request holds the engine
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        # exponential moving average of how long one job holds the engine
         self._service_s: float | None = None
 
     # -- introspection ------------------------------------------------------
@@ -49,95 +156,109 @@ class EngineQueue:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._waiting)
 
     @property
     def mean_service_s(self) -> float:
         return self._service_s if self._service_s is not None else 5.0
 
     def estimate_wait_s(self, position: int) -> float:
-        """Seconds until the request at ``position`` (0 = next) could start."""
+        """Seconds until the job at ``position`` (0 = next) could start."""
         rounds = (position + self._running) / self.concurrency
         return max(1.0, math.ceil(rounds * self.mean_service_s))
 
+    def _queued_behind_busy_engines(self) -> int:
+        """Waiting jobs that no idle engine thread is about to take."""
+        return len(self._waiting) - (self.concurrency - self._running)
+
+    def _full(self) -> bool:
+        return self._queued_behind_busy_engines() >= self.max_waiting
+
     def check_admission(self) -> None:
-        """Raise ServerBusy if a new request could neither run nor wait."""
-        if self._running >= self.concurrency and len(self._waiters) >= self.max_waiting:
+        """Raise ServerBusy if a new job could neither run nor wait."""
+        if self._full():
             raise ServerBusy(
                 "server busy: too many requests are waiting for the engine; retry with backoff",
-                retry_after=self.estimate_wait_s(len(self._waiters)),
+                retry_after=self.estimate_wait_s(self._queued_behind_busy_engines()),
             )
 
-    # -- acquiring ----------------------------------------------------------
+    # -- submitting (event loop) --------------------------------------------
 
-    async def acquire(self, on_wait: Callable[[int], None] | None = None) -> "EngineSlot":
-        """Wait for the engine. Raises ServerBusy / ServiceUnavailable."""
-        if self._running < self.concurrency and not self._waiters:
-            self._running += 1
-            return EngineSlot(self)
-        self.check_admission()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        if on_wait is not None:
-            on_wait(len(self._waiters) - 1)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout=self.max_wait_s)
-        except asyncio.TimeoutError:
-            if fut.done() and not fut.cancelled():
-                # granted at the very moment the deadline passed: keep it
-                return EngineSlot(self)
-            position = self._remove(fut)
-            raise ServiceUnavailable(
+    def submit(self, job: EngineJob) -> int | None:
+        """Queue ``job``. Returns its position among the jobs that must wait
+        (0 = next), or None if an engine thread takes it at once. Raises
+        ServerBusy. A job still waiting after ``max_wait_s`` is abandoned and
+        its ``wait_done()`` raises ServiceUnavailable with a Retry-After."""
+        with self._lock:
+            self.check_admission()
+            ahead = self._queued_behind_busy_engines()
+            self._waiting.append(job)
+            self._ensure_threads()
+            self._lock.notify()
+        if ahead >= 0:
+            job._deadline = job._loop.call_later(self.max_wait_s, self._expire, job)
+            return ahead
+        return None
+
+    def _expire(self, job: EngineJob) -> None:
+        position = self.abandon(job)
+        if position is not None:
+            _set_exception(job._done, ServiceUnavailable(
                 f"the engine is busy: this request could not start within {self.max_wait_s:g} s",
                 retry_after=self.estimate_wait_s(position),
-            ) from None
-        except BaseException:
-            # cancelled (client gone): leave the queue, or hand on a slot we got
-            if fut.done() and not fut.cancelled():
-                self._release()
+            ))
+
+    def abandon(self, job: EngineJob) -> int | None:
+        """Drop a job that has not started; its position, or None if it has."""
+        with self._lock:
+            if job.state != _WAITING:
+                return None
+            try:
+                position = self._waiting.index(job)
+            except ValueError:  # pragma: no cover - waiting jobs are always queued
+                position = 0
             else:
-                self._remove(fut)
-            raise
-        return EngineSlot(self)
+                del self._waiting[position]
+            job.state = _ABANDONED
+            return position
 
-    def position_of(self, fut: asyncio.Future[None]) -> int:
-        return self._waiters.index(fut)
+    # -- engine threads -------------------------------------------------------
 
-    def _remove(self, fut: asyncio.Future[None]) -> int:
-        try:
-            position = self._waiters.index(fut)
-        except ValueError:
-            return 0
-        del self._waiters[position]
-        if not fut.done():
-            fut.cancel()
-        return position
+    def _ensure_threads(self) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._closing = False
+        while len(self._threads) < self.concurrency:
+            thread = threading.Thread(target=self._engine_loop, daemon=True,
+                                      name=f"adyton-engine-{self.name}-{len(self._threads)}")
+            self._threads.append(thread)
+            thread.start()
 
-    def _release(self, service_s: float | None = None) -> None:
-        if service_s is not None:
-            self._service_s = (
-                service_s if self._service_s is None else 0.7 * self._service_s + 0.3 * service_s
-            )
-        # hand the slot straight to the next waiter (FIFO), else free it
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._running -= 1
+    def _engine_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closing:
+                    self._lock.wait()
+                if self._closing and not self._waiting:
+                    return
+                job = self._waiting.popleft()
+                job.state = _RUNNING
+                self._running += 1
+            if job._deadline is not None:
+                job._mailbox.post(job._deadline.cancel)
+            try:
+                job._run()
+            finally:
+                with self._lock:
+                    job.state = _DONE
+                    self._running -= 1
+                    s = job.service_s
+                    self._service_s = s if self._service_s is None else 0.7 * self._service_s + 0.3 * s
 
-
-class EngineSlot:
-    """Held while a request uses the engine; ``release()`` exactly once."""
-
-    __slots__ = ("_queue", "_started", "_released")
-
-    def __init__(self, queue: EngineQueue) -> None:
-        self._queue = queue
-        self._started = queue._clock()
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._queue._release(self._queue._clock() - self._started)
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the engine threads once the queue is empty."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []

@@ -69,7 +69,7 @@ class DefaultSampler:
     def choose(self, logits: np.ndarray) -> int:
         """Pick the next token from (already adjusted) logits."""
         if self.temperature == 0.0:
-            token = int(np.argmax(logits))
+            token = int(logits.argmax())
         else:
             token = self._draw(logits)
         self._counts[token] = self._counts.get(token, 0) + 1

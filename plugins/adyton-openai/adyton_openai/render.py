@@ -7,6 +7,7 @@ chunks (id, created, model ...) once per response, so each token costs one
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ def finish_reason(reason: FinishReason | None) -> str | None:
     return "length"
 
 
+@functools.lru_cache(maxsize=256)
 def fingerprint(model: str) -> str:
     return "fp_" + hashlib.sha1(model.encode()).hexdigest()[:10]
 
