@@ -43,8 +43,10 @@ redis:
 serve: install model
 	$(VENV)/bin/adyton serve
 
+# the real-model tests must run here: a missing model fails instead of skipping
 test: install-test model redis
-	$(PY) -m pytest -q
+	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
+	  $(PY) -m pytest -q
 
 bench: install-test model
 	$(PY) tests/bench/kernel_overhead.py
