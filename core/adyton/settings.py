@@ -13,12 +13,14 @@ so one validation pass checks everything and names the bad key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from .errors import SettingsError
 
@@ -134,6 +136,18 @@ def load_settings(
     cls = build_settings_model(sections or {}, toml_path)
     try:
         return cls(**(overrides or {}))
+    except PydanticSettingsError as exc:
+        # an environment variable that should hold JSON (a list, a table) does not
+        match = re.search(r'field "(\w+)"', str(exc))
+        section = match.group(1) if match else ""
+        prefix = f"ADYTON_{section.upper()}"
+        culprits = [
+            f"  {name[len('ADYTON_'):].lower().replace('__', '.')}: cannot parse {name}={value!r} "
+            "(lists and tables must be JSON, e.g. '[\"a\", \"b\"]')"
+            for name, value in sorted(os.environ.items())
+            if section and (name == prefix or name.startswith(prefix + "__"))
+        ]
+        raise SettingsError("invalid settings:\n" + ("\n".join(culprits) or f"  {exc}")) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
