@@ -137,6 +137,23 @@ def models(state: CliState, as_json: bool) -> None:
         click.echo(f"{info.id}  [{info.backend}]  ctx={info.context_length}  {info.quantization or ''}  {size}{extra}")
 
 
+@cli.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the reference of every setting (docs/configuration.md).")
+@click.pass_obj
+def settings_command(state: CliState, markdown: bool) -> None:
+    """Show the effective settings (or, with --markdown, their reference)."""
+    from .settings import settings_markdown
+
+    try:
+        kernel = state.kernel()
+    except (PluginError, SettingsError) as exc:
+        _fail(exc)
+    if markdown:
+        click.echo(settings_markdown(type(kernel.settings)), nl=False)
+    else:
+        click.echo(json.dumps(kernel.settings.model_dump(mode="json"), indent=2))
+
+
 def build_cli() -> click.Group:
     """The CLI with plugin commands added (plugins from entry points)."""
     from .plugins import build_plugin_manager
