@@ -32,7 +32,7 @@ def register_settings(register):
 
 @hookimpl
 def register_wire_formats(register, kernel):
-    register(AxiomWireFormat())
+    register(AxiomWireFormat(kernel))
 
 
 @hookimpl

@@ -82,7 +82,8 @@ class AxiomWireFormat(WireFormat):
     name = WIRE_FORMAT
     url_prefixes = ("/api/",)
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: Any = None) -> None:
+        self.kernel = kernel
         bp = Blueprint("adyton_axiom", __name__)
         bp.add_url_rule("/api/chat", "chat", self.chat, methods=["POST"])
         bp.add_url_rule("/api/models", "models", self.models, methods=["GET"])
@@ -162,8 +163,13 @@ class AxiomWireFormat(WireFormat):
         return exc
 
     def example_request(self, base_url: str) -> str | None:
+        model = "qwen3_4b"  # as Axiom clients send it; map it with [models] aliases
+        if self.kernel is not None:
+            found = self.kernel.models.default_model()
+            if found is not None:
+                model = found[1].id
         payload = {
-            "model": "qwen3_4b",
+            "model": model,
             "sessionId": "<your 64-digit account number>",
             "system_prompt": "You are a helpful programming assistant",
             "messages": [{"role": "user", "content": "Write a Python web server"}],

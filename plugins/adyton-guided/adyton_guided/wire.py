@@ -85,7 +85,8 @@ class AxionicGuided(WireFormat):
 
     def example_request(self, base_url: str) -> str | None:
         return (
-            f"curl -s {base_url}/sampling/generate -H 'content-type: application/json' -d "
+            f"curl -s {base_url}/sampling/generate -H 'content-type: application/json' "
+            "-H 'x-api-key: YOUR_API_KEY' -d "
             "'{\"prompt\": \"Give a JSON object with a name.\", \"method\": \"guided-generation\", "
             "\"max_new_tokens\": 60, \"json_schema\": {\"type\": \"object\", \"properties\": "
             "{\"name\": {\"type\": \"string\"}}, \"required\": [\"name\"]}}'"

@@ -3,6 +3,8 @@ endpoint (``POST /create-account``), as wire formats with JSON errors."""
 
 from __future__ import annotations
 
+import sys
+
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,14 @@ class AdminApi(_JsonSurface):
     @property
     def blueprint(self) -> Blueprint:
         return self._bp
+
+    def example_request(self, base_url: str) -> str | None:
+        return (
+            "# every call needs an API key (or, for /api/chat, an account number); create one with:\n"
+            f"{sys.executable.rsplit('/', 1)[0]}/adyton accounts create --name me\n"
+            f"# admin API (create accounts, rotate keys, usage): {base_url}/admin/ with\n"
+            f"#   Authorization: Bearer <the key in {self.service.admin_key_path}>"
+        )
 
     async def _guard(self) -> None:
         auth = request.headers.get("Authorization", "")
