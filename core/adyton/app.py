@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import (
@@ -499,6 +499,4 @@ def _install_cors(app: Quart, origins: list[str]) -> None:
 
 def current_kernel() -> Kernel:
     """The kernel of the app handling the current request."""
-    from quart import current_app
-
     return current_app.extensions["adyton"]

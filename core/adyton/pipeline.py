@@ -157,9 +157,9 @@ class Pipeline:
         wire = credentials.wire_format
         try:
             principal = await self.authenticate(credentials)
-            await resolve_all(
-                kernel.pm.hook.prepare_request(request=request, principal=principal, kernel=kernel)
-            )
+            hook = kernel.pm.hook
+            if hook.prepare_request.get_hookimpls():
+                await resolve_all(hook.prepare_request(request=request, principal=principal, kernel=kernel))
             if request.extra:
                 names = ", ".join(repr(k) for k in sorted(request.extra))
                 raise InvalidRequest(
@@ -234,20 +234,30 @@ class Pipeline:
                 f"model '{prepared.model.id}' runs on backend '{backend.name}', which cannot "
                 f"enforce {what}"
             )
-        vocabulary = backend.vocabulary(prepared.model) if backend.exposes_logits else None
-        results = await resolve_all(
-            kernel.pm.hook.logits_processors(
-                request=request, model=prepared.model, vocabulary=vocabulary, kernel=kernel
-            )
-        )
+        hook = kernel.pm.hook.logits_processors
+        has_processors = bool(hook.get_hookimpls())
+        # the vocabulary serves processors, and logprobs' token texts
+        wanted = backend.exposes_logits and (has_processors or request.logprobs is not None)
+        vocabulary = backend.vocabulary(prepared.model) if wanted else None
         processors: list[LogitsProcessor] = []
-        for result in results:
-            if result is None:
-                continue
-            if isinstance(result, LogitsProcessor):
-                processors.append(result)
-            else:
-                processors.extend(result)
+        if has_processors:
+            results = await resolve_all(
+                hook(request=request, model=prepared.model, vocabulary=vocabulary, kernel=kernel)
+            )
+            for result in results:
+                if result is None:
+                    continue
+                if isinstance(result, LogitsProcessor):
+                    processors.append(result)
+                else:
+                    processors.extend(result)
+        self._check_claimed(request, processors)
+        sampler = kernel.pm.hook.sampler(request=request, kernel=kernel)
+        return processors, sampler, vocabulary
+
+    @staticmethod
+    def _check_claimed(request: GenerationRequest, processors: list[LogitsProcessor]) -> None:
+        """Fail closed: every constraint must be claimed by a processor."""
         claimed = [c for p in processors for c in p.handles]
         for constraint in request.constraints:
             if not any(c is constraint or c == constraint for c in claimed):
@@ -256,8 +266,6 @@ class Pipeline:
                     f"from '{constraint.source}' (install adyton-guided for guided decoding)",
                     param=constraint.source,
                 )
-        sampler = kernel.pm.hook.sampler(request=request, kernel=kernel)
-        return processors, sampler, vocabulary
 
     async def _reserve(self, principal: Principal, cost: RequestCost, wire: str) -> list[Reservation]:
         reservations: list[tuple[Limiter, Reservation]] = []
