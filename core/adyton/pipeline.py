@@ -542,13 +542,18 @@ class Generation:
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self.events()
 
-    async def events(self, keepalive_s: float | None = None) -> AsyncIterator[GenerationEvent]:
+    def events(self, keepalive_s: float | None = None) -> AsyncIterator[GenerationEvent]:
         """Events until the generation ends. Raises the AdytonError that ended
-        it, if any. Yields ``Waiting()`` after ``keepalive_s`` of silence."""
+        it, if any. Yields ``Waiting()`` after ``keepalive_s`` of silence
+        (default: the ``server.keepalive_s`` setting)."""
+        keepalive = keepalive_s if keepalive_s is not None else self.kernel.settings.server.keepalive_s
+        return self._consume(keepalive)
+
+    async def _consume(self, keepalive: float | None) -> AsyncIterator[GenerationEvent]:
+        """The one consumer of the event channel; no keep-alives when None."""
         if self._consumed:
             raise RuntimeError("a Generation can be consumed once")
         self._consumed = True
-        keepalive = keepalive_s if keepalive_s is not None else self.kernel.settings.server.keepalive_s
         try:
             while True:
                 try:
@@ -556,22 +561,6 @@ class Generation:
                 except asyncio.TimeoutError:
                     yield Waiting()
                     continue
-                if item is _END:
-                    return
-                if isinstance(item, AdytonError):
-                    raise item
-                yield item
-        finally:
-            await self.aclose()
-
-    async def _drain(self) -> AsyncIterator[GenerationEvent]:
-        """Events without keep-alives (for result())."""
-        if self._consumed:
-            raise RuntimeError("a Generation can be consumed once")
-        self._consumed = True
-        try:
-            while True:
-                item = await self._events.get()
                 if item is _END:
                     return
                 if isinstance(item, AdytonError):
@@ -601,7 +590,7 @@ class Generation:
         texts: dict[int, list[str]] = {i: [] for i in range(self.request.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.request.n)}
         finished: dict[int, ChoiceFinished] = {}
-        async for event in self._drain():
+        async for event in self._consume(None):
             if isinstance(event, TextDelta):
                 texts[event.index].append(event.text)
                 if event.logprobs:
