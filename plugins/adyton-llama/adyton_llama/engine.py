@@ -14,13 +14,19 @@ simply overwrites the stale tail: that is the prefix reuse. Caveats:
 
 * the C++ side silently clamps ``n_past`` to ``n_ctx - n`` when the batch would
   not fit, so this module checks the context limit itself;
-* numerics depend on the KV length at evaluation time: the bundled ggml
-  computes positions evaluated while ``n_past + n < 32`` differently (up to
-  ~1 logit on SmolLM2) from positions evaluated in a call reaching >= 32
-  (each regime is self-consistent: any chunking gives bit-identical logits).
-  So that a warm (prefix-reusing) run gives exactly the tokens of a cold run,
-  ``prefill`` only reuses cached positions computed in the regime a cold run
-  of the new prompt would use (at most 31 tokens are recomputed).
+* numerics depend on the call that evaluated a position: the bundled ggml's
+  attention multiplies V by each softmax row over the call's whole KV length
+  ``L = n_past + n`` (future positions as zeros), and its f16 dot product sums
+  the first ``32 * (L // 32)`` elements in SIMD float lanes, the rest in
+  double. So position ``i`` comes out one way ("aligned") when
+  ``i < 32 * (L // 32)`` and another way (up to ~1 logit apart on SmolLM2)
+  otherwise — e.g. every decoded token, unless ``(i + 1) % 32 == 0``. A cold
+  prefill of ``N`` tokens whose calls end at multiples of 32 (and finally at
+  ``N``) makes positions below ``32 * (N // 32)`` aligned and the rest not.
+  The engine records how each cached position was computed, and ``prefill``
+  reuses only the leading positions computed the way a cold run of the new
+  prompt computes them (so a warm run gives exactly the tokens of a cold run;
+  a previous answer, decoded token by token, is evaluated again as prompt).
 
 Blocking code: run it in a worker thread. One engine serves one generation at
 a time.
@@ -48,8 +54,9 @@ MAX_BATCH = 512
 #: prefill chunk: throughput is flat from 64 to 512 tokens on 2 cores, and a
 #: smaller chunk bounds the latency of cancelling a long prefill (~0.7 s here)
 DEFAULT_BATCH = 128
-#: KV length below which the bundled ggml takes a numerically different path
-SMALL_KV = 32
+#: the bundled ggml's f16 dot product handles this many elements per SIMD step
+KV_ALIGN = 32
+SMALL_KV = KV_ALIGN  # a prompt shorter than this has no aligned position
 
 FINISH_STOP = "stop"          # a stop/eos token was chosen (it is not yielded)
 FINISH_LENGTH = "length"      # max_tokens reached
@@ -122,8 +129,8 @@ class LlamaEngine:
         ctransformers variant (avx2/avx/basic) or a path to a libctransformers."""
         self.max_ctx = max_ctx
         self.threads = threads or default_threads()
-        # >= SMALL_KV so that a cold prefill of >= SMALL_KV tokens is one regime
-        self.batch_size = max(SMALL_KV, min(int(batch_size), MAX_BATCH))
+        # a multiple of KV_ALIGN: calls end at multiples of 32 (but the last)
+        self.batch_size = max(KV_ALIGN, min(int(batch_size), MAX_BATCH)) // KV_ALIGN * KV_ALIGN
         self.lib = lib
         self.compat_dir = Path(compat_dir) if compat_dir else default_compat_dir()
         self.mmap = mmap
@@ -131,8 +138,8 @@ class LlamaEngine:
         self._fn_eval = None
         self._handle = None
         self._ctx: list[int] = []
-        # leading positions whose KV was computed while n_past + n < SMALL_KV
-        self._small_end = 0
+        # per cached position: computed "aligned" (see the module docstring)
+        self._aligned: list[bool] = []
         self._lock = threading.RLock()
         self._view: np.ndarray | None = None
         self._view_addr = 0
@@ -185,7 +192,7 @@ class LlamaEngine:
         self.eos_id = int(llm.eos_token_id)
         self.bos_id = int(llm.bos_token_id)
         self._ctx = []
-        self._small_end = 0
+        self._aligned = []
         self._view = None
         self._view_addr = 0
         log.info(
@@ -200,7 +207,7 @@ class LlamaEngine:
             self._fn_eval = None
             self._handle = None
             self._ctx = []
-            self._small_end = 0
+            self._aligned = []
             llm, self._llm = self._llm, None
             del llm  # ctransformers frees the model in LLM.__del__
 
@@ -227,7 +234,7 @@ class LlamaEngine:
         """Forget the context (the next prefill evaluates everything)."""
         with self._lock:
             self._ctx = []
-            self._small_end = 0
+            self._aligned = []
             if self._llm is not None:
                 self._llm.ctransformers_llm_reset()
 
@@ -257,10 +264,13 @@ class LlamaEngine:
                 f"{n_past + len(tokens)} tokens do not fit the context window of {self.n_ctx}"
             )
         vocab = self.vocab_size
-        for start in range(0, len(tokens), self.batch_size):
+        start = 0
+        while start < len(tokens):
             if start and should_stop is not None and should_stop():
                 return False
-            chunk = [int(t) for t in tokens[start : start + self.batch_size]]
+            # every call but the last ends at a multiple of KV_ALIGN
+            end = n_past // KV_ALIGN * KV_ALIGN + self.batch_size
+            chunk = [int(t) for t in tokens[start : start + end - n_past]]
             for t in chunk:
                 if not 0 <= t < vocab:
                     raise EngineError(f"token id {t} out of range (vocab {vocab})")
@@ -268,9 +278,12 @@ class LlamaEngine:
             ok = self._fn_eval(self._handle, arr, len(chunk), n_past, len(chunk), self.threads)
             if not ok:
                 raise EngineError("llama.cpp failed to evaluate tokens")
-            n_past += len(chunk)
+            length = n_past + len(chunk)
+            simd = length // KV_ALIGN * KV_ALIGN
+            self._aligned.extend([i < simd for i in range(n_past, length)])
+            n_past = length
+            start += len(chunk)
             self._ctx.extend(chunk)
-            self._small_end = n_past if n_past < SMALL_KV else min(self._small_end, n_past - len(chunk))
         return True
 
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
@@ -302,13 +315,15 @@ class LlamaEngine:
             keep = common_prefix_len(self._ctx, prompt)
             if keep == len(prompt):
                 keep -= 1
-            # reuse only positions computed in the regime a cold run would use
-            if len(prompt) < SMALL_KV:
-                keep = min(keep, self._small_end)
-            elif self._small_end > 0:
-                keep = 0
+            # reuse only positions computed the way a cold run computes them
+            cold_simd = len(prompt) // KV_ALIGN * KV_ALIGN
+            aligned = self._aligned
+            for i in range(keep):
+                if aligned[i] != (i < cold_simd):
+                    keep = i
+                    break
             del self._ctx[keep:]
-            self._small_end = min(self._small_end, keep)
+            del self._aligned[keep:]
             if not self._eval_at(prompt[keep:], should_stop):
                 return None
             self.last_prefill_evaluated = len(prompt) - keep
