@@ -35,7 +35,7 @@ from adyton import (
 
 from .chat_template import ChatTemplate, ChatTemplateError
 from .engine import EngineError, LlamaEngine
-from .gguf_compat import GGUFError, GGUFFile, read_gguf
+from .gguf_compat import GGUFError, GGUFFile, check_legacy_support, read_gguf
 from .tokenizer import GGUFTokenizer, TokenizerError
 
 log = logging.getLogger("adyton.llama")
@@ -86,6 +86,8 @@ class LlamaBackend(Backend):
         self.models_dir = Path(settings.models_dir or home / "models").expanduser()
         self.compat_dir = home / "cache" / "gguf-compat"
         self._models: dict[str, _Model] = {}
+        #: files skipped by the last scan: path -> why (named again when asked for)
+        self._broken: dict[Path, str] = {}
         self._scan_key: tuple | None = None
         self._lock = threading.RLock()  # guards the catalog and lazy tokenizers
         self._engine: LlamaEngine | None = None
@@ -105,6 +107,7 @@ class LlamaBackend(Backend):
             if key == self._scan_key:
                 return self._models
             models: dict[str, _Model] = {}
+            broken: dict[Path, str] = {}
             for path in files:
                 mtime = _mtime(path)
                 known = next((m for m in self._models.values() if m.path == path and m.mtime == mtime), None)
@@ -114,15 +117,18 @@ class LlamaBackend(Backend):
                         cap = self.settings.max_context
                         info.context_length = min(info.context_length or cap, cap)
                         known = _Model(info, path, mtime)
-                    except (GGUFError, OSError) as exc:
-                        log.warning("skipping model file %s: %s", path, exc)
+                    except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+                        reason = exc.reason if isinstance(exc, GGUFError) else f"{type(exc).__name__}: {exc}"
+                        broken[path] = reason
+                        if self._broken.get(path) != reason:  # warn once per change, not per request
+                            log.warning("skipping model file %s: %s", path, reason)
                         continue
                 model_id = known.info.id
                 if model_id in models:  # two quantizations of one model: keep both apart
                     model_id = path.name[: -len(".gguf")].lower()
                     known.info = known.info.model_copy(update={"id": model_id})
                 models[model_id] = known
-            self._models, self._scan_key = models, key
+            self._models, self._broken, self._scan_key = models, broken, key
             return models
 
     def list_models(self) -> list[ModelInfo]:
@@ -134,6 +140,9 @@ class LlamaBackend(Backend):
     def _model(self, model_id: str) -> _Model:
         model = self._scan().get(model_id)
         if model is None:
+            for path, reason in self._broken.items():
+                if model_id in (model_id_for(path), path.name, path.name[: -len(".gguf")]):
+                    raise BackendError(f"model '{model_id}': the file {path} cannot be used: {reason}")
             raise BackendError(f"model '{model_id}' is no longer installed")
         return model
 
@@ -161,11 +170,18 @@ class LlamaBackend(Backend):
                 batch_size=self.settings.batch_size,
                 compat_dir=self.compat_dir,
             )
+        previous = self._loaded
         self._loaded = None
         try:
             engine.load(model.path)
         except (EngineError, GGUFError, OSError) as exc:
-            raise BackendError(f"could not load {model.path}: {exc}") from exc
+            # the engine checks the file before dropping the current model
+            if engine.loaded and previous is not None:
+                self._loaded = previous
+            reason = exc.reason if isinstance(exc, GGUFError) else str(exc)
+            if str(model.path) not in reason:
+                reason = f"{model.path}: {reason}"
+            raise BackendError(f"could not load model '{model_id}' from {reason}") from exc
         self._loaded = model_id
 
     def close(self) -> None:
@@ -240,7 +256,8 @@ def _mtime(path: Path) -> float:
 
 
 def _describe(path: Path) -> ModelInfo:
-    meta: GGUFFile = read_gguf(path)
+    meta: GGUFFile = read_gguf(path)  # checks that every tensor lies inside the file
+    check_legacy_support(meta)  # an architecture the engine cannot run is not listed
     arch = meta.architecture
     ctx = meta.get(f"{arch}.context_length")
     file_type = meta.get("general.file_type")
@@ -251,7 +268,7 @@ def _describe(path: Path) -> ModelInfo:
     stat = path.stat()
     return ModelInfo(
         id=model_id_for(path),
-        owned_by="local",
+        owned_by="adyton",
         created=int(stat.st_mtime),
         context_length=int(ctx) if ctx is not None else None,
         size_bytes=stat.st_size,
