@@ -24,7 +24,7 @@ from adyton import Constraint, FinishReason, LogitsProcessor
 
 from . import verify
 from .compile import Compiled
-from .tokenizer import GuidedTokenizer, closer_ids
+from .tokenizer import GuidedTokenizer, bytes_index
 
 log = logging.getLogger("adyton.guided")
 
@@ -36,6 +36,55 @@ def _mask_executor() -> ThreadPoolExecutor:
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adyton-guided-mask")
     return _executor
+
+
+class JsonTail:
+    """Where a JSON prefix stands, fed byte by byte: inside a string (and an
+    escape)? which brackets are open? ``completion()`` is the shortest text
+    that closes it syntactically (the constraint may still want more first:
+    a required key, a string's minLength)."""
+
+    __slots__ = ("stack", "in_string", "escape", "unicode_left")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.stack: list[int] = []
+        self.in_string = False
+        self.escape = False
+        self.unicode_left = 0
+
+    def feed(self, data: bytes) -> None:
+        for b in data:
+            if self.in_string:
+                if self.unicode_left:
+                    self.unicode_left -= 1
+                elif self.escape:
+                    self.escape = False
+                    if b == 0x75:  # \uXXXX
+                        self.unicode_left = 4
+                elif b == 0x5C:  # backslash
+                    self.escape = True
+                elif b == 0x22:
+                    self.in_string = False
+            elif b == 0x22:
+                self.in_string = True
+            elif b in (0x7B, 0x5B):
+                self.stack.append(b)
+            elif b in (0x7D, 0x5D) and self.stack:
+                self.stack.pop()
+
+    def completion(self) -> bytes:
+        out = bytearray()
+        if self.in_string:
+            if self.unicode_left:
+                out += b"0" * self.unicode_left
+            elif self.escape:
+                out += b'"'  # the escape \" ...
+            out += b'"'  # ... then the closing quote
+        out += bytes(0x7D if b == 0x7B else 0x5D for b in reversed(self.stack))
+        return bytes(out)
 
 
 class GuidedProcessor(LogitsProcessor):
@@ -65,7 +114,9 @@ class GuidedProcessor(LogitsProcessor):
         self._vocab = tok.vocab_size
         self._eos = np.asarray(tok.eos_ids, dtype=np.int64)
         self._bitmask = np.full((self._vocab + 31) // 32, -1, dtype=np.int32)
-        self._closers = closer_ids(tok) if repair else None
+        kind_is_json = constraint.kind in ("json_schema", "json_object")
+        self._by_bytes = bytes_index(tok) if repair and kind_is_json else None
+        self._tail = JsonTail() if repair and kind_is_json else None
         self._matcher = compiled.template.deep_copy()
         self._pending: Future[None] | None = None
         self._count = 0
@@ -96,6 +147,8 @@ class GuidedProcessor(LogitsProcessor):
         self._matcher = self.compiled.template.deep_copy()
         self._count = 0
         self._error = None
+        if self._tail is not None:
+            self._tail.reset()
         self._schedule()
 
     def process(self, generated: Sequence[int], logits: np.ndarray) -> None:
@@ -114,16 +167,35 @@ class GuidedProcessor(LogitsProcessor):
         vocab = min(n, self._vocab)
         allowed = np.unpackbits(self._bitmask.view(np.uint8), count=vocab, bitorder="little").view(bool)
         head = logits[:vocab]
-        if (self.repair and self.max_tokens is not None and len(generated) >= self.max_tokens):
-            # repair: past max_tokens, finish as soon as the constraint allows
-            closers = allowed & self._closers[:vocab]
-            if closers.any():
-                allowed = closers
+        if self.repair and self.max_tokens is not None and self._count >= self.max_tokens:
+            allowed = self._repair_mask(allowed)
         np.copyto(head, -np.inf, where=~allowed)
         if n > vocab:
             logits[vocab:] = -np.inf
         if not allowed.any():  # cannot happen unless the matcher is broken
             self._only_eos(logits)
+
+    def _repair_mask(self, allowed: np.ndarray) -> np.ndarray:
+        """Past max_tokens: end now if the output is complete; else, for
+        JSON, only the tokens that spell the start of the text closing it
+        (the open string, then the open brackets), whenever the constraint
+        allows one of them; else whatever the constraint allows (a required
+        key, a string's minLength, the rest of a literal)."""
+        eos = self._eos[self._eos < allowed.shape[0]]
+        if allowed[eos].any():
+            only = np.zeros_like(allowed)
+            only[eos] = allowed[eos]
+            return only
+        if self._tail is None:
+            return allowed
+        closing = self._tail.completion()
+        ids = [i for n in range(1, len(closing) + 1)
+               for i in self._by_bytes.get(closing[:n], ()) if i < allowed.shape[0] and allowed[i]]
+        if not ids:
+            return allowed
+        only = np.zeros_like(allowed)
+        only[ids] = True
+        return only
 
     def _only_eos(self, logits: np.ndarray) -> None:
         eos = self._eos[self._eos < logits.shape[0]]
@@ -133,7 +205,10 @@ class GuidedProcessor(LogitsProcessor):
 
     def accept(self, token_id: int) -> None:
         self._settle()
-        self._count += 1
+        if token_id not in self.tok.eos_ids:
+            self._count += 1  # (tokens of the output, which end-of-sequence is not)
+            if self._tail is not None and token_id < len(self.tok.vocabulary.token_bytes):
+                self._tail.feed(self.tok.vocabulary.token_bytes[token_id])
         m = self._matcher
         if m.is_stopped():
             return
@@ -149,10 +224,10 @@ class GuidedProcessor(LogitsProcessor):
         m = self._matcher
         if m.is_error() or not m.is_accepting():
             return False
-        if self.repair and m.is_stopped() and self.max_tokens is not None and self._count >= self.max_tokens:
-            # Past max_tokens with a finished output only end-of-sequence is
-            # allowed: let the engine emit it (one more step, inside the
-            # repair budget) so that the choice ends with finish_reason
+        if self.repair and self.max_tokens is not None and self._count >= self.max_tokens:
+            # Past max_tokens with a finished output repair allows only
+            # end-of-sequence: let the engine emit it (one more step, inside
+            # the repair budget) so that the choice ends with finish_reason
             # "stop" rather than "length".
             return False
         return True

@@ -123,22 +123,16 @@ def build(vocab: Vocabulary, key: str | None = None) -> GuidedTokenizer:
     )
 
 
-_CLOSERS = frozenset(b'"}]')
-
-
-def closer_ids(tok: GuidedTokenizer) -> "Any":
-    """Token ids made only of closing punctuation (``"``, ``}``, ``]``,
-    optionally with spaces): what repair prefers when it must finish an
-    output within its extra budget. A numpy bool array, cached."""
-    import numpy as np
-
-    cached = getattr(tok, "_closers", None)
+def bytes_index(tok: GuidedTokenizer) -> dict[bytes, list[int]]:
+    """Token ids by their exact bytes (control tokens left out): how repair
+    finds the tokens that spell a prefix of the text closing an output.
+    Built once per tokenizer (~10 ms for 49k tokens)."""
+    cached = getattr(tok, "_by_bytes", None)
     if cached is None:
         control = tok.vocabulary.control_token_ids
-        flags = np.zeros(tok.vocab_size, dtype=bool)
+        cached = {}
         for i, raw in enumerate(tok.vocabulary.token_bytes):
-            core = raw.strip(b" ")
-            if core and i not in control and all(b in _CLOSERS for b in core):
-                flags[i] = True
-        tok._closers = cached = flags  # type: ignore[attr-defined]
+            if raw and i not in control:
+                cached.setdefault(raw, []).append(i)
+        tok._by_bytes = cached  # type: ignore[attr-defined]
     return cached

@@ -145,6 +145,52 @@ async def test_truncation_with_repair_completes(make_app, limiter):
     assert 8 < body["usage"]["completion_tokens"] <= 18
 
 
+async def test_repair_closes_the_string_before_brackets(make_app):
+    # Inside a string "]" and "}" are content, not closers: a model that loves
+    # "]" must still get the closing quote first (found with the real model,
+    # which wrote {"story": "...}}}}]]]]]]... until the budget ran out).
+    script = ['{', '"', 'a', '"', ': ', '"'] + [']'] * 30
+    app = make_app(ScriptedBackend(script, extra_vocab=JSON_VOCAB))
+    status, body, _ = await post(app, "/g/generate", _req(
+        {"kind": "json_schema", "value": STR_SCHEMA,
+         "options": {"repair_on_failure": True, "repair_budget": 10}}, max_tokens=8))
+    assert status == 200
+    choice = body["choices"][0]
+    assert choice["text"] == '{"a": "]]"}'
+    assert choice["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 10
+    report = choice["reports"]["guided"]
+    assert report["accepted"] is True
+    assert report["repair"] == {"used": True, "extra_tokens": 2, "budget": 10}
+
+
+async def test_repair_ends_a_complete_output_at_once(make_app):
+    # a regex complete at max_tokens that could go on: end-of-sequence, not more
+    app = make_app(ScriptedBackend(['a'] * 30, extra_vocab=JSON_VOCAB))
+    status, body, _ = await post(app, "/g/generate", _req(
+        {"kind": "regex", "value": "a+", "options": {"repair_on_failure": True, "repair_budget": 5}},
+        max_tokens=3))
+    choice = body["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == ("aaa", "stop")
+    assert body["usage"]["completion_tokens"] == 3
+    assert choice["reports"]["guided"]["repair"] == {"used": False, "extra_tokens": 0, "budget": 5}
+
+
+def test_json_tail_completion():
+    from adyton_guided.processor import JsonTail
+
+    def completion(prefix):
+        tail = JsonTail()
+        tail.feed(prefix.encode())
+        return tail.completion().decode()
+
+    assert completion('{"a": [1, {"b": "x') == '"}]}'
+    assert completion('{"a": "x]}\\\\"') == "}"  # brackets in a string, an escaped backslash
+    assert completion('{"a": "say \\') == '""}'  # a pending escape: \" then the quote
+    assert completion('["\\u00') == '00"]'
+    assert completion('{"a": 1}') == ""
+
+
 async def test_repair_budget_exhausted_reports_invalid(make_app):
     # an array that must have 20 items cannot be closed within 2 extra tokens
     schema = {"type": "array", "items": {"type": "integer"}, "minItems": 20}
