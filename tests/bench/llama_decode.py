@@ -17,7 +17,12 @@ measured side by side in one run:
    backend's own decode rate for the same requests (the server's
    adyton_decode_tokens_per_second histogram).
 
-    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--skip-peer]
+    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--threads T] [--skip-peer]
+
+Both engines use --threads CPU threads (default: all usable cores, adyton's
+default). With 2 threads on 2 cores both engines' spin-waiting thread pools
+collapse (to a few tokens/s) whenever anything else runs on the machine;
+--threads 1 gives repeatable figures on a shared machine.
 """
 
 from __future__ import annotations
@@ -100,8 +105,8 @@ class Proc:
         self._out.close()
 
 
-def adyton_server(home: Path, models: Path, port: int) -> Proc:
-    env = {"ADYTON_HOME": str(home), "ADYTON_LLAMA__MODELS_DIR": str(models),
+def adyton_server(home: Path, models: Path, port: int, threads: int) -> Proc:
+    env = {"ADYTON_HOME": str(home), "ADYTON_LLAMA__MODELS_DIR": str(models), "ADYTON_LLAMA__THREADS": str(threads),
            "ADYTON_LOAD_PLUGINS": "llama,openai", "ADYTON_LOG_LEVEL": "warning"}
     return Proc("adyton", [str(ROOT / ".venv" / "bin" / "adyton"), "serve", "--host", "127.0.0.1",
                            "--port", str(port)], port, env)
@@ -232,7 +237,7 @@ def vm_rss_mb(pid: int) -> float:
 # -- 1. backend overhead, in-process ---------------------------------------------------
 
 
-def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: int) -> dict:
+def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: int, threads: int) -> dict:
     import numpy as np
 
     import adyton_llama
@@ -240,7 +245,7 @@ def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: in
     from adyton.types import TextDelta
     from adyton_llama.engine import LlamaEngine
 
-    app = create_app(settings={"home": str(home), "log_level": "warning", "llama": {"models_dir": str(models)}},
+    app = create_app(settings={"home": str(home), "log_level": "warning", "llama": {"models_dir": str(models), "threads": threads}},
                      plugins=[adyton_llama], load_entrypoints=False)
     kernel = app.extensions["adyton"]
     backend = kernel.backends["llama"]
@@ -304,11 +309,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-peer", action="store_true", help="leave out benchmark 2")
     args = parser.parse_args()
     if not MODEL.is_file():
         raise SystemExit(f"no model at {MODEL} (run: adyton pull smollm2)")
-    threads = len(os.sched_getaffinity(0))
+    threads = args.threads
     home = CACHE / "home"  # keeps the compat copy of the GGUF between runs
     models = CACHE / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -316,19 +322,20 @@ def main() -> int:
     if not link.exists():
         link.symlink_to(MODEL)
     results: list[tuple[str, float, str, bool]] = []
-    print(f"model {MODEL} ({MODEL.stat().st_size / 1e6:.0f} MB), {threads} cores, "
+    print(f"model {MODEL} ({MODEL.stat().st_size / 1e6:.0f} MB), {threads} engine threads, "
+          f"{len(os.sched_getaffinity(0))} cores, "
           f"max_tokens {args.max_tokens}, {args.rounds} rounds", flush=True)
 
     # 1
     print("1. backend overhead (in-process)", flush=True)
-    r1 = bench_backend_overhead(home, models, args.rounds, args.max_tokens)
+    r1 = bench_backend_overhead(home, models, args.rounds, args.max_tokens, threads)
     ratio = r1["kernel"] / r1["raw"]
     print(f"   median raw {r1['raw']:.1f} tok/s, kernel {r1['kernel']:.1f} tok/s")
     results.append(("1 kernel stream / raw engine decode tok/s", ratio, ">= 0.95", ratio >= 0.95))
 
     peer_py = None if args.skip_peer else ensure_peer()
     port = free_port()
-    with adyton_server(home, models, port) as ady:
+    with adyton_server(home, models, port, threads) as ady:
         deadline = time.monotonic() + 60
         import urllib.error
         import urllib.request
