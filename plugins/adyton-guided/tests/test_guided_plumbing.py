@@ -214,9 +214,10 @@ async def test_n_choices_reset_the_matcher(make_app):
     assert all(c["reports"]["guided"]["accepted"] for c in body["choices"])
 
 
-async def test_no_prefetch_gives_the_same_result(make_app):
+@pytest.mark.parametrize("prefetch", [True, False])
+async def test_prefetch_on_or_off_gives_the_same_result(make_app, prefetch):
     app = make_app(ScriptedBackend(['{', '"', 'a', '"', ': ', '1', '2', '}'], extra_vocab=JSON_VOCAB),
-                   settings={"guided": {"prefetch_masks": False}})
+                   settings={"guided": {"prefetch_masks": prefetch}})
     status, body, _ = await post(app, "/g/generate", _req({"kind": "json_schema", "value": SCHEMA}))
     assert body["choices"][0]["text"] == '{"a": 12}'
 
