@@ -65,9 +65,6 @@ def chat(content, constraint, **kw):
     return body
 
 
-@pytest.mark.skip(reason="disabled at the end of session 1: the [array] case ran over 600 s on the "
-                  "real model (decode pathologically slow under the constraint; not yet diagnosed) - "
-                  "see the closing note of issue 7")
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_20_generations_per_schema_validate(server, name):
     schema = SCHEMAS[name]
