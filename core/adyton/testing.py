@@ -6,8 +6,9 @@
   so sampling, processors, stop strings, the queue and cancellation all run
   for real — only the neural network is replaced.
 * ``JsonTestWire``: a minimal wire format (``POST /t/generate`` takes a
-  ``GenerationRequest`` as JSON; ``x-key`` header as api_key credentials;
-  errors as ``{"err": {...}}``) for testing plugins that are not wire formats.
+  ``GenerationRequest`` as JSON; credentials from ``Authorization: Bearer``,
+  ``x-api-key``/``x-key`` or a ``sessionId`` body field; errors as
+  ``{"err": {...}}``) for testing plugins that are not wire formats.
 * ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
   background thread, for tests over a real socket.
 """
@@ -173,7 +174,14 @@ class BackendPlugin:
 class JsonTestWire(WireFormat):
     """POST /t/generate with a GenerationRequest as JSON; ``stream`` gives
     NDJSON lines. Errors: {"err": {...}} (a shape unlike the kernel's, so
-    tests can see which surface rendered an error)."""
+    tests can see which surface rendered an error).
+
+    Credentials, as the real wire formats find them (see ``credentials``):
+    ``Authorization: Bearer <secret>`` gives kind "bearer"; else an
+    ``x-api-key`` (or ``x-key``) header gives "api_key"; else a ``sessionId``
+    field in the body (taken out before the body is validated) gives
+    "account_number"; else "none".
+    """
 
     name = "testwire"
     url_prefixes = ("/t/",)
@@ -194,16 +202,29 @@ class JsonTestWire(WireFormat):
         response.headers.update(error.response_headers())
         return response
 
+    def credentials(self, body: dict) -> Credentials:
+        """The caller's credentials from the current request's headers and
+        ``body`` (whose ``sessionId``, if any, is removed)."""
+        auth = request.headers.get("Authorization", "")
+        session = body.pop("sessionId", None)
+        key = request.headers.get("x-api-key") or request.headers.get("x-key")
+        if auth.lower().startswith("bearer "):
+            return Credentials(kind="bearer", secret=auth[7:], wire_format=self.name)
+        if key:
+            return Credentials(kind="api_key", secret=key, wire_format=self.name)
+        if session is not None:
+            return Credentials(kind="account_number", secret=str(session), wire_format=self.name)
+        return Credentials(kind="none", wire_format=self.name)
+
     async def generate(self):
         body = await request.get_json(force=True, silent=True)
         if not isinstance(body, dict):
             raise InvalidRequest("body must be a JSON object")
+        credentials = self.credentials(body)
         try:
             gen_request = GenerationRequest.model_validate(body)
         except Exception as exc:  # noqa: BLE001
             raise InvalidRequest(str(exc)) from None
-        key = request.headers.get("x-key")
-        credentials = Credentials(kind="api_key" if key else "none", secret=key or "", wire_format=self.name)
         generation = await current_kernel().pipeline.submit(gen_request, credentials)
         if not gen_request.stream:
             result = await generation.result()
@@ -233,6 +254,8 @@ class JsonTestWire(WireFormat):
 
 
 class JsonTestWirePlugin:
+    """Registers a ``JsonTestWire``: ``create_app(plugins=[JsonTestWirePlugin(), ...])``."""
+
     __name__ = "testwire"
 
     @hookimpl

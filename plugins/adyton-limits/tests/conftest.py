@@ -15,10 +15,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from limits_testwire import TestWirePlugin  # noqa: E402
-
 from adyton import create_app  # noqa: E402
-from adyton.testing import BackendPlugin, ScriptedBackend, free_port  # noqa: E402
+from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend, free_port  # noqa: E402
 from adyton_limits import LimitsPlugin  # noqa: E402
 from limits_helpers import FakeClock  # noqa: E402
 
@@ -47,7 +45,7 @@ def make_app(home, clock):
         merged = {"home": str(home), "queue": {"max_waiting": 200}, "limits": lim}
         merged.update(settings or {})
         plugin = LimitsPlugin(clock=clock if use_clock else None)
-        return create_app(settings=merged, plugins=[TestWirePlugin(), BackendPlugin(*backends), plugin],
+        return create_app(settings=merged, plugins=[JsonTestWirePlugin(), BackendPlugin(*backends), plugin],
                           load_entrypoints=False)
 
     return make

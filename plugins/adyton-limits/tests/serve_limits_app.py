@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 
-from hypercorn.asyncio import serve  # noqa: E402
-from hypercorn.config import Config  # noqa: E402
-from limits_testwire import TestWirePlugin  # noqa: E402
-
-from adyton import create_app  # noqa: E402
-from adyton.testing import BackendPlugin, ScriptedBackend  # noqa: E402
-from adyton_limits import LimitsPlugin  # noqa: E402
+from adyton import create_app
+from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend
+from adyton_limits import LimitsPlugin
 
 TIER = {"requests_per_minute": 1_000_000, "tokens_per_minute": 100_000_000, "requests_per_day": 100_000,
         "tokens_per_day": 100_000_000, "concurrent_requests": 1000}
@@ -30,7 +26,7 @@ def main() -> None:
     app = create_app(
         settings={"home": home, "queue": {"max_waiting": 500},
                   "limits": {"storage_uri": uri, "tiers": {1: TIER}, "upgrade": {"enabled": False}}},
-        plugins=[TestWirePlugin(), BackendPlugin(backend), LimitsPlugin()],
+        plugins=[JsonTestWirePlugin(), BackendPlugin(backend), LimitsPlugin()],
         load_entrypoints=False,
     )
     config = Config()
