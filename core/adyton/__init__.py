@@ -23,6 +23,7 @@ from .errors import (
     SettingsError,
     Unauthorized,
     UnsupportedConstraint,
+    json_type_name,
 )
 from .hookspecs import (
     Authenticator,
@@ -72,6 +73,7 @@ __all__ = [
     "default_error_response",
     "errors",
     "hookimpl",
+    "json_type_name",
     "load_settings",
     "types",
     *types.__all__,

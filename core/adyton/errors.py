@@ -9,6 +9,7 @@ OpenAI-style ``type`` and optional ``code`` and ``param``, a human
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 class AdytonError(Exception):
@@ -141,6 +142,28 @@ class BackendError(AdytonError):
     code = "backend_error"
 
 
+def json_type_name(value: Any) -> str:
+    """Name a parsed JSON value's type for an error message, as a wire format
+    says what it got: ``"null"``, ``"a boolean"``, ``"a number"``, ``"a
+    string"``, ``"an array"`` or ``"an object"``.
+
+    ``raise InvalidRequest(f"'messages' must be an array, not {json_type_name(v)}")``
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__  # not from json.loads
+
+
 class PluginError(Exception):
     """A plugin failed to load or validate; stops startup. Not an HTTP error."""
 
@@ -165,4 +188,5 @@ __all__ = [
     "SettingsError",
     "Unauthorized",
     "UnsupportedConstraint",
+    "json_type_name",
 ]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from adyton import ChatMessage, Credentials, InvalidRequest, Unauthorized
+from adyton import ChatMessage, Credentials, InvalidRequest, Unauthorized, json_type_name
 
 #: exactly 64 ASCII digits (``\d`` would also accept other scripts' digits)
 ACCOUNT_NUMBER_RE = re.compile(r"[0-9]{64}")
@@ -36,22 +36,6 @@ class AxiomChat:
     #: keys the Axiom document does not define; handed to the kernel as
     #: ``GenerationRequest.extra`` so a plugin may claim them (else 400)
     extra: dict[str, Any]
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__  # pragma: no cover - json.loads yields only the above
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -86,7 +70,7 @@ def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
     except RecursionError:
         raise InvalidRequest("the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {_type_name(body)}",
+        raise InvalidRequest(f"the request body must be a JSON object, not {json_type_name(body)}",
                              code="invalid_json")
     return body
 
@@ -106,7 +90,8 @@ def credentials_from(body: dict[str, Any], client_address: str | None = None) ->
         )
     if not isinstance(session_id, str):
         raise Unauthorized(
-            f"malformed sessionId: it must be a string of exactly 64 digits, not {_type_name(session_id)}",
+            "malformed sessionId: it must be a string of exactly 64 digits, "
+            f"not {json_type_name(session_id)}",
             param="sessionId", code="malformed_session_id",
         )
     if not ACCOUNT_NUMBER_RE.fullmatch(session_id):
@@ -139,7 +124,7 @@ def _string_field(body: dict[str, Any], key: str, *, required: bool) -> str | No
             raise InvalidRequest(f"missing '{key}'", param=key, code="missing_field")
         return None
     if not isinstance(value, str):
-        raise InvalidRequest(f"'{key}' must be a string, not {_type_name(value)}", param=key,
+        raise InvalidRequest(f"'{key}' must be a string, not {json_type_name(value)}", param=key,
                              code="invalid_type")
     return _check_text(value, key)
 
@@ -150,7 +135,7 @@ def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         raise InvalidRequest("missing 'messages': send an array of {role, content} objects",
                              param="messages", code="missing_field")
     if not isinstance(messages, list):
-        raise InvalidRequest(f"'messages' must be an array, not {_type_name(messages)}",
+        raise InvalidRequest(f"'messages' must be an array, not {json_type_name(messages)}",
                              param="messages", code="invalid_type")
     if not messages:
         raise InvalidRequest("'messages' must not be empty", param="messages", code="empty_messages")
@@ -159,7 +144,7 @@ def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise InvalidRequest(f"'{where}' must be an object with 'role' and 'content', "
-                                 f"not {_type_name(message)}", param=where, code="invalid_type")
+                                 f"not {json_type_name(message)}", param=where, code="invalid_type")
         for key in message:
             if key not in MESSAGE_KEYS:
                 raise InvalidRequest(f"'{where}' has an unknown key '{key}' (a message has only "
@@ -178,7 +163,7 @@ def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
                                  code="missing_field")
         content = message["content"]
         if not isinstance(content, str):
-            raise InvalidRequest(f"'{where}.content' must be a string, not {_type_name(content)}",
+            raise InvalidRequest(f"'{where}.content' must be a string, not {json_type_name(content)}",
                                  param=f"{where}.content", code="invalid_type")
         out.append(ChatMessage(role=role, content=_check_text(content, f"{where}.content")))
     return out

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest
+from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest, json_type_name
 
 from .schemas import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, _Common
 
@@ -64,23 +64,9 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest(
-            f"the request body must be a JSON object, not {_json_type(body)}", code="invalid_json"
+            f"the request body must be a JSON object, not {json_type_name(body)}", code="invalid_json"
         )
     return body
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _param(loc: tuple[Any, ...]) -> str:
@@ -110,7 +96,7 @@ def validation_error(exc: ValidationError, known: set[str]) -> InvalidRequest:
     elif best["type"] == "extra_forbidden":
         message = f"Unrecognized argument supplied: '{param}'."
     else:
-        got = _json_type(best.get("input"))
+        got = json_type_name(best.get("input"))
         message = f"Invalid value for '{param}': {best['msg']} (got {got})."
     return InvalidRequest(message, param=param, code="invalid_value" if best["type"] != "missing" else "missing_required_parameter")
 
