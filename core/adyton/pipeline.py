@@ -451,7 +451,8 @@ class Generation:
             self._events.put(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
         finally:
             metrics.finished(self, outcome)
-            await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
+            if self.reservations:  # (shield() costs a task: only when there is something to settle)
+                await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
             self._events.put(_END)
 
     def _engine_work(self) -> None:
