@@ -208,6 +208,15 @@ def stream_chat(port: int, body: dict) -> dict:
     return asyncio.run(run())
 
 
+def post_json(port: int, path: str, body: dict) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
 def request_body(messages, max_tokens: int, peer: bool) -> dict:
     body = {"model": MODEL_ID, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
     if peer:  # llama-cpp-python defaults to repeat_penalty 1.1; greedy means none
@@ -400,8 +409,9 @@ def main() -> int:
                 ours, theirs = [], []
                 for _ in range(args.rounds):
                     for name, p, b, out in (("adyton", port, body, ours), ("llama-cpp-python", peer_port, peer_body, theirs)):
-                        # a different first turn before each: no prompt cache on either side
-                        stream_chat(p, {**b, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2})
+                        # a plain-text completion first: it shares no token with the chat
+                        # prompt, so neither side starts from a cached prefix
+                        post_json(p, "/v1/completions", {"model": MODEL_ID, "prompt": "Say hi.", "max_tokens": 2})
                         r = stream_chat(p, b)
                         out.append(r)
                         print(f"  {name:17s} TTFT {1000 * r['ttft']:6.1f} ms   decode {r['decode_tps']:6.1f} tok/s   "
