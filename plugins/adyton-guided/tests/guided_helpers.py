@@ -156,6 +156,7 @@ def make_app(tmp_path, limiter):
 _VOCAB_CACHE: dict[str, object] = {}
 
 
+# A copy of adyton_llama.tokenizer.gpt2_bytes_to_unicode(): gguf_vocabulary must not need adyton-llama.
 def _byte_decoder() -> dict[str, int]:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]

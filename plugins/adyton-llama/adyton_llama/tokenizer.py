@@ -86,8 +86,11 @@ class TokenizerError(Exception):
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level alphabet: unicode char -> byte value."""
+def gpt2_bytes_to_unicode() -> tuple[str, ...]:
+    """GPT-2's byte-level alphabet, the one every byte-level BPE vocabulary
+    (``tokenizer.ggml.model = gpt2``) is written in: index = byte value, item =
+    the printable character that stands for it (``Ġ`` for a space, ``Ċ`` for a
+    newline; printable ASCII and most of Latin-1 stand for themselves)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -96,7 +99,14 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    table = dict(zip(bs, cs))
+    return tuple(chr(table[b]) for b in range(256))
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of ``gpt2_bytes_to_unicode``: character -> byte value."""
+    return {ch: b for b, ch in enumerate(gpt2_bytes_to_unicode())}
 
 
 def _byte_level_to_bytes(text: str) -> bytes:

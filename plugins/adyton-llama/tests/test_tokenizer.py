@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adyton_llama.tokenizer import GGUFTokenizer, IncrementalDetokenizer, TokenizerError
+from adyton_llama.tokenizer import GGUFTokenizer, IncrementalDetokenizer, TokenizerError, gpt2_bytes_to_unicode
 
 def _reference_entries():
     from conftest import DEFAULT_REFERENCE
@@ -188,6 +188,16 @@ def test_spm_properties(tiny_llama):
     det = tok.detokenizer()
     assert "".join(det.push(i) for i in tok.encode("日本 é")) + det.flush() == " 日本 é"
     assert tok.decode(tok.encode("hello world")) == "hello world"
+
+
+def test_gpt2_bytes_to_unicode():
+    """Pinned here because the tiny test vocabularies are written with it."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    table = gpt2_bytes_to_unicode()
+    assert len(table) == len(set(table)) == 256 and set(table) == set(ByteLevel.alphabet())
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[0] == "Ā" and table[0xAD] == "Ń"
+    assert table[ord("a")] == "a" and table[0xC3] == "Ã" and table[0xFF] == "ÿ"
 
 
 def test_gpt2_tiny(tiny_gpt2):

@@ -8,6 +8,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType
 from gguf.quants import quantize
 
+from adyton_llama.tokenizer import gpt2_bytes_to_unicode
+
 N_EMBD = 64
 N_HEAD = 4
 N_HEAD_KV = 2
@@ -32,23 +34,10 @@ SPM_PIECES = {
 }
 
 
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
-
-
 def gpt2_vocab() -> tuple[list[str], list[int], list[str]]:
     tokens = list(GPT2_SPECIALS)
     types = [TokenType.CONTROL] * len(GPT2_SPECIALS)
-    for ch in _bytes_to_unicode():
+    for ch in gpt2_bytes_to_unicode():
         tokens.append(ch)
         types.append(TokenType.NORMAL)
     for m in GPT2_MERGES:
