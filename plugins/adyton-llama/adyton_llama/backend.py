@@ -240,12 +240,14 @@ class LlamaBackend(Backend):
             raise BackendError(str(exc)) from exc
         finally:
             tokens.close()
-        reason = engine.finish_reason
-        tail = detok.flush()
-        if reason == "stop":
-            yield TokenPiece(tokenizer.eos_id if tokenizer.eos_id is not None else -1, tail, FinishReason.STOP)
-        elif tail:
-            yield TokenPiece(-1, tail, FinishReason.LENGTH)
+        # Every piece is a token to the kernel, but for the text-less end of
+        # sequence. Bytes the detokenizer still holds here begin a character
+        # that no token completed: they are no text (what stopping at max_tokens
+        # does too, where the kernel closes this generator).
+        if detok.pending_bytes:
+            log.debug("generation ended inside a character: dropped %r", detok.pending_bytes)
+        if engine.finish_reason == "stop":
+            yield TokenPiece(tokenizer.eos_id if tokenizer.eos_id is not None else -1, "", FinishReason.STOP)
 
 
 def _mtime(path: Path) -> float:
