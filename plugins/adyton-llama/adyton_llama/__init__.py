@@ -13,12 +13,13 @@ The plugin registers the ``llama`` backend, its ``[llama]`` settings and the
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
 import click
 
-from adyton import hookimpl
+from adyton import AdytonError, hookimpl
 
 from .backend import LlamaBackend, LlamaSettings
 
@@ -33,6 +34,20 @@ def register_settings(register):
 @hookimpl
 def register_backends(register, kernel):
     register(LlamaBackend(kernel.settings.llama, kernel.home))
+
+
+@hookimpl
+def prepare_request(request, principal, kernel):
+    """The first request for a model reads its tokenizer (~0.5 s for a 49k
+    vocabulary). The kernel calls ``prepare`` on the event loop, so read it
+    here first, in a worker thread: other requests go on meanwhile."""
+    try:
+        backend, info = kernel.models.resolve(request.model)
+    except AdytonError:
+        return None  # the pipeline reports it
+    if isinstance(backend, LlamaBackend) and not backend.has_tokenizer(info.id):
+        return asyncio.to_thread(backend.read_tokenizer, info.id)
+    return None
 
 
 @hookimpl

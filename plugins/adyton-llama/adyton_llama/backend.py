@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -68,7 +68,11 @@ class _Model:
     mtime: float
     tokenizer: GGUFTokenizer | None = None
     template: ChatTemplate | None = None
+    #: why the tokenizer cannot be read (kept: the same file fails the same way)
+    tokenizer_error: str | None = None
     vocabulary: Vocabulary | None = None
+    #: held while the tokenizer is read (not the catalog lock: listing goes on)
+    reading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 def model_id_for(path: Path) -> str:
@@ -89,7 +93,7 @@ class LlamaBackend(Backend):
         #: files skipped by the last scan: path -> why (named again when asked for)
         self._broken: dict[Path, str] = {}
         self._scan_key: tuple | None = None
-        self._lock = threading.RLock()  # guards the catalog and lazy tokenizers
+        self._lock = threading.RLock()  # guards the catalog and lazy vocabularies
         self._engine: LlamaEngine | None = None
         self._loaded: str | None = None
 
@@ -147,15 +151,37 @@ class LlamaBackend(Backend):
         return model
 
     def _tokenizer(self, model: _Model) -> tuple[GGUFTokenizer, ChatTemplate]:
-        with self._lock:
-            if model.tokenizer is None:
-                try:
-                    meta = read_gguf(model.path)
-                    model.tokenizer = GGUFTokenizer(meta)
-                    model.template = ChatTemplate.from_gguf(meta)
-                except (GGUFError, TokenizerError, ChatTemplateError, OSError) as exc:
-                    raise BackendError(f"cannot read the tokenizer of {model.path}: {exc}") from exc
-            return model.tokenizer, model.template  # type: ignore[return-value]
+        """The model's tokenizer and chat template, read from its file the
+        first time (~0.5 s for a 49k vocabulary: see ``read_tokenizer``)."""
+        if model.tokenizer is None:
+            with model.reading:
+                if model.tokenizer is None and model.tokenizer_error is None:
+                    try:
+                        meta = read_gguf(model.path)
+                        model.template = ChatTemplate.from_gguf(meta)
+                        model.tokenizer = GGUFTokenizer(meta)
+                    except OSError as exc:  # perhaps passing: read again next time
+                        raise BackendError(f"cannot read the tokenizer of {model.path}: {exc}") from exc
+                    except (GGUFError, TokenizerError, ChatTemplateError) as exc:
+                        model.tokenizer_error = f"cannot read the tokenizer of {model.path}: {exc}"
+                if model.tokenizer_error is not None:
+                    raise BackendError(model.tokenizer_error)
+        return model.tokenizer, model.template  # type: ignore[return-value]
+
+    def has_tokenizer(self, model_id: str) -> bool:
+        """True when ``prepare`` for this model will not read a tokenizer
+        first (it was read, or is known to be unreadable)."""
+        model = self._models.get(model_id)
+        return model is not None and (model.tokenizer is not None or model.tokenizer_error is not None)
+
+    def read_tokenizer(self, model_id: str) -> None:
+        """Read the model's tokenizer now. Blocking: the plugin's
+        ``prepare_request`` hook runs it in a worker thread before the kernel
+        calls ``prepare`` on the event loop. Errors are left for ``prepare``."""
+        try:
+            self._tokenizer(self._model(model_id))
+        except BackendError:
+            pass
 
     # -- loading ----------------------------------------------------------------
 

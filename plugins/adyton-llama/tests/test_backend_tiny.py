@@ -5,12 +5,15 @@ scripted sampler, so what the tiny models' logits say does not matter."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 import adyton_llama
 from adyton import Credentials, GenerationRequest, Sampler, create_app, hookimpl
+from adyton_llama import backend as backend_mod
 from adyton_llama.tokenizer import GGUFTokenizer, gpt2_bytes_to_unicode
 
 
@@ -85,3 +88,43 @@ async def test_a_character_cut_short_by_eos_is_not_a_token(tmp_path, models_dir,
     assert choice.finish_reason.value == "stop"
     assert result.usage.completion_tokens == 2
     assert choice.text == "a"
+
+
+async def test_reading_a_tokenizer_does_not_block_the_event_loop(tmp_path, models_dir, monkeypatch):
+    """The first request for a model builds its tokenizer (~0.5 s for a real
+    49k vocabulary; 1.5 s here): in a worker thread, so another request, for the
+    loaded model, is served meanwhile and the loop never stalls."""
+    slow_s = 1.5
+
+    class SlowTokenizer(GGUFTokenizer):
+        def __init__(self, meta):
+            if Path(meta.path).name == "tiny-llama.gguf":
+                time.sleep(slow_s)
+            super().__init__(meta)
+
+    monkeypatch.setattr(backend_mod, "GGUFTokenizer", SlowTokenizer)
+    app = make_app(tmp_path, models_dir)
+    async with app.test_app():
+        kernel = app.extensions["adyton"]
+        await run(kernel, model="tiny-gpt2", prompt="hello", max_tokens=2)  # loaded now
+
+        stalls: list[float] = []
+
+        async def ticker():
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                stalls.append(time.monotonic() - t)
+
+        ticking = asyncio.create_task(ticker())
+        slow = asyncio.create_task(run(kernel, model="tiny-llama", prompt="hello", max_tokens=2))
+        await asyncio.sleep(0.05)  # the slow request is reading its tokenizer
+        started = time.monotonic()
+        fast = await run(kernel, model="tiny-gpt2", prompt="hello", max_tokens=2)
+        fast_s = time.monotonic() - started
+        assert max(stalls) < slow_s / 2, "the event loop stalled while a tokenizer was read"
+        assert fast_s < slow_s / 2 and not slow.done()
+        slow_result = await slow
+        ticking.cancel()
+    assert fast.usage.completion_tokens == 2 and slow_result.usage.completion_tokens == 2
+    assert slow_result.model == "tiny-llama"
