@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from adyton.testing import model_path
 
-
-def _default_model() -> str:
-    home = Path(os.environ.get("ADYTON_HOME") or Path.home() / ".local" / "share" / "adyton")
-    return str(home / "models" / MODEL_FILE)
-
-
-os.environ.setdefault("ADYTON_TEST_MODEL", _default_model())
+os.environ.setdefault("ADYTON_TEST_MODEL", str(model_path()))
 
 
 def pytest_sessionstart(session):

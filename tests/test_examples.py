@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 
 from adyton import create_app
-from adyton.testing import ServerThread
+from adyton.testing import ServerThread, link_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-MODEL = Path(os.environ["ADYTON_TEST_MODEL"])
-
-pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"no model at {MODEL} (ADYTON_TEST_MODEL)")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +26,7 @@ def server(tmp_path_factory):
     import adyton_llama
     import adyton_openai
 
-    models = tmp_path_factory.mktemp("models")
-    (models / MODEL.name).symlink_to(MODEL)
+    models = link_model(tmp_path_factory.mktemp("models"))
     app = create_app(
         settings={"home": str(tmp_path_factory.mktemp("home")), "llama": {"models_dir": str(models)}},
         plugins=[adyton_llama, adyton_openai, adyton_guided], load_entrypoints=False,

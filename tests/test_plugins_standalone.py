@@ -18,11 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adyton.testing import free_port
+from adyton.testing import free_port, link_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ["llama", "openai", "axiom", "limits", "guided"]
-MODEL = Path(os.environ["ADYTON_TEST_MODEL"])
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +88,7 @@ def test_plugin_alone(venvs, plugin, tmp_path):
     venv = venvs[plugin]
     home = tmp_path / "home"
     if plugin == "llama":
-        if not MODEL.is_file():
-            pytest.skip(f"no model at {MODEL} (ADYTON_TEST_MODEL)")
-        (home / "models").mkdir(parents=True)
-        (home / "models" / MODEL.name).symlink_to(MODEL)
+        link_model(home / "models")  # the default models_dir, $ADYTON_HOME/models
     listed = subprocess.run([str(venv / "bin" / "adyton"), "plugins", "--json"], env=_env(home),
                             capture_output=True, text=True, check=True)
     names = [p["name"] for p in json.loads(listed.stdout)]

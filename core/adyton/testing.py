@@ -11,6 +11,10 @@
   ``{"err": {...}}``) for testing plugins that are not wire formats.
 * ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
   background thread, for tests over a real socket.
+* ``model_path`` / ``require_model`` / ``link_model``: the real default model
+  for real-model tests (``ADYTON_TEST_MODEL``), and a models directory that
+  holds a link to it (for adyton-llama's ``[llama] models_dir``). A missing
+  model skips the test, or fails it when ``ADYTON_REQUIRE_MODEL`` is set.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -30,6 +36,7 @@ from quart import Blueprint, Response, jsonify, request
 from .app import current_kernel
 from .errors import AdytonError, InvalidRequest
 from .hookspecs import Backend, StepFunction, WireFormat, hookimpl
+from .settings import default_home
 from .types import (
     ChoiceFinished,
     Credentials,
@@ -340,3 +347,55 @@ class ServerThread:
 def serve_in_thread(app: Any) -> Iterator[ServerThread]:
     with ServerThread(app) as server:
         yield server
+
+
+# -- the real model ------------------------------------------------------------
+
+#: the default model's file name (SmolLM2-135M-Instruct, Q4_1 GGUF)
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def model_path() -> Path:
+    """The model file real-model tests use: ``$ADYTON_TEST_MODEL``, else the
+    default model where ``adyton pull smollm2`` puts it
+    (``$ADYTON_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf``). Whether the file
+    exists is not checked (see ``require_model``)."""
+    configured = os.environ.get("ADYTON_TEST_MODEL")
+    if configured:
+        return Path(configured)
+    home = Path(os.environ.get("ADYTON_HOME") or default_home())
+    return home / "models" / DEFAULT_MODEL_FILE
+
+
+def require_model() -> Path:
+    """``model_path()`` if that file exists; else skip the calling test, or
+    fail it when ``ADYTON_REQUIRE_MODEL`` is set (``make test``, CI): there
+    the real-model tests must run."""
+    import pytest
+
+    path = model_path()
+    if not path.is_file():
+        message = f"model file {path} not found (set ADYTON_TEST_MODEL, or run: adyton pull smollm2)"
+        if os.environ.get("ADYTON_REQUIRE_MODEL"):
+            pytest.fail(f"ADYTON_REQUIRE_MODEL is set but {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def link_model(models_dir: str | os.PathLike[str]) -> Path:
+    """Make ``models_dir`` (created if needed) hold a symlink to the real
+    model (``require_model()``: skips or fails the test when it is missing)
+    and return it, e.g. for adyton-llama, which serves the ``*.gguf`` files of
+    its models directory::
+
+        models = link_model(tmp_path / "models")
+        app = create_app(settings={"home": ..., "llama": {"models_dir": str(models)}},
+                         plugins=[adyton_llama, ...], load_entrypoints=False)
+    """
+    model = require_model()
+    models = Path(models_dir)
+    models.mkdir(parents=True, exist_ok=True)
+    link = models / model.name
+    if not link.exists():
+        link.symlink_to(model.resolve())
+    return models

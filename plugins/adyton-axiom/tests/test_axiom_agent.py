@@ -179,26 +179,18 @@ def test_extract_json_variants():
 
 # -- the real default model (when adyton-llama has landed) ----------------------------
 
-_HOME = Path(os.environ.get("ADYTON_HOME") or Path.home() / ".local" / "share" / "adyton")
-MODEL_PATH = Path(os.environ.get("ADYTON_TEST_MODEL") or _HOME / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 @pytest.mark.slow
 def test_agent_with_the_real_default_model(tmp_path, monkeypatch):
     """The issue's end-to-end check: the real tiny model for a bounded number
     of steps; it may never produce valid JSON, so the recovery path must
     carry the run to its end without errors."""
     pytest.importorskip("adyton_llama", reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
-    if not MODEL_PATH.is_file():
-        pytest.skip(f"model file {MODEL_PATH} not found (set ADYTON_TEST_MODEL)")
     import adyton_axiom
     from adyton import create_app
-    from adyton.testing import ServerThread
+    from adyton.testing import ServerThread, link_model
 
     # adyton-llama serves the *.gguf files of its [llama] models_dir
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / MODEL_PATH.name).symlink_to(MODEL_PATH.resolve())
+    models = link_model(tmp_path / "models")
     # the installed llama backend (entry point), this wire format as an object
     monkeypatch.setenv("ADYTON_LOAD_PLUGINS", "llama")
     app = create_app(settings={"home": str(tmp_path / "home"), "llama": {"models_dir": str(models)},

@@ -5,7 +5,6 @@ JSON, and a counting limiter (to show refusals never reach the limits)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,32 +23,11 @@ from adyton import (
     current_kernel,
     hookimpl,
 )
-from adyton.testing import BackendPlugin, ScriptedBackend
+from adyton.testing import BackendPlugin, ScriptedBackend, model_path
 
 JSON_VOCAB = ['{', '}', '"', ':', ': ', ',', ', ', ' ', '[', ']', 'a', 'b', 'c', 'name', 'age', 'x',
               '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'yes', 'no', 'true', 'false', 'null',
               '-', '.', 'hello', '\n', '  ']
-
-#: where ``adyton pull smollm2`` puts the default model (the root conftest
-#: sets ADYTON_TEST_MODEL to it when unset)
-DEFAULT_MODEL = (Path(os.environ.get("ADYTON_HOME") or Path.home() / ".local" / "share" / "adyton")
-                 / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def model_path() -> Path:
-    return Path(os.environ.get("ADYTON_TEST_MODEL") or DEFAULT_MODEL)
-
-
-def llama_models_dir(tmp_dir: Path) -> Path:
-    """A directory for adyton-llama's ``[llama] models_dir`` setting holding
-    a symlink to the test model (the backend serves every *.gguf in it)."""
-    models = Path(tmp_dir) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    link = models / model_path().name
-    if not link.exists():
-        link.symlink_to(model_path().resolve())
-    return models
-
 
 class GWire(WireFormat):
     """POST /g/generate: a GenerationRequest as JSON -> choices with reports."""

@@ -3,7 +3,8 @@ adyton-llama): 20 generations per schema, regex, grammar, choice,
 json_object, the policy and /sampling/generate surfaces, refusals without
 quota, truncation with and without repair. One server for the module; the
 model is ADYTON_TEST_MODEL, offered to adyton-llama through its
-``[llama] models_dir`` setting (a directory with a symlink to the file).
+``[llama] models_dir`` setting (a directory with a symlink to the file,
+``adyton.testing.link_model``).
 
 Every constraint here bounds the output's length, or asks for repair, so
 "every output validates" is a property of the enforcement, not of what this
@@ -21,16 +22,12 @@ import pytest
 
 import adyton_guided
 from adyton import create_app
-from adyton.testing import ServerThread
-from guided_helpers import CountingLimiter, GWirePlugin, LimiterPlugin, llama_models_dir, model_path
+from adyton.testing import ServerThread, link_model
+from guided_helpers import CountingLimiter, GWirePlugin, LimiterPlugin
 from test_guided_real_vocab import SCHEMAS
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not model_path().is_file(),
-                       reason=f"model file {model_path()} not found (set ADYTON_TEST_MODEL)"),
-]
+pytestmark = pytest.mark.slow
 
 PROMPTS = {
     "nested": "Describe a user (name, age) and whether the account is active, as JSON.",
@@ -44,7 +41,7 @@ PROMPTS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    models = llama_models_dir(tmp_path_factory.mktemp("llama"))
+    models = link_model(tmp_path_factory.mktemp("models"))
     limiter = CountingLimiter()
     app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
                      plugins=[adyton_guided, adyton_llama, GWirePlugin(), LimiterPlugin(limiter)],

@@ -6,31 +6,22 @@ reproducibility, logprobs, the legacy completions endpoint and errors.
 The model file is ``ADYTON_TEST_MODEL`` (the root conftest points it at
 ``$ADYTON_HOME/models``, where ``adyton pull smollm2`` puts it); it is offered
 to adyton-llama through its own setting, ``[llama] models_dir``, as a symlink
-in a temporary directory. Everything uses small ``max_tokens`` (the model
-decodes ~60-90 tokens/s on 2 cores)."""
+in a temporary directory (``adyton.testing.link_model``). Everything uses
+small ``max_tokens`` (the model decodes ~60-90 tokens/s on 2 cores)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
 import openai
 import pytest
 
 import adyton_openai
 from adyton import create_app
-from adyton.testing import ServerThread
-
-_HOME = Path(os.environ.get("ADYTON_HOME") or Path.home() / ".local" / "share" / "adyton")
-MODEL = Path(os.environ.get("ADYTON_TEST_MODEL") or _HOME / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+from adyton.testing import ServerThread, link_model, model_path
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MODEL.is_file(),
-                       reason=f"model file {MODEL} not found (set ADYTON_TEST_MODEL to the default model's GGUF)"),
-]
+pytestmark = pytest.mark.slow
 
 USER = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
@@ -38,13 +29,12 @@ STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    (models / MODEL.name).symlink_to(MODEL.resolve())
+    models = link_model(tmp_path_factory.mktemp("models"))
     home = tmp_path_factory.mktemp("home")
     app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
                      plugins=[adyton_openai, adyton_llama], load_entrypoints=False)
     listed = [info.id for _, info in app.extensions["adyton"].models.list()]
-    assert listed, f"adyton-llama lists no model although {models} holds {MODEL.name}"
+    assert listed, f"adyton-llama lists no model although {models} holds {model_path().name}"
     server = ServerThread(app).start()
     try:
         yield server.base_url
@@ -62,7 +52,7 @@ def client(base_url):
 def model_id(client):
     ids = [m.id for m in client.models.list().data]
     # the model's id, then its file-name aliases
-    assert ids[0] == "smollm2-135m-instruct" and MODEL.name in ids, ids
+    assert ids[0] == "smollm2-135m-instruct" and model_path().name in ids, ids
     return ids[0]
 
 
