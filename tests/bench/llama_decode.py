@@ -17,7 +17,7 @@ measured side by side in one run:
    backend's own decode rate for the same requests (the server's
    adyton_decode_tokens_per_second histogram).
 
-    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--threads T] [--skip-peer]
+    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--threads T] [--skip-peer] [--only 12345]
 
 Both engines use --threads CPU threads (default: all usable cores, adyton's
 default). With 2 threads on 2 cores both engines' spin-waiting thread pools
@@ -307,6 +307,45 @@ def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: in
     return {"raw": median(raw_rates), "kernel": median(kernel_rates)}
 
 
+def bench_client_rate(port: int, body: dict, rounds: int, results: list) -> None:
+    """5. the decode rate a streaming client sees vs the server's own."""
+    print("5. client-seen streaming rate vs the backend's own decode rate", flush=True)
+    client, server_side = [], []
+    for _ in range(rounds):
+        s0, c0 = metrics_decode(port)
+        r = stream_chat(port, body)
+        s1, c1 = metrics_decode(port)
+        assert c1 - c0 == 1
+        client.append(r["decode_tps"])
+        server_side.append(s1 - s0)
+        print(f"  client {client[-1]:6.1f} tok/s   server {server_side[-1]:6.1f} tok/s   ({r['tokens']} tokens)",
+              flush=True)
+    ratio5 = median([c / s for c, s in zip(client, server_side)])
+    results.append(("5 client SSE / backend decode tok/s", ratio5, ">= 0.95", ratio5 >= 0.95))
+
+
+def bench_prefix_reuse(port: int, rounds: int, results: list) -> None:
+    """3. a second chat turn vs the same prompt cold."""
+    print("3. prefix reuse: second turn vs the same prompt cold", flush=True)
+    chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "When are you open on Saturday?"}]
+    other = [{"role": "system", "content": "Reply in French. " + SYSTEM}, chat[1]]
+    warm_ttft, cold_ttft = [], []
+    for i in range(rounds):
+        first = stream_chat(port, request_body(chat, 24, peer=False))
+        turn2 = chat + [{"role": "assistant", "content": first["text"]},
+                        {"role": "user", "content": f"Can I print {i + 3} pages there?"}]
+        warm = stream_chat(port, request_body(turn2, 8, peer=False))
+        stream_chat(port, request_body(other, 2, peer=False))  # overwrite the cache
+        cold = stream_chat(port, request_body(turn2, 8, peer=False))
+        assert warm["text"] == cold["text"], (warm["text"], cold["text"])
+        warm_ttft.append(warm["ttft"])
+        cold_ttft.append(cold["ttft"])
+        print(f"  prompt {warm['usage']['prompt_tokens']} tokens: warm TTFT {1000 * warm['ttft']:6.1f} ms, "
+              f"cold TTFT {1000 * cold['ttft']:6.1f} ms", flush=True)
+    ratio3 = median(warm_ttft) / median(cold_ttft)
+    results.append(("3 second-turn TTFT / cold TTFT", ratio3, "<= 0.5", ratio3 <= 0.5))
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -320,7 +359,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-peer", action="store_true", help="leave out benchmark 2")
+    parser.add_argument("--only", default="12345", help="which benchmarks to run, e.g. --only 2")
     args = parser.parse_args()
+    parts = set(args.only) - ({"2"} if args.skip_peer else set())
     if not MODEL.is_file():
         raise SystemExit(f"no model at {MODEL} (run: adyton pull smollm2)")
     threads = args.threads
@@ -335,14 +376,14 @@ def main() -> int:
           f"{len(os.sched_getaffinity(0))} cores, "
           f"max_tokens {args.max_tokens}, {args.rounds} rounds", flush=True)
 
-    # 1
-    print("1. backend overhead (in-process)", flush=True)
-    r1 = bench_backend_overhead(home, models, args.rounds, args.max_tokens, threads)
-    ratio = r1["kernel"] / r1["raw"]
-    print(f"   median raw {r1['raw']:.1f} tok/s, kernel {r1['kernel']:.1f} tok/s")
-    results.append(("1 kernel stream / raw engine decode tok/s", ratio, ">= 0.95", ratio >= 0.95))
+    if "1" in parts:
+        print("1. backend overhead (in-process)", flush=True)
+        r1 = bench_backend_overhead(home, models, args.rounds, args.max_tokens, threads)
+        ratio = r1["kernel"] / r1["raw"]
+        print(f"   median raw {r1['raw']:.1f} tok/s, kernel {r1['kernel']:.1f} tok/s")
+        results.append(("1 kernel stream / raw engine decode tok/s", ratio, ">= 0.95", ratio >= 0.95))
 
-    peer_py = None if args.skip_peer else ensure_peer()
+    peer_py = ensure_peer() if "2" in parts else None
     port = free_port()
     with adyton_server(home, models, port, threads) as ady:
         deadline = time.monotonic() + 60
@@ -359,46 +400,14 @@ def main() -> int:
         body = request_body(STORY, args.max_tokens, peer=False)
         stream_chat(port, body)  # warm-up
 
-        # 4
-        rss = vm_rss_mb(ady.proc.pid)
-        print(f"4. adyton serve RSS after a request: {rss:.0f} MB")
-        results.append(("4 adyton serve VmRSS MB", rss, "<= 400", rss <= 400))
-
-        # 5
-        print("5. client-seen streaming rate vs the backend's own decode rate", flush=True)
-        client, server_side = [], []
-        for _ in range(args.rounds):
-            s0, c0 = metrics_decode(port)
-            r = stream_chat(port, body)
-            s1, c1 = metrics_decode(port)
-            assert c1 - c0 == 1
-            client.append(r["decode_tps"])
-            server_side.append(s1 - s0)
-            print(f"  client {client[-1]:6.1f} tok/s   server {server_side[-1]:6.1f} tok/s   ({r['tokens']} tokens)",
-                  flush=True)
-        ratio5 = median([c / s for c, s in zip(client, server_side)])
-        results.append(("5 client SSE / backend decode tok/s", ratio5, ">= 0.95", ratio5 >= 0.95))
-
-        # 3
-        print("3. prefix reuse: second turn vs the same prompt cold", flush=True)
-        chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "When are you open on Saturday?"}]
-        other = [{"role": "system", "content": "Reply in French. " + SYSTEM}, chat[1]]
-        warm_ttft, cold_ttft = [], []
-        for i in range(args.rounds):
-            first = stream_chat(port, request_body(chat, 24, peer=False))
-            turn2 = chat + [{"role": "assistant", "content": first["text"]},
-                            {"role": "user", "content": f"Can I print {i + 3} pages there?"}]
-            warm = stream_chat(port, request_body(turn2, 8, peer=False))
-            stream_chat(port, request_body(other, 2, peer=False))  # overwrite the cache
-            cold = stream_chat(port, request_body(turn2, 8, peer=False))
-            assert warm["text"] == cold["text"], (warm["text"], cold["text"])
-            warm_ttft.append(warm["ttft"])
-            cold_ttft.append(cold["ttft"])
-            print(f"  prompt {warm['usage']['prompt_tokens']} tokens: warm TTFT {1000 * warm['ttft']:6.1f} ms, "
-                  f"cold TTFT {1000 * cold['ttft']:6.1f} ms", flush=True)
-        ratio3 = median(warm_ttft) / median(cold_ttft)
-        results.append(("3 second-turn TTFT / cold TTFT", ratio3, "<= 0.5", ratio3 <= 0.5))
-
+        if "4" in parts:
+            rss = vm_rss_mb(ady.proc.pid)
+            print(f"4. adyton serve RSS after a request: {rss:.0f} MB")
+            results.append(("4 adyton serve VmRSS MB", rss, "<= 400", rss <= 400))
+        if "5" in parts:
+            bench_client_rate(port, body, args.rounds, results)
+        if "3" in parts:
+            bench_prefix_reuse(port, args.rounds, results)
         # 2
         if peer_py is not None:
             print("2. adyton vs llama-cpp-python server, HTTP streaming", flush=True)
