@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -64,13 +65,21 @@ _mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox]" 
 _mailboxes_lock = threading.Lock()
 
 
+_last_mailbox: LoopMailbox | None = None  # the common case: one serving loop
+
+
 def mailbox_for(loop: asyncio.AbstractEventLoop) -> LoopMailbox:
+    global _last_mailbox
+    box = _last_mailbox
+    if box is not None and box._loop is loop:
+        return box
     box = _mailboxes.get(loop)
     if box is None:
         with _mailboxes_lock:
             box = _mailboxes.get(loop)
             if box is None:
                 box = _mailboxes[loop] = LoopMailbox(loop)
+    _last_mailbox = box
     return box
 
 
@@ -225,7 +234,7 @@ class EngineQueue:
     # -- engine threads -------------------------------------------------------
 
     def _ensure_threads(self) -> None:
-        self._threads = [t for t in self._threads if t.is_alive()]
+        """(Under the lock.) An engine thread leaves ``_threads`` when it ends."""
         self._closing = False
         while len(self._threads) < self.concurrency:
             thread = threading.Thread(target=self._engine_loop, daemon=True,
@@ -234,6 +243,14 @@ class EngineQueue:
             thread.start()
 
     def _engine_loop(self) -> None:
+        try:
+            self._take_jobs()
+        finally:
+            with self._lock:
+                with contextlib.suppress(ValueError):
+                    self._threads.remove(threading.current_thread())
+
+    def _take_jobs(self) -> None:
         while True:
             with self._lock:
                 while not self._waiting and not self._closing:
@@ -259,6 +276,8 @@ class EngineQueue:
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-        for thread in self._threads:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout)
-        self._threads = []
+        with self._lock:
+            self._threads = []
