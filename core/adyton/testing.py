@@ -10,7 +10,8 @@
   ``x-api-key``/``x-key`` or a ``sessionId`` body field; errors as
   ``{"err": {...}}``) for testing plugins that are not wire formats.
 * ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
-  background thread, for tests over a real socket.
+  background thread, for tests over a real socket; ``LoopbackServers``: a
+  fixture's worth of them (fixed plugins plus scripted backends).
 * ``model_path`` / ``require_model`` / ``link_model``: the real default model
   for real-model tests (``ADYTON_TEST_MODEL``), and a models directory that
   holds a link to it (for adyton-llama's ``[llama] models_dir``). A missing
@@ -347,6 +348,45 @@ class ServerThread:
 def serve_in_thread(app: Any) -> Iterator[ServerThread]:
     with ServerThread(app) as server:
         yield server
+
+
+class LoopbackServers:
+    """Start apps made of some fixed plugins (a wire format, say) and scripted
+    backends, each on its own loopback port; ``stop_all()`` stops them. A
+    test fixture for a wire format::
+
+        @pytest.fixture
+        def serve(tmp_path):
+            servers = LoopbackServers(tmp_path / "home", my_wire_plugin)
+            yield servers          # serve(ScriptedBackend([...]), settings={...})
+            servers.stop_all()
+    """
+
+    def __init__(self, home: str | os.PathLike[str], *plugins: Any) -> None:
+        self.home = os.fspath(home)
+        self.plugins = plugins
+        self.servers: list[ServerThread] = []
+
+    def __call__(self, *backends: Backend, plugins: Sequence[Any] = (),
+                 settings: dict[str, Any] | None = None) -> ServerThread:
+        """Serve the fixed plugins, ``plugins`` and ``backends`` (default: one
+        ``ScriptedBackend()``), with ``settings`` over ``{"home": home}``."""
+        from .app import create_app
+
+        app = create_app(
+            settings={"home": self.home, **(settings or {})},
+            plugins=[*self.plugins, BackendPlugin(*(backends or (ScriptedBackend(),))), *plugins],
+            load_entrypoints=False,
+        )
+        server = ServerThread(app).start()
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        self.servers.clear()
 
 
 # -- the real model ------------------------------------------------------------

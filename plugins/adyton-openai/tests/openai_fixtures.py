@@ -6,35 +6,18 @@ on a loopback port."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 import adyton_openai
-from adyton import create_app
-from adyton.testing import BackendPlugin, ScriptedBackend, ServerThread
+from adyton.testing import LoopbackServers
 
 
 @pytest.fixture
 def serve(tmp_path):
-    """serve(backend=None, plugins=(), settings=None) -> ServerThread (started)."""
-    servers: list[ServerThread] = []
-
-    def start(*backends, plugins=(), settings=None):
-        if not backends:
-            backends = (ScriptedBackend(),)
-        merged = {"home": str(tmp_path / "home")}
-        merged.update(settings or {})
-        app = create_app(settings=merged, plugins=[adyton_openai, BackendPlugin(*backends), *plugins],
-                         load_entrypoints=False)
-        server = ServerThread(app).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
+    """serve(*backends, plugins=(), settings=None) -> ServerThread (started)."""
+    servers = LoopbackServers(tmp_path / "home", adyton_openai)
+    yield servers
+    servers.stop_all()
 
 
 @pytest.fixture
