@@ -81,6 +81,22 @@ async def test_context_too_long(make_app):
     assert status == 400 and body["err"]["code"] == "context_length_exceeded"
 
 
+async def test_fit_context_lowers_max_tokens_instead_of_refusing(make_app):
+    backend = ScriptedBackend(["a", "b", "c", "d", "e"], context_length=8, eos_at_end=False)
+    # 5 prompt tokens leave 3: a cap of 10 becomes 3 (not a 400), a cap of 2 stays 2
+    status, body, _ = await call(make_app(backend), {"prompt": "one two three four five", "max_tokens": 10,
+                                                     "fit_context": True})
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == 3 and body["choices"][0]["finish_reason"] == "length"
+    status, body, _ = await call(make_app(backend), {"prompt": "one two three four five", "max_tokens": 2,
+                                                     "fit_context": True})
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+    # a prompt that leaves no room is still refused
+    status, body, _ = await call(make_app(backend), {"prompt": " ".join(["w"] * 8), "max_tokens": 4,
+                                                     "fit_context": True})
+    assert status == 400 and body["err"]["code"] == "context_length_exceeded"
+
+
 async def test_unclaimed_constraint_is_refused(make_app):
     body = {**CHAT, "constraints": [{"kind": "json_object", "source": "response_format"}]}
     status, out, _ = await call(make_app(), body)

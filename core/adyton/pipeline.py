@@ -216,6 +216,8 @@ class Pipeline:
         if request.max_tokens is None:
             return room
         if request.max_tokens > room:
+            if request.fit_context:
+                return room
             raise ContextTooLong(
                 f"this model's maximum context length is {prepared.context_length} tokens; "
                 f"the prompt uses {prepared.n_tokens} and max_tokens asks for "

@@ -75,6 +75,10 @@ class GenerationRequest(BaseModel):
     model: str | None = None
     #: None means "as much as the context allows"
     max_tokens: int | None = Field(default=None, ge=1)
+    #: True: a ``max_tokens`` beyond what the context leaves after the prompt
+    #: is lowered to fit instead of refused with a 400 (for a cap the client
+    #: did not choose, such as a server-side reply limit)
+    fit_context: bool = False
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)  #: 0 = disabled

@@ -13,7 +13,7 @@ from adyton import hookimpl
 
 from .parse import ACCOUNT_NUMBER_RE, AxiomChat, decode_body, parse_chat
 from .settings import AxiomSettings
-from .wire import AxiomWireFormat, fit_reply_cap
+from .wire import AxiomWireFormat
 
 __all__ = [
     "ACCOUNT_NUMBER_RE",
@@ -34,7 +34,3 @@ def register_settings(register):
 def register_wire_formats(register, kernel):
     register(AxiomWireFormat(kernel))
 
-
-@hookimpl
-def prepare_request(request, principal, kernel):
-    fit_reply_cap(request, kernel)

@@ -34,42 +34,6 @@ from .parse import WIRE_FORMAT, decode_body, parse_chat
 _GENERIC_AUTH_CODES = {"invalid_api_key", "missing_api_key"}
 
 
-class ReplyCap:
-    """The operator's cap on reply tokens, riding in ``GenerationRequest.extra``
-    from the route to ``prepare_request``. A client's JSON cannot produce an
-    instance, so a body key of the same name is never mistaken for it."""
-
-    __slots__ = ("tokens",)
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-
-CAP_KEY = "adyton_axiom.max_tokens"
-
-
-def fit_reply_cap(request: GenerationRequest, kernel: Any) -> None:
-    """Turn a ``ReplyCap`` into ``max_tokens``, lowered to what the model's
-    context leaves after the prompt: Axiom clients cannot choose max_tokens,
-    so a long chat must not turn the operator's cap into a context-length
-    error. Runs after authentication, so an unauthenticated body is never
-    tokenized. Problems (unknown model ...) are left for the pipeline to
-    report."""
-    cap = request.extra.get(CAP_KEY)
-    if not isinstance(cap, ReplyCap):
-        return
-    del request.extra[CAP_KEY]
-    request.max_tokens = cap.tokens
-    try:
-        backend, info = kernel.models.resolve(request.model)
-        prepared = backend.prepare(request, info)
-    except Exception:  # noqa: BLE001
-        return
-    room = prepared.context_length - prepared.n_tokens
-    if room > 0:
-        request.max_tokens = min(cap.tokens, room)
-
-
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     response = Response(json.dumps(body, ensure_ascii=False), status=status,
                         content_type="application/json")
@@ -127,15 +91,14 @@ class AxiomWireFormat(WireFormat):
                 messages=chat.messages,
                 temperature=settings.temperature if settings else 0.7,
                 top_p=settings.top_p if settings else 0.95,
+                # the operator's cap: Axiom clients cannot choose max_tokens, so a
+                # long chat lowers the cap to fit instead of failing
+                max_tokens=settings.max_tokens if settings else None,
+                fit_context=True,
                 extra=chat.extra,
             )
         except Exception as exc:  # noqa: BLE001 - pydantic: never a 500 for input
             raise InvalidRequest(f"invalid request: {exc}") from None
-        cap = settings.max_tokens if settings else None
-        if cap is not None and CAP_KEY not in gen_request.extra:
-            # fitted to the prompt after authentication, in prepare_request
-            # (a client sending this key itself gets the kernel's 400)
-            gen_request.extra[CAP_KEY] = ReplyCap(cap)
         try:
             generation = await kernel.pipeline.submit(gen_request, chat.credentials)
         except Unauthorized as exc:
