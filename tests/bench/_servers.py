@@ -3,6 +3,8 @@
 bare      a bare Quart route returning the same JSON an OpenAI chat completion has
 pipeline  the full adyton pipeline (adyton-openai if installed, scripted backend
           that yields its tokens instantly)
+adyton-bare  the pipeline app, plus the bare route at /bare/v1/chat/completions:
+          what the adyton app's own middleware costs, without the pipeline
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def main() -> None:
         app = bare_app()
     elif kind == "pipeline":
         app = pipeline_app()
+    elif kind == "adyton-bare":  # the bare route inside an adyton app: framework cost, no pipeline
+        app = pipeline_app()
+        bare = bare_app()
+        app.add_url_rule("/bare/v1/chat/completions", "bare_chat",
+                         bare.view_functions["chat"], methods=["POST"])
     elif kind == "pipeline+limits":
         import adyton_limits
         app = pipeline_app([adyton_limits])
