@@ -6,8 +6,8 @@
   so sampling, processors, stop strings, the queue and cancellation all run
   for real — only the neural network is replaced.
 * ``JsonTestWire``: a minimal wire format (``POST /t/generate`` takes a
-  ``GenerationRequest`` as JSON; credentials from ``Authorization: Bearer``,
-  ``x-api-key``/``x-key`` or a ``sessionId`` body field; errors as
+  ``GenerationRequest`` as JSON; credentials from ``x-api-key``/``x-key``,
+  ``Authorization: Bearer`` or a ``sessionId`` body field; errors as
   ``{"err": {...}}``) for testing plugins that are not wire formats.
 * ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
   background thread, for tests over a real socket; ``LoopbackServers``: a
@@ -185,10 +185,10 @@ class JsonTestWire(WireFormat):
     tests can see which surface rendered an error).
 
     Credentials, as the real wire formats find them (see ``credentials``):
-    ``Authorization: Bearer <secret>`` gives kind "bearer"; else an
-    ``x-api-key`` (or ``x-key``) header gives "api_key"; else a ``sessionId``
-    field in the body (taken out before the body is validated) gives
-    "account_number"; else "none".
+    ``Credentials.from_headers`` (``x-api-key`` gives kind "api_key", else
+    ``Authorization: Bearer <secret>`` gives "bearer"); else an ``x-key``
+    header gives "api_key"; else a ``sessionId`` field in the body (taken out
+    before the body is validated) gives "account_number"; else "none".
     """
 
     name = "testwire"
@@ -213,16 +213,16 @@ class JsonTestWire(WireFormat):
     def credentials(self, body: dict) -> Credentials:
         """The caller's credentials from the current request's headers and
         ``body`` (whose ``sessionId``, if any, is removed)."""
-        auth = request.headers.get("Authorization", "")
         session = body.pop("sessionId", None)
-        key = request.headers.get("x-api-key") or request.headers.get("x-key")
-        if auth.lower().startswith("bearer "):
-            return Credentials(kind="bearer", secret=auth[7:], wire_format=self.name)
+        found = Credentials.from_headers(request.headers, wire_format=self.name)
+        if found.kind != "none":
+            return found
+        key = request.headers.get("x-key")
         if key:
             return Credentials(kind="api_key", secret=key, wire_format=self.name)
         if session is not None:
             return Credentials(kind="account_number", secret=str(session), wire_format=self.name)
-        return Credentials(kind="none", wire_format=self.name)
+        return found
 
     async def generate(self):
         body = await request.get_json(force=True, silent=True)

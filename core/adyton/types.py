@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -126,6 +126,24 @@ class Credentials(BaseModel):
     #: the wire format's name, e.g. "openai", "axiom"
     wire_format: str = ""
     client_address: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], *, wire_format: str,
+                     client_address: str | None = None) -> "Credentials":
+        """The usual API-key headers: ``x-api-key: KEY`` gives "api_key",
+        else ``Authorization: Bearer KEY`` gives "bearer", else "none" (also
+        for an Authorization header of another scheme: a wire format that
+        wants to call that malformed checks it first). x-api-key wins
+        because SDKs always send a Bearer header, often with a dummy key,
+        while x-api-key is only ever sent on purpose."""
+        key = (headers.get("x-api-key") or "").strip()
+        if key:
+            return cls(kind="api_key", secret=key, wire_format=wire_format, client_address=client_address)
+        scheme, _, token = (headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return cls(kind="bearer", secret=token.strip(), wire_format=wire_format,
+                       client_address=client_address)
+        return cls(kind="none", wire_format=wire_format, client_address=client_address)
 
 
 class Principal(BaseModel):

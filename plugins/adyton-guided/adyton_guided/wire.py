@@ -40,14 +40,7 @@ _BODY = {"prompt", "messages", "model", "method", "max_new_tokens", "max_tokens"
 
 
 def credentials_from_headers(wire: str) -> Credentials:
-    address = request.remote_addr
-    key = request.headers.get("x-api-key")
-    if key:
-        return Credentials(kind="api_key", secret=key.strip(), wire_format=wire, client_address=address)
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return Credentials(kind="bearer", secret=auth[7:].strip(), wire_format=wire, client_address=address)
-    return Credentials(kind="none", wire_format=wire, client_address=address)
+    return Credentials.from_headers(request.headers, wire_format=wire, client_address=request.remote_addr)
 
 
 async def _json_body() -> dict[str, Any]:

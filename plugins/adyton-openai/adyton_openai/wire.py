@@ -56,24 +56,17 @@ def _documented(func: Callable[..., Awaitable[Response]], body: type | None, ok:
 
 
 def credentials_from_request(wire_name: str) -> Credentials:
-    """``x-api-key`` (Axionic) wins over ``Authorization: Bearer`` (Tholos,
-    Axione): SDKs always send a Bearer header, often with a dummy key, while
-    x-api-key is only ever sent on purpose."""
-    address = request.remote_addr
-    api_key = request.headers.get("x-api-key", "").strip()
-    if api_key:
-        return Credentials(kind="api_key", secret=api_key, wire_format=wire_name, client_address=address)
+    """``Credentials.from_headers``; an Authorization header that is not
+    ``Bearer …`` is a 401 when an authenticator is installed."""
     auth = request.headers.get("Authorization", "").strip()
-    if auth:
+    if auth and not request.headers.get("x-api-key", "").strip():
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return Credentials(kind="bearer", secret=token.strip(), wire_format=wire_name, client_address=address)
-        if current_kernel().authenticators:
+        if not (scheme.lower() == "bearer" and token.strip()) and current_kernel().authenticators:
             raise Unauthorized(
                 "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
                 code="invalid_authorization_header",
             )
-    return Credentials(kind="none", wire_format=wire_name, client_address=address)
+    return Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
 
 
 class OpenAIWire(WireFormat):
