@@ -55,7 +55,7 @@ class LlamaSettings(BaseModel):
     models_dir: Path | None = Field(None, description="Where *.gguf models live (default: $ADYTON_HOME/models).")
     model_paths: list[Path] = Field(default_factory=list, description="Extra GGUF files to serve.")
     max_context: int = Field(2048, ge=64, description="Cap on the context window (the KV cache grows with it).")
-    threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all usable cores).")
+    threads: int | None = Field(None, ge=1, description="CPU threads per engine call. Default: up to all usable cores, tuned by measured speed (fewer when other processes compete for the cores).")
     batch_size: int = Field(128, ge=32, le=512, description="Prompt tokens evaluated per batch while prefilling.")
 
 

@@ -207,3 +207,66 @@ def test_load_errors(tmp_path, compat_dir):
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 10)
     with pytest.raises(GGUFError):
         LlamaEngine(compat_dir=compat_dir).load(bad)
+
+
+def test_thread_count_does_not_change_the_numbers(smol_engine, reference):
+    # what lets ThreadTuner switch the thread count per call
+    eng = smol_engine
+    p = _chats(reference)[0]["prompt_ids"]
+    out = {}
+    for threads in (1, 2, 3):
+        eng.reset()
+        old = eng._tuners
+        eng._tuners = {True: _Fixed(threads), False: _Fixed(threads)}
+        try:
+            logits = [eng.prefill(p).copy()]
+            for tok in (28, 216, 1030):
+                logits.append(eng.eval([tok]).copy())
+        finally:
+            eng._tuners = old
+        out[threads] = np.array(logits)
+    assert np.array_equal(out[1], out[2]) and np.array_equal(out[1], out[3])
+
+
+class _Fixed:
+    def __init__(self, threads):
+        self.threads = threads
+
+    def pick(self):
+        return self.threads
+
+    def record(self, threads, seconds, tokens):
+        pass
+
+
+def test_thread_tuner_follows_the_faster_count():
+    from adyton_llama.engine import ThreadTuner
+
+    tuner = ThreadTuner(2, explore_every=10, burst=3, window=5)
+    assert tuner.candidates == [2, 1]
+    speed = {2: 0.010, 1: 0.020}  # idle: 2 threads twice as fast
+
+    def run(calls):
+        picks = []
+        for _ in range(calls):
+            t = tuner.pick()
+            picks.append(t)
+            tuner.record(t, speed[t], 1)
+        return picks
+
+    first = run(6)
+    assert first == [2, 2, 2, 1, 1, 1]  # each candidate measured first
+    picks = run(40)
+    assert tuner.best == 2 and picks.count(1) <= 12  # bursts of 1 thread now and then
+    speed[2] = 0.080  # another process now competes for the cores: 2 threads collapse
+    picks = run(40)
+    assert tuner.best == 1 and picks[-20:].count(2) <= 6  # only its probe bursts (2 of 3 calls)
+    speed[2] = 0.010  # idle again: a probe burst finds out
+    run(40)
+    assert tuner.best == 2
+    # batched calls are measured per token
+    t2 = ThreadTuner(4)
+    assert t2.candidates == [4, 2]
+    t2.record(4, 1.0, 100)
+    assert t2.estimate(4) == 0.01 and t2.estimate(2) is None
+    assert ThreadTuner(1).candidates == [1]
