@@ -58,15 +58,13 @@ def _documented(func: Callable[..., Awaitable[Response]], body: type | None, ok:
 def credentials_from_request(wire_name: str) -> Credentials:
     """``Credentials.from_headers``; an Authorization header that is not
     ``Bearer …`` is a 401 when an authenticator is installed."""
-    auth = request.headers.get("Authorization", "").strip()
-    if auth and not request.headers.get("x-api-key", "").strip():
-        scheme, _, token = auth.partition(" ")
-        if not (scheme.lower() == "bearer" and token.strip()) and current_kernel().authenticators:
-            raise Unauthorized(
-                "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
-                code="invalid_authorization_header",
-            )
-    return Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
+    found = Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
+    if found.kind == "none" and request.headers.get("Authorization", "").strip() and current_kernel().authenticators:
+        raise Unauthorized(
+            "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
+            code="invalid_authorization_header",
+        )
+    return found
 
 
 class OpenAIWire(WireFormat):
