@@ -130,12 +130,13 @@ class Credentials(BaseModel):
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], *, wire_format: str,
                      client_address: str | None = None) -> "Credentials":
-        """The usual API-key headers: ``x-api-key: KEY`` gives "api_key",
-        else ``Authorization: Bearer KEY`` gives "bearer", else "none" (also
-        for an Authorization header of another scheme: a wire format that
-        wants to call that malformed checks it first). x-api-key wins
-        because SDKs always send a Bearer header, often with a dummy key,
-        while x-api-key is only ever sent on purpose."""
+        """The usual API-key headers (``headers``: a case-insensitive mapping
+        such as Quart's ``request.headers``): ``x-api-key: KEY`` gives
+        "api_key", else ``Authorization: Bearer KEY`` gives "bearer", else
+        "none" (also for an Authorization header of another scheme: a wire
+        format that calls that malformed checks for it when this gives
+        "none"). x-api-key wins because SDKs always send a Bearer header,
+        often with a dummy key, while x-api-key is only ever sent on purpose."""
         key = (headers.get("x-api-key") or "").strip()
         if key:
             return cls(kind="api_key", secret=key, wire_format=wire_format, client_address=client_address)

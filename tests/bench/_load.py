@@ -13,13 +13,25 @@ import sys
 import time
 from pathlib import Path
 
+from adyton.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_for_port(proc: subprocess.Popen, port: int, timeout: float, what: str) -> None:
+    """Return once ``port`` on 127.0.0.1 accepts connections; RuntimeError
+    (and the process killed) if ``proc`` exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start")
 
 
 class Server:
@@ -31,15 +43,8 @@ class Server:
     def __enter__(self) -> "Server":
         self.proc = subprocess.Popen([sys.executable, str(HERE / "_servers.py"), self.kind, str(self.port)],
                                      env=self.env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise RuntimeError(f"{self.kind} server did not start")
+        wait_for_port(self.proc, self.port, 30, f"{self.kind} server")
+        return self
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()

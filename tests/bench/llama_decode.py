@@ -34,12 +34,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import free_port, wait_for_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -60,12 +62,6 @@ SYSTEM = ("You are a patient assistant for a small public library. You help visi
           "can only help with library matters, and offer to find a book on the subject instead. ") * 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -83,17 +79,8 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.proc.kill()
-        raise RuntimeError(f"{self.name} did not start; see {self.log}")
+        wait_for_port(self.proc, self.port, 120, f"{self.name} (log: {self.log})")
+        return self
 
     def __exit__(self, *exc) -> None:
         self.proc.send_signal(signal.SIGINT)

@@ -114,6 +114,9 @@ async def test_backend_without_vocabulary_refuses(make_app, limiter):
 
 LONG = ['{', '"', 'a', '"', ': ', '"'] + ['hello'] * 30
 STR_SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+#: the STR_SCHEMA constraint, with 10 tokens of repair past max_tokens
+STR_SCHEMA_REPAIRED = {"kind": "json_schema", "value": STR_SCHEMA,
+                       "options": {"repair_on_failure": True, "repair_budget": 10}}
 
 
 async def test_truncation_without_repair_reports_invalid(make_app):
@@ -131,9 +134,7 @@ async def test_truncation_without_repair_reports_invalid(make_app):
 
 async def test_truncation_with_repair_completes(make_app, limiter):
     app = make_app(ScriptedBackend(LONG, extra_vocab=JSON_VOCAB))
-    status, body, _ = await post(app, "/g/generate", _req(
-        {"kind": "json_schema", "value": STR_SCHEMA,
-         "options": {"repair_on_failure": True, "repair_budget": 10}}, max_tokens=8))
+    status, body, _ = await post(app, "/g/generate", _req(STR_SCHEMA_REPAIRED, max_tokens=8))
     assert status == 200
     choice = body["choices"][0]
     value = json.loads(choice["text"])
@@ -151,9 +152,7 @@ async def test_repair_closes_the_string_before_brackets(make_app):
     # which wrote {"story": "...}}}}]]]]]]... until the budget ran out).
     script = ['{', '"', 'a', '"', ': ', '"'] + [']'] * 30
     app = make_app(ScriptedBackend(script, extra_vocab=JSON_VOCAB))
-    status, body, _ = await post(app, "/g/generate", _req(
-        {"kind": "json_schema", "value": STR_SCHEMA,
-         "options": {"repair_on_failure": True, "repair_budget": 10}}, max_tokens=8))
+    status, body, _ = await post(app, "/g/generate", _req(STR_SCHEMA_REPAIRED, max_tokens=8))
     assert status == 200
     choice = body["choices"][0]
     assert choice["text"] == '{"a": "]]"}'

@@ -58,7 +58,6 @@ MAX_BATCH = 512
 DEFAULT_BATCH = 128
 #: the bundled ggml's f16 dot product handles this many elements per SIMD step
 KV_ALIGN = 32
-SMALL_KV = KV_ALIGN  # a prompt shorter than this has no aligned position
 
 FINISH_STOP = "stop"          # a stop/eos token was chosen (it is not yielded)
 FINISH_LENGTH = "length"      # max_tokens reached

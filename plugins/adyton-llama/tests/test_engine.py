@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adyton_llama.engine import (
-    ContextOverflowError, EngineError, LlamaEngine, common_prefix_len, greedy,
+    ContextOverflowError, EngineError, LlamaEngine, _FixedThreads, common_prefix_len, greedy,
 )
 
 #: accepted logit gap at a divergence from llama.cpp (kernel numerics differ, see README)
@@ -217,7 +217,7 @@ def test_thread_count_does_not_change_the_numbers(smol_engine, reference):
     for threads in (1, 2, 3):
         eng.reset()
         old = eng._tuners
-        eng._tuners = {True: _Fixed(threads), False: _Fixed(threads)}
+        eng._tuners = {True: _FixedThreads(threads), False: _FixedThreads(threads)}
         try:
             logits = [eng.prefill(p).copy()]
             for tok in (28, 216, 1030):
@@ -226,17 +226,6 @@ def test_thread_count_does_not_change_the_numbers(smol_engine, reference):
             eng._tuners = old
         out[threads] = np.array(logits)
     assert np.array_equal(out[1], out[2]) and np.array_equal(out[1], out[3])
-
-
-class _Fixed:
-    def __init__(self, threads):
-        self.threads = threads
-
-    def pick(self):
-        return self.threads
-
-    def record(self, threads, seconds, tokens):
-        pass
 
 
 def test_thread_tuner_follows_the_faster_count():
