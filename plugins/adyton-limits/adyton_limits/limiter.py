@@ -72,21 +72,38 @@ DAY = 86400
 
 
 class Counters:
-    """The ``limits`` storage behind the counters."""
+    """The ``limits`` storage behind the counters.
 
-    def __init__(self, uri: str, prefix: str = "adyton") -> None:
+    On Redis the client's connections come from a *blocking* pool of
+    ``max_connections``: a burst that needs more round trips at once than
+    the pool holds waits up to ``pool_timeout_s`` for a free connection
+    instead of failing (redis-py's default pool raises "Too many
+    connections" past 100, which a burst of 25 requests x 5 counters hits).
+    """
+
+    def __init__(self, uri: str, prefix: str = "adyton", *, max_connections: int = 50,
+                 pool_timeout_s: float = 10.0) -> None:
         from limits.aio.storage import MemoryStorage
         from limits.storage import storage_from_string
 
         self.uri = uri
         self.prefix = prefix
+        self._pool = None
         scheme = uri.split(":", 1)[0].lower()
         if scheme in ("memory", "async+memory"):
             self.storage = MemoryStorage()
             self.shared = False
         elif scheme in ("redis", "rediss", "redis+unix", "async+redis", "async+rediss", "async+redis+unix"):
-            full = uri if uri.startswith("async+") else "async+" + uri
-            self.storage = storage_from_string(full, implementation="redispy", key_prefix=prefix)
+            from redis.asyncio import BlockingConnectionPool
+
+            plain = plain_scheme_uri = uri.removeprefix("async+")
+            if plain.startswith("redis+unix:"):
+                plain = "unix:" + plain.removeprefix("redis+unix:")
+            pool = BlockingConnectionPool.from_url(plain, max_connections=max_connections,
+                                                   timeout=pool_timeout_s)
+            self.storage = storage_from_string("async+" + plain_scheme_uri, implementation="redispy",
+                                               key_prefix=prefix, connection_pool=pool)
+            self._pool = pool
             self.shared = True
         else:
             raise ValueError(f"limits.storage_uri: unsupported scheme in {uri!r} (use memory:// or redis://host:port)")
@@ -108,10 +125,8 @@ class Counters:
         return int(await self.storage.get(f"{self.prefix}/{key}"))
 
     async def close(self) -> None:
-        bridge = getattr(self.storage, "bridge", None)
-        client = getattr(bridge, "storage", None)
-        if client is not None and hasattr(client, "aclose"):
-            await client.aclose()
+        if self._pool is not None:  # a pool handed to the client is not closed by the client
+            await self._pool.aclose()
 
 
 @dataclass(slots=True)

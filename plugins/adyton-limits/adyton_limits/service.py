@@ -54,7 +54,9 @@ class LimitsService:
         loop = asyncio.get_running_loop()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adyton-limits-db")
         await loop.run_in_executor(self._writer, self.open_store)
-        self.counters = Counters(self.settings.storage_uri, self.settings.key_prefix)
+        self.counters = Counters(self.settings.storage_uri, self.settings.key_prefix,
+                                 max_connections=self.settings.redis_max_connections,
+                                 pool_timeout_s=self.settings.redis_pool_timeout_s)
         await self.counters.check()
         if not self.counters.shared:
             today = utc_day(self.clock())

@@ -58,6 +58,11 @@ class LimitsSettings(BaseModel):
         description='Counter storage of the limits library: "memory://" (one server) or '
                     '"redis://host:port[/db]" (servers share limits).')
     key_prefix: str = Field("adyton", description="Prefix of counter keys (Redis).")
+    redis_max_connections: int = Field(
+        50, ge=1, description="Redis connections per server; a burst beyond them waits for a free one.")
+    redis_pool_timeout_s: float = Field(
+        10.0, gt=0, description="How long a counter update waits for a free Redis connection before the "
+                                "request is refused with 503.")
     db_path: Path | None = Field(None, description="Accounts + ledger SQLite file (default: $ADYTON_HOME/limits/accounts.sqlite3).")
     admin_key_file: Path | None = Field(None, description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, created 0600 at first start).")
     default_tier: int = Field(1, ge=1, description="Tier of new accounts.")

@@ -121,3 +121,20 @@ def test_redis_down_is_503_not_500(make_app, redis_limits):
         svc.counters = Counters(f"redis://127.0.0.1:{free_port()}", "x")
         r = httpx.post(url, json=body(), headers={"x-api-key": acct.api_key})
         assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+
+
+def test_redis_burst_beyond_the_pool_waits_for_a_connection(redis_limits):
+    """200 simultaneous counter updates through a 3-connection pool: each
+    waits for a free connection, none fails, and the count is exact."""
+    from adyton_limits.limiter import Counters
+
+    async def burst() -> list[int | BaseException]:
+        counters = Counters(redis_limits["storage_uri"], redis_limits["key_prefix"], max_connections=3)
+        try:
+            return await counters.incr_many([("acct/burst", 60, 1)] * 200)
+        finally:
+            await counters.close()
+
+    values = asyncio.run(burst())
+    assert not [v for v in values if isinstance(v, BaseException)]
+    assert sorted(values) == list(range(1, 201))
