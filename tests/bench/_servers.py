@@ -45,7 +45,7 @@ def pipeline_app(extra_plugins=()):
     return create_app(
         settings={"home": "/tmp/adyton-bench-home", "log_level": "warning",
                   "queue": {"max_waiting": 1000}},
-        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"], max_concurrency=int(__import__("os").environ.get("BENCH_CONCURRENCY", "1")))), *extra_plugins],
+        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"], max_concurrency=int(os.environ.get("BENCH_CONCURRENCY", "1")))), *extra_plugins],
         load_entrypoints=False,
     )
 
