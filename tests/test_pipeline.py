@@ -288,3 +288,25 @@ async def test_bad_json_and_unknown_routes_render_in_the_right_shape(make_app):
         assert r.status_code == 404 and (await r.get_json())["error"]["code"] == "not_found"
         r = await client.post("/t/generate", data=b"x" * (5 * 1024 * 1024), headers={"content-type": "application/json"})
         assert r.status_code == 413 and (await r.get_json())["err"]["code"] == "request_too_large"
+
+
+async def test_event_channel_never_swallows_a_cancellation():
+    """A consumer cancelled in the same loop pass as an event arrives (a
+    streaming client that goes away mid-generation) must end cancelled:
+    asyncio.wait_for on Python 3.11 would return the event instead, and the
+    stream would go on for nobody."""
+    import asyncio
+
+    from adyton.pipeline import _Channel
+
+    channel = _Channel(asyncio.get_running_loop())
+    consumer = asyncio.ensure_future(channel.get(timeout=5.0))
+    await asyncio.sleep(0)  # the consumer is now waiting
+    channel.put("token")
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    # the event is still there for whoever reads next; a quiet channel times out
+    assert await channel.get(timeout=1.0) == "token"
+    with pytest.raises(asyncio.TimeoutError):
+        await channel.get(timeout=0.01)

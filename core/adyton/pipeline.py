@@ -108,19 +108,37 @@ class _Channel:
             waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Any:
-        """The next item; ``asyncio.TimeoutError`` after ``timeout`` s of silence."""
+        """The next item; ``asyncio.TimeoutError`` after ``timeout`` s of silence.
+
+        The timeout is a timer on the waiter, not ``asyncio.wait_for``: on
+        Python 3.11 ``wait_for`` returns the result, swallowing the
+        cancellation, when an item arrives in the same loop pass as the
+        cancel — and a streaming client that went away right then would keep
+        the engine generating for nobody."""
         while not self._items:
             waiter = self._waiter = self._loop.create_future()
+            timer = None
             try:
                 if self._items:  # arrived while the waiter was being set
                     break
-                if timeout is None:
-                    await waiter
-                else:
-                    await asyncio.wait_for(waiter, timeout)
+                if timeout is not None:
+                    timer = self._loop.call_later(timeout, _time_out, waiter)
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is _TIMED_OUT and not self._items:
+                raise asyncio.TimeoutError
         return self._items.popleft()
+
+
+_TIMED_OUT = object()
+
+
+def _time_out(waiter: "asyncio.Future[Any]") -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
 
 
 async def resolve_all(results: Sequence[Any]) -> list[Any]:
