@@ -112,16 +112,16 @@ class EngineJob:
 
     # -- called on the engine thread -----------------------------------------
 
-    def _run(self) -> None:
+    def _run(self) -> tuple[Callable[[asyncio.Future[Any], Any], None], Any]:
+        """Run the work. Returns how to resolve the future, which the engine
+        thread posts once the queue's books say the engine is free again."""
         t0 = time.monotonic()
         try:
-            result = self.work()
+            return _set_result, self.work()
         except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            return _set_exception, exc
+        finally:
             self.service_s = time.monotonic() - t0
-            self._mailbox.post(_set_exception, self._done, exc)
-        else:
-            self.service_s = time.monotonic() - t0
-            self._mailbox.post(_set_result, self._done, result)
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
@@ -262,14 +262,14 @@ class EngineQueue:
                 self._running += 1
             if job._deadline is not None:
                 job._mailbox.post(job._deadline.cancel)
-            try:
-                job._run()
-            finally:
-                with self._lock:
-                    job.state = _DONE
-                    self._running -= 1
-                    s = job.service_s
-                    self._service_s = s if self._service_s is None else 0.7 * self._service_s + 0.3 * s
+            resolve, value = job._run()
+            with self._lock:
+                job.state = _DONE
+                self._running -= 1
+                s = job.service_s
+                self._service_s = s if self._service_s is None else 0.7 * self._service_s + 0.3 * s
+            # only now: a client that has its answer must find the engine free
+            job._mailbox.post(resolve, job._done, value)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the engine threads once the queue is empty."""

@@ -12,6 +12,8 @@ import numpy as np
 
 from .types import GenerationRequest
 
+_NO_IDS = np.zeros(0, dtype=np.int64)
+_NO_VALUES = np.zeros(0, dtype=np.float32)
 
 
 class DefaultSampler:
@@ -34,8 +36,11 @@ class DefaultSampler:
         self.presence_penalty = request.presence_penalty
         self.frequency_penalty = request.frequency_penalty
         bias = request.logit_bias
-        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
-        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        if bias:
+            self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+            self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+        else:
+            self._bias_ids, self._bias_values = _NO_IDS, _NO_VALUES
         self.reset(seed if seed is not None else request.seed)
 
     def reset(self, seed: int | None) -> None:
