@@ -54,6 +54,26 @@ class Server:
             self.proc.kill()
 
 
+def process_counters(pid: int) -> tuple[float, int, int]:
+    """CPU seconds, voluntary and involuntary context switches of a process,
+    summed over its threads (Linux /proc)."""
+    cpu, voluntary, involuntary = 0.0, 0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:  # the thread just ended
+            continue
+        cpu += (int(stat[11]) + int(stat[12])) / tick
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return cpu, voluntary, involuntary
+
+
 async def _worker(port: int, request: bytes, count: int, latencies: list[float], statuses: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for _ in range(count):
@@ -95,6 +115,7 @@ def run_load(port: int, path: str, body: dict, *, requests: int, concurrency: in
     latencies.sort()
     bad = sum(1 for s in statuses if s != 200)
     return {
+        "requests": len(latencies) + 20,  # (+ the warm-up, which the process counters also see)
         "rps": len(latencies) / elapsed,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
