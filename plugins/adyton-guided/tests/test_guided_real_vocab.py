@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
-import time
 
 import jsonschema
 import numpy as np
@@ -159,31 +157,28 @@ def test_choice_and_regex_and_grammar(tok, vocab):
             assert proc.report(text, finish)["accepted"]
 
 
-def test_compile_and_mask_speed(tok, vocab):
+def test_matchers_are_cached_and_step_through_a_document(tok, vocab):
+    """Compiling against the real vocabulary, the cache, and the per-token
+    mask + accept path. (Their speed is a benchmark's business:
+    bench/guided_decode.py prints compile p50/p99 and the per-token cost.)"""
     compiler = Compiler()
-    times = []
-    for i, schema in enumerate(list(SCHEMAS.values()) * 4):
-        schema = {**schema, "title": f"s{i}"}  # defeat the cache
-        t0 = time.perf_counter()
-        compiler.matcher(Constraint(kind="json_schema", value=schema), tok)
-        times.append(time.perf_counter() - t0)
-    assert statistics.median(times) < 0.05, times
-    t0 = time.perf_counter()
-    compiler.matcher(Constraint(kind="json_schema", value={**SCHEMAS["nested"], "title": "s0"}), tok)
-    assert time.perf_counter() - t0 < 0.002  # cached
-    proc = processor(tok, Constraint(kind="json_schema", value=SCHEMAS["nested"]), prefetch=False)
+    for i, schema in enumerate(SCHEMAS.values()):
+        compiler.matcher(Constraint(kind="json_schema", value={**schema, "title": f"s{i}"}), tok)
+    assert compiler.misses == len(SCHEMAS) and compiler.hits == 0
+    nested = Constraint(kind="json_schema", value=SCHEMAS["nested"])
+    first = compiler.matcher(nested, tok)
+    assert compiler.matcher(nested, tok) is first and compiler.hits == 1
+    proc = processor(tok, nested, prefetch=False)
     proc.reset()
     text = json.dumps({"user": {"name": "Bob", "age": 7}, "active": False})
-    steps = []
     generated = []
     for token in vocab.encode(text):
         logits = np.zeros(vocab.size, dtype=np.float32)
-        t0 = time.perf_counter()
         proc.process(generated, logits)
+        assert logits[token] == 0.0, vocab.token_bytes[token]  # allowed, not masked
         proc.accept(token)
-        steps.append(time.perf_counter() - t0)
         generated.append(token)
-    assert statistics.median(steps) < 0.005, steps
+    assert proc.is_complete()
 
 
 def test_tokenizer_cache_by_identity_and_content(vocab):
