@@ -46,6 +46,11 @@ negative counter in a key no one reads again: harmless.
 
 The in-flight gauge has an expiry (``concurrency_ttl_s``) so that slots held
 by a server killed mid-request free themselves; decrements clamp at zero.
+If the storage fails a slot's release, it is retried in the background
+(backing off to every 30 s): otherwise a Redis blip would hold the slot
+until the gauge expires. A failed request or token refund is logged and not
+retried — a retry after a reply that got lost would hand out used quota —
+so the account stays charged for it until its window ends (conservative).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adyton import Limiter, Principal, RateLimited, RequestCost, Reservation, ServiceUnavailable, Usage
 
@@ -229,10 +234,7 @@ class AccountLimiter(Limiter):
         if failed:
             # the storage (Redis) is unreachable: undo what did land, refuse with 503
             landed = [c for c, v in zip(counters, values) if not isinstance(v, BaseException)]
-            try:
-                await self._all([self._give_back(c, c.amount) for c in landed])
-            except Exception:  # noqa: BLE001
-                log.warning("could not roll back a partial reservation for %s", principal.id)
+            await self._give_back_all(principal.id, [(c, c.amount) for c in landed])
             log.error("limits storage %s failed: %r", counts.uri, failed[0])
             raise ServiceUnavailable("the rate-limit storage is unavailable; try again shortly",
                                      retry_after=5.0)
@@ -240,7 +242,7 @@ class AccountLimiter(Limiter):
             c.value = v
         over = [c for c in counters if c.value > c.limit]
         if over:
-            await self._all([self._give_back(c, c.amount) for c in counters])
+            await self._give_back_all(principal.id, [(c, c.amount) for c in counters])
             raise self._refusal(over, counters, tier, now)
         held = Held(principal.id, now, cost.max_total_tokens, counters)
         return Reservation(principal=principal, cost=cost, headers=self._headers(counters, now), data=held)
@@ -290,12 +292,17 @@ class AccountLimiter(Limiter):
             headers[f"x-ratelimit-reset-{dimension}"] = fmt_duration(reset_at - now)
         return headers
 
-    async def _all(self, coros: list) -> None:
-        if self.service.counters.shared:
-            await asyncio.gather(*coros)  # Redis: overlap the round trips
-        else:
-            for coro in coros:  # memory: no I/O, tasks would only add cost
-                await coro
+    async def _all(self, coros: list) -> list[Any]:
+        """Await every one; each result, or the exception that stopped it."""
+        if self.service.counters.shared:  # Redis: overlap the round trips
+            return list(await asyncio.gather(*coros, return_exceptions=True))
+        results: list[Any] = []
+        for coro in coros:  # memory: no I/O, tasks would only add cost
+            try:
+                results.append(await coro)
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc)
+        return results
 
     async def _give_back(self, c: Counter, amount: int) -> None:
         if amount == 0:
@@ -310,17 +317,15 @@ class AccountLimiter(Limiter):
     async def settle(self, reservation: Reservation, usage: Usage, outcome: str) -> None:
         held: Held = reservation.data
         used = usage.total_tokens
-        refunds = []
+        refunds: list[tuple[Counter, int]] = []
         for c in held.counters:
-            if c.dimension == "concurrency":
-                refunds.append(self._give_back(c, c.amount))
-            elif outcome == "rejected":
-                refunds.append(self._give_back(c, c.amount))
+            if c.dimension == "concurrency" or outcome == "rejected":
+                refunds.append((c, c.amount))
             elif c.dimension == "tokens":
                 # unused tokens back; a (never expected) overrun is charged
-                refunds.append(self._give_back(c, c.amount - used))
+                refunds.append((c, c.amount - used))
         try:
-            await self._all(refunds)
+            await self._give_back_all(held.account_id, refunds)
         finally:
             await self.service.record(LedgerRow(
                 account_id=held.account_id,
@@ -333,6 +338,40 @@ class AccountLimiter(Limiter):
                 started_at=held.started_at,
                 finished_at=self.service.clock(),
             ))
+
+    async def _give_back_all(self, account: str, refunds: list[tuple[Counter, int]]) -> None:
+        results = await self._all([self._give_back(c, amount) for c, amount in refunds])
+        for (c, amount), result in zip(refunds, results):
+            if isinstance(result, BaseException):
+                self._refund_failed(account, c, amount, result)
+
+    def _refund_failed(self, account: str, c: Counter, amount: int, error: BaseException) -> None:
+        """The storage failed a give-back. An in-flight slot is retried in the
+        background: left alone it would count against the account until the
+        gauge expires (``concurrency_ttl_s``), and one release too many is
+        clamped at zero. A request or token refund is not retried (if the
+        first try did land, a second would hand out quota that was used):
+        the account stays charged for it until the window ends."""
+        if c.dimension == "concurrency":
+            log.warning("limits: releasing an in-flight slot of %s failed (%r); retrying in the background",
+                        account, error)
+            self.service.spawn(self._release_later(account, c))
+        else:
+            log.warning("limits: %s stays charged %d %s it did not use, until its %s window ends: "
+                        "the refund failed (%r)", account, amount, c.dimension, c.period, error)
+
+    async def _release_later(self, account: str, c: Counter) -> None:
+        delay, waited = 0.5, 0.0
+        while waited < self.settings.concurrency_ttl_s:
+            await asyncio.sleep(delay)
+            waited += delay
+            try:
+                await self._give_back(c, c.amount)
+                log.info("limits: released the in-flight slot of %s after %.1f s", account, waited)
+                return
+            except Exception:  # noqa: BLE001 - still down: try again later
+                delay = min(2 * delay, 30.0)
+        log.warning("limits: gave up releasing an in-flight slot of %s; it expires by itself", account)
 
     async def seed_daily(self, day: str, rows: list[tuple[str, int, int]], now: float) -> None:
         """Memory storage only: after a restart, charge today's ledger totals

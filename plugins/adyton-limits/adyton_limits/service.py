@@ -38,6 +38,7 @@ class LimitsService:
         self.limiter = AccountLimiter(self)
         self.counters: Counters | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._admin_hash: str | None = None
         self._opened = False
 
@@ -68,7 +69,16 @@ class LimitsService:
         if self.settings.signup_enabled:
             log.warning("adyton-limits: public sign-up is ON: POST /create-account creates accounts")
 
+    def spawn(self, coro: Any) -> None:
+        """Run background bookkeeping (e.g. a slot release being retried);
+        shutdown cancels what is still running."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         if self.counters is not None:
             try:
                 await self.counters.close()

@@ -138,3 +138,38 @@ def test_redis_burst_beyond_the_pool_waits_for_a_connection(redis_limits):
     values = asyncio.run(burst())
     assert not [v for v in values if isinstance(v, BaseException)]
     assert sorted(values) == list(range(1, 201))
+
+
+def test_a_failed_slot_release_is_retried_so_the_account_is_not_locked_out(make_app):
+    """The storage fails the in-flight slot's release twice (a Redis blip):
+    the release is retried in the background, and the account's one
+    concurrent slot is free again instead of blocked for concurrency_ttl_s."""
+    import time
+
+    app = make_app(tiers={1: tier(concurrent_requests=1)})
+    acct = new_account(app)
+    with ServerThread(app) as server:
+        counters = service(app).counters
+        real_incr, failures = counters.incr, []
+
+        async def flaky_incr(key, expiry, amount):
+            if key.endswith("/conc") and amount < 0 and len(failures) < 2:
+                failures.append(key)
+                raise ConnectionError("storage unreachable")
+            return await real_incr(key, expiry, amount)
+
+        counters.incr = flaky_incr
+        url, headers = server.base_url + "/t/generate", {"x-api-key": acct.api_key}
+        assert httpx.post(url, json=body(max_tokens=2), headers=headers).status_code == 200
+        assert len(failures) == 1  # the release failed; the slot is still taken
+        deadline = time.monotonic() + 10
+        while True:
+            r = httpx.post(url, json=body(max_tokens=2), headers=headers)
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert r.json()["err"]["code"] == "concurrency_limit_exceeded"
+            time.sleep(0.1)
+        assert r.status_code == 200 and len(failures) == 2
+    # no usage lost: both answered requests are in the ledger
+    rows = service(app).store.usage(acct.account.id)
+    assert sum(r["requests"] for r in rows if r["outcome"] == "ok") == 2
