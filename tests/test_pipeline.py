@@ -310,3 +310,33 @@ async def test_event_channel_never_swallows_a_cancellation():
     assert await channel.get(timeout=1.0) == "token"
     with pytest.raises(asyncio.TimeoutError):
         await channel.get(timeout=0.01)
+
+
+async def test_aclose_passes_on_its_callers_cancellation_and_still_settles(make_app):
+    """A caller cancelled while aclose() waits for the engine to let go ends
+    cancelled (aclose must not swallow it); the generation stops and settles
+    on its own."""
+    import asyncio
+
+    from adyton import Credentials, GenerationRequest
+
+    backend = ScriptedBackend(["a"] * 100, delay_s=0.2)
+    limiter = CountingLimiter(limit=5)
+    app = make_app(backend, plugins=[AuthLimitPlugin(limiter)])
+    async with app.test_app():
+        kernel = app.extensions["adyton"]
+        generation = await kernel.pipeline.submit(
+            GenerationRequest(prompt="hi", max_tokens=50), Credentials(kind="api_key", secret="good"))
+        while not backend.running.is_set():
+            await asyncio.sleep(0.01)
+        closer = asyncio.ensure_future(generation.aclose())
+        await asyncio.sleep(0.02)  # aclose() is now waiting for the engine's next step
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        done, _ = await asyncio.wait([generation._task], timeout=5)  # (it ends cancelled, settled)
+        assert done
+        assert not backend.running.is_set()
+        assert generation.usage.completion_tokens < 50
+    assert limiter.active == 0
+    assert limiter.settled == [("acct-1", generation.usage.completion_tokens, "cancelled")]

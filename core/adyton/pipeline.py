@@ -644,5 +644,8 @@ class Generation:
         task.cancel()
         try:
             await asyncio.shield(task)
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+        except asyncio.CancelledError:
+            if not task.done():  # our caller was cancelled, not the generation:
+                raise  # pass it on (the generation still settles on its own)
+        except Exception:  # noqa: BLE001 - how it ended was reported to its consumer
             pass
