@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from adyton import (
     Authenticator,
     Constraint,
+    Credentials,
+    GenerationRequest,
     Limiter,
     LogitsProcessor,
     Principal,
@@ -219,8 +222,6 @@ async def test_auth_and_limits(make_app):
 
 
 async def test_refused_after_reservation_is_settled_as_rejected(make_app):
-    import asyncio
-
     limiter = CountingLimiter(limit=5)
     backend = ScriptedBackend(["a"] * 20, delay_s=0.02)
     app = make_app(backend, plugins=[AuthLimitPlugin(limiter)], settings={"queue": {"max_waiting": 0}})
@@ -295,8 +296,6 @@ async def test_event_channel_never_swallows_a_cancellation():
     streaming client that goes away mid-generation) must end cancelled:
     asyncio.wait_for on Python 3.11 would return the event instead, and the
     stream would go on for nobody."""
-    import asyncio
-
     from adyton.pipeline import _Channel
 
     channel = _Channel(asyncio.get_running_loop())
@@ -316,10 +315,6 @@ async def test_aclose_passes_on_its_callers_cancellation_and_still_settles(make_
     """A caller cancelled while aclose() waits for the engine to let go ends
     cancelled (aclose must not swallow it); the generation stops and settles
     on its own."""
-    import asyncio
-
-    from adyton import Credentials, GenerationRequest
-
     backend = ScriptedBackend(["a"] * 100, delay_s=0.2)
     limiter = CountingLimiter(limit=5)
     app = make_app(backend, plugins=[AuthLimitPlugin(limiter)])

@@ -101,12 +101,11 @@ class Counters:
         elif scheme in ("redis", "rediss", "redis+unix", "async+redis", "async+rediss", "async+redis+unix"):
             from redis.asyncio import BlockingConnectionPool
 
-            plain = plain_scheme_uri = uri.removeprefix("async+")
-            if plain.startswith("redis+unix:"):
-                plain = "unix:" + plain.removeprefix("redis+unix:")
-            pool = BlockingConnectionPool.from_url(plain, max_connections=max_connections,
+            bare = uri.removeprefix("async+")  # limits wants "async+redis://", redis-py "redis://"
+            redis_url = "unix:" + bare.removeprefix("redis+unix:") if bare.startswith("redis+unix:") else bare
+            pool = BlockingConnectionPool.from_url(redis_url, max_connections=max_connections,
                                                    timeout=pool_timeout_s)
-            self.storage = storage_from_string("async+" + plain_scheme_uri, implementation="redispy",
+            self.storage = storage_from_string("async+" + bare, implementation="redispy",
                                                key_prefix=prefix, connection_pool=pool)
             self._pool = pool
             self.shared = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 
@@ -144,8 +145,6 @@ def test_a_failed_slot_release_is_retried_so_the_account_is_not_locked_out(make_
     """The storage fails the in-flight slot's release twice (a Redis blip):
     the release is retried in the background, and the account's one
     concurrent slot is free again instead of blocked for concurrency_ttl_s."""
-    import time
-
     app = make_app(tiers={1: tier(concurrent_requests=1)})
     acct = new_account(app)
     with ServerThread(app) as server:
