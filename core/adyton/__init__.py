@@ -6,6 +6,7 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 """
 
 from . import errors, types
+from .chat_template import ChatTemplate, ChatTemplateError
 from .app import Kernel, create_app, current_kernel, default_error_response
 from .errors import (
     AdytonError,
@@ -45,6 +46,8 @@ __all__ = [
     "Authenticator",
     "Backend",
     "BackendError",
+    "ChatTemplate",
+    "ChatTemplateError",
     "ContextTooLong",
     "DefaultSampler",
     "Forbidden",

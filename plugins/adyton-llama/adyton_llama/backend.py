@@ -3,8 +3,8 @@
 Models are the ``*.gguf`` files under ``$ADYTON_HOME/models`` (and the extra
 paths in ``[llama] model_paths``). One is loaded at a time; the kernel
 switches models on the engine thread when a request names another one.
-Tokenizing, chat templates and detokenizing happen in Python (``tokenizer``,
-``chat_template``); the engine only evaluates tokens and hands the raw
+Tokenizing and detokenizing happen in Python (``tokenizer``), chat templates
+in the kernel's one renderer (``adyton.ChatTemplate``); the engine only evaluates tokens and hands the raw
 logits to the kernel's sampler chain.
 """
 
@@ -33,7 +33,7 @@ from adyton import (
     Vocabulary,
 )
 
-from .chat_template import ChatTemplate, ChatTemplateError
+from adyton import ChatTemplate, ChatTemplateError
 from .engine import EngineError, LlamaEngine
 from .gguf_compat import GGUFError, GGUFFile, check_legacy_support, read_gguf
 from .tokenizer import GGUFTokenizer, TokenizerError
@@ -158,7 +158,7 @@ class LlamaBackend(Backend):
                 if model.tokenizer is None and model.tokenizer_error is None:
                     try:
                         meta = read_gguf(model.path)
-                        model.template = ChatTemplate.from_gguf(meta)
+                        model.template = ChatTemplate.from_metadata(meta)
                         model.tokenizer = GGUFTokenizer(meta)
                     except OSError as exc:  # perhaps passing: read again next time
                         raise BackendError(f"cannot read the tokenizer of {model.path}: {exc}") from exc

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from adyton_llama.chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError, render_chat
+from adyton.chat_template import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError, render_chat
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 def test_reference_prompts(smol_meta, reference):
-    tpl = ChatTemplate.from_gguf(smol_meta)
+    tpl = ChatTemplate.from_metadata(smol_meta)
     assert not tpl.is_fallback
     assert tpl.bos_token == "<|im_start|>" and tpl.eos_token == "<|im_end|>"
     for chat in reference["chat_greedy"]:
@@ -16,7 +16,7 @@ def test_reference_prompts(smol_meta, reference):
 
 
 def test_reference_prompts_tokenize(smol_meta, smol_tokenizer, reference):
-    tpl = ChatTemplate.from_gguf(smol_meta)
+    tpl = ChatTemplate.from_metadata(smol_meta)
     for chat in reference["chat_greedy"]:
         assert smol_tokenizer.encode(tpl.render(chat["messages"])) == chat["prompt_ids"]
 
@@ -24,7 +24,7 @@ def test_reference_prompts_tokenize(smol_meta, smol_tokenizer, reference):
 def test_chatml_fallback(tiny_gpt2):
     from adyton_llama.gguf_compat import read_gguf
 
-    tpl = ChatTemplate.from_gguf(read_gguf(tiny_gpt2))
+    tpl = ChatTemplate.from_metadata(read_gguf(tiny_gpt2))
     assert tpl.is_fallback and tpl.source == CHATML_TEMPLATE
     out = tpl.render([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
     assert out == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"

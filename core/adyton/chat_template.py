@@ -5,7 +5,9 @@ Jinja2 ``ImmutableSandboxedEnvironment`` with the conventions of HF
 ``apply_chat_template`` / llama-cpp-python (``trim_blocks``, ``lstrip_blocks``,
 loop controls, ``raise_exception``, ``tojson``, ``strftime_now``).
 
-This module does not import the kernel.
+One renderer serves every local backend: a backend hands it the template
+text and the special-token strings it read from its model file
+(``ChatTemplate.from_metadata``) and renders ``render_messages`` output.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from typing import Any, Mapping, Sequence
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from .gguf_compat import GGUFFile
 
 #: used when the GGUF carries no template
 CHATML_TEMPLATE = (
@@ -77,9 +77,14 @@ class ChatTemplate:
             raise ChatTemplateError(f"invalid chat template: {e}") from e
 
     @classmethod
-    def from_gguf(cls, meta: GGUFFile, tokens: Sequence[str] | None = None) -> "ChatTemplate":
+    def from_metadata(cls, meta: Any, tokens: Sequence[str] | None = None) -> "ChatTemplate":
         """Template of a GGUF (``tokenizer.chat_template``; ChatML if absent), with
-        ``bos_token``/``eos_token`` texts taken from its vocabulary."""
+        ``bos_token``/``eos_token`` texts taken from its vocabulary.
+
+        ``meta``: anything with ``.get(key)`` over the GGUF's key/value metadata
+        (adyton-llama's GGUF reader, or llama-cpp-python's ``metadata`` dict,
+        whose values are strings). ``tokens``: the vocabulary's token texts, if
+        ``meta`` does not carry ``tokenizer.ggml.tokens``."""
         source = meta.get("tokenizer.chat_template")
         if tokens is None:
             tokens = meta.get("tokenizer.ggml.tokens") or []
