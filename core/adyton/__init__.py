@@ -8,6 +8,7 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 from . import errors, types
 from .chat_template import ChatTemplate, ChatTemplateError
 from .app import Kernel, create_app, current_kernel, default_error_response
+from .body import check_text, read_json_body
 from .errors import (
     AdytonError,
     BackendError,
@@ -71,6 +72,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedConstraint",
     "WireFormat",
+    "check_text",
     "create_app",
     "current_kernel",
     "default_error_response",
@@ -78,6 +80,7 @@ __all__ = [
     "hookimpl",
     "json_type_name",
     "load_settings",
+    "read_json_body",
     "types",
     *types.__all__,
 ]

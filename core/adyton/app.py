@@ -7,10 +7,12 @@ registered catalog objects, the model registry, the pipeline and metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -182,6 +184,20 @@ class Kernel:
         self.metrics = Metrics(self)
         self.pipeline = Pipeline(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers: ThreadPoolExecutor | None = None
+
+    async def offload(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the kernel's worker threads, so blocking
+        per-request CPU work (tokenizing a big prompt, parsing a big body,
+        compiling a constraint) does not stall the event loop — ``/health``
+        and every other client keep being answered. A fixed pool of
+        ``server.worker_threads`` threads: a flood of requests waits for one
+        instead of creating threads. Exceptions propagate to the caller."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=self.settings.server.worker_threads,
+                                               thread_name_prefix="adyton-worker")
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._workers, call)
 
     # -- catalogs ---------------------------------------------------------------
 
@@ -310,6 +326,9 @@ class Kernel:
                 log.exception("backend '%s' failed to close", backend.name)
         for queue in self.queues.values():
             await asyncio.get_running_loop().run_in_executor(None, queue.close)
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = None
 
 
 def _is_loopback(host: str) -> bool:

@@ -85,10 +85,13 @@ StepFunction = Callable[[np.ndarray], int]
 class Backend(ABC):
     """A model engine. Register with ``register_backends``.
 
-    Thread model: ``prepare``, ``vocabulary`` and ``list_models`` are called on
-    the event loop and must be quick (tokenizing is fine; loading weights is
-    not). ``load_model`` and ``generate`` are blocking and run in a worker
-    thread, never two at once on one backend unless ``max_concurrency > 1``.
+    Thread model: ``vocabulary`` and ``list_models`` are called on the event
+    loop and must be quick. ``prepare`` may run on the event loop (small
+    prompts) or on one of the kernel's worker threads (big prompts, see
+    ``Kernel.offload``), possibly while another ``prepare`` or ``generate``
+    runs: it must be thread-safe and must not load weights. ``load_model``
+    and ``generate`` are blocking and run in an engine thread, never two at
+    once on one backend unless ``max_concurrency > 1``.
     """
 
     #: unique name, e.g. "llama"
@@ -117,7 +120,9 @@ class Backend(ABC):
     def prepare(self, request: GenerationRequest, model: ModelInfo) -> PreparedPrompt:
         """Render (chat template) and tokenize the request for ``model``,
         which need not be loaded. Raise ``InvalidRequest`` for input the model
-        cannot take. The kernel checks prompt + max_tokens against
+        cannot take. May run off the event loop (see the thread model above);
+        its text is valid Unicode (``adyton.read_json_body`` refuses lone
+        surrogates). The kernel checks prompt + max_tokens against
         ``PreparedPrompt.context_length``."""
 
     def vocabulary(self, model: ModelInfo) -> Vocabulary | None:

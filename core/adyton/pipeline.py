@@ -151,6 +151,16 @@ async def resolve_all(results: Sequence[Any]) -> list[Any]:
     return out
 
 
+#: prompts up to this many characters are prepared on the event loop
+INLINE_PREPARE_CHARS = 8192
+
+
+def _text_chars(request: GenerationRequest) -> int:
+    if request.messages is not None:
+        return sum(len(m.content) for m in request.messages)
+    return len(request.prompt or "")
+
+
 class Pipeline:
     def __init__(self, kernel: "Kernel") -> None:
         self.kernel = kernel
@@ -185,7 +195,7 @@ class Pipeline:
                     param=sorted(request.extra)[0], code="unsupported_parameter",
                 )
             backend, model = kernel.models.resolve(request.model)
-            prepared = backend.prepare(request, model)
+            prepared = await self._prepare(backend, request, model)
             max_tokens = self._max_tokens(request, prepared)
             processors, sampler, vocabulary = await self._sampler_chain(request, backend, prepared)
             queue = kernel.queue_for(backend)
@@ -222,6 +232,15 @@ class Pipeline:
         )
         generation.start()
         return generation
+
+    async def _prepare(self, backend: Backend, request: GenerationRequest, model: Any) -> PreparedPrompt:
+        """``Backend.prepare``: on the kernel's worker threads for a big
+        prompt (templating and tokenizing megabytes takes seconds, during
+        which the loop would answer nobody), inline for a small one (cheaper
+        than the thread hop)."""
+        if _text_chars(request) <= INLINE_PREPARE_CHARS:
+            return backend.prepare(request, model)
+        return await self.kernel.offload(backend.prepare, request, model)
 
     def _max_tokens(self, request: GenerationRequest, prepared: PreparedPrompt) -> int:
         room = prepared.context_length - prepared.n_tokens

@@ -42,6 +42,8 @@ class ServerSettings(_Section):
     keepalive_s: float = Field(5.0, gt=0, description="Streaming: seconds of silence before a keep-alive comment is sent.")
     cors_origins: list[str] = Field(default_factory=list, description='Origins allowed by CORS ("*" for any); empty = CORS off.')
     shutdown_grace_s: float = Field(10.0, ge=0, description="On shutdown, seconds running requests get to finish.")
+    max_json_depth: int = Field(64, ge=2, le=500, description="Deepest nesting of arrays/objects a JSON request body may have (400 above).")
+    worker_threads: int = Field(2, ge=1, le=64, description="Threads for per-request CPU work kept off the event loop (tokenizing big prompts, parsing big bodies); more requests wait for one.")
 
 
 class QueueSettings(_Section):
