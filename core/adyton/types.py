@@ -28,13 +28,44 @@ class FinishReason(str, enum.Enum):
 # --------------------------------------------------------------------------
 
 
+class ToolCall(BaseModel):
+    """A call of one tool (function) the model made, in an assistant turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the caller-visible id ("call_..."), echoed back by the tool's result
+    id: str
+    name: str
+    #: the arguments as a JSON text (as the model wrote them)
+    arguments: str = "{}"
+
+
+class Tool(BaseModel):
+    """A function the model may call (OpenAI ``tools[].function``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    #: a JSON schema for the arguments object
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
 class ChatMessage(BaseModel):
-    """One turn of a chat. Content is plain text (wire formats flatten parts)."""
+    """One turn of a chat. Content is plain text (wire formats flatten parts).
+
+    An assistant turn that called tools has ``tool_calls`` (its content may be
+    empty); a ``tool`` turn carries one call's result, with ``tool_call_id``
+    naming the call and ``name`` the tool."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    #: the tool's name on a ``tool`` turn (or a participant's name)
+    name: str | None = None
 
 
 class Constraint(BaseModel):
@@ -48,9 +79,12 @@ class Constraint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["json_schema", "json_object", "regex", "grammar", "choice"]
+    kind: Literal["json_schema", "json_object", "regex", "grammar", "choice", "tool_calls"]
     #: the schema (dict) for json_schema, the pattern for regex, the grammar
-    #: text for grammar, the list of strings for choice, None for json_object
+    #: text for grammar, the list of strings for choice, None for json_object;
+    #: for tool_calls: ``{"tools": [Tool dicts], "parallel": bool}`` (the
+    #: output is one or more calls in the kernel's tool-call convention,
+    #: ``adyton.tools``, of these tools, the arguments valid for their schema)
     value: Any = None
     #: grammar syntax when kind == "grammar": "lark" or "gbnf"
     syntax: Literal["lark", "gbnf"] | None = None
@@ -95,6 +129,21 @@ class GenerationRequest(BaseModel):
     #: None = no logprobs; k >= 0 = logprob of each chosen token plus the top k
     logprobs: int | None = Field(default=None, ge=0, le=20)
     constraints: list[Constraint] = Field(default_factory=list)
+    #: divides positive logits (multiplies negative ones) of tokens already
+    #: generated; 1.0 = off (HF/vLLM ``repetition_penalty``)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    #: end-of-sequence is banned until this many tokens are generated
+    min_tokens: int = Field(default=0, ge=0)
+    #: functions the model may call (rendered by the chat template, or by the
+    #: kernel's tool-call convention; see ``adyton.tools``)
+    tools: list[Tool] = Field(default_factory=list)
+    #: "auto": text or calls; "none": no calls (tools still shown); "required":
+    #: at least one call (``tool_name``: of that tool)
+    tool_choice: Literal["none", "auto", "required"] = "auto"
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
+    #: extra variables for the chat template (HF ``chat_template_kwargs``)
+    template_kwargs: dict[str, Any] = Field(default_factory=dict)
     #: the caller's own label for the end user (OpenAI ``user``), for logs
     user: str | None = None
     #: extension parameters for plugins (e.g. an Axionic "policy"); a plugin
@@ -109,6 +158,15 @@ class GenerationRequest(BaseModel):
             raise ValueError("'messages' must not be empty")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if self.tool_name is not None and self.tool_name not in {t.name for t in self.tools}:
+            raise ValueError(f"tool_name {self.tool_name!r} is not one of the tools")
+        if self.tool_name is not None and self.tool_choice != "required":
+            raise ValueError("tool_name needs tool_choice 'required'")
+        if self.tools and self.prompt is not None:
+            raise ValueError("tools need 'messages' (a chat)")
         return self
 
 
@@ -224,6 +282,33 @@ class Reservation:
     cost: RequestCost
     headers: dict[str, str] = field(default_factory=dict)
     data: Any = None
+
+
+class EmbeddingRequest(BaseModel):
+    """A wire-neutral request for embeddings: one vector per input.
+
+    ``inputs`` are texts (tokenized by the model's backend) or token arrays
+    (ids of the model's own tokenizer). Served by backends that declare the
+    ability (``Backend.embedding_dimensions``) through
+    ``kernel.pipeline.embed``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] | list[list[int]] = Field(min_length=1)
+    #: a model id or alias; None means "the model currently loaded"
+    model: str | None = None
+    #: the vector size the caller asked for; None: the model's own (a size the
+    #: model does not produce is refused with 400, never truncated silently)
+    dimensions: int | None = Field(default=None, ge=1)
+    #: the caller's own label for the end user (OpenAI ``user``), for logs
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "EmbeddingRequest":
+        for i, item in enumerate(self.inputs):
+            if len(item) == 0:
+                raise ValueError(f"input {i} is empty")
+        return self
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +451,21 @@ class GenerationResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class EmbeddingResult:
+    """What ``kernel.pipeline.embed`` returns: one float32 vector per input,
+    in input order, with the usage (``prompt_tokens`` = the input tokens)."""
+
+    id: str
+    model: str
+    created: int
+    #: numpy float32 vectors of ``dimensions`` values each
+    vectors: list[Any]
+    dimensions: int
+    usage: Usage
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 __all__ = [
     "ANONYMOUS",
     "ChatMessage",
@@ -373,6 +473,8 @@ __all__ = [
     "ChoiceFinished",
     "Constraint",
     "Credentials",
+    "EmbeddingRequest",
+    "EmbeddingResult",
     "FinishReason",
     "GenerationEvent",
     "GenerationRequest",
@@ -385,6 +487,8 @@ __all__ = [
     "Started",
     "TextDelta",
     "TokenLogprob",
+    "Tool",
+    "ToolCall",
     "TokenPiece",
     "TopLogprob",
     "Usage",
