@@ -34,6 +34,11 @@ The request path, in the order the kernel calls things::
       -> Limiter.settle with the real usage
       -> WireFormat renders the events / result / AdytonError
 
+Embeddings take the same path without the sampler: ``kernel.pipeline.embed``
+-> authenticate -> ``Backend.embedding_dimensions`` / ``prepare_embeddings``
+-> ``Limiter.reserve`` (input tokens, no completion) -> engine queue ->
+``Backend.embed`` -> ``Limiter.settle``.
+
 Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract.
 """
 
@@ -149,6 +154,41 @@ class Backend(ABC):
         stop string was found or a limit reached. Blocking; runs in a
         worker thread.
         """
+
+    # -- optional ability: embeddings -------------------------------------------
+    #
+    # A backend that can turn inputs into vectors overrides these three; the
+    # kernel serves ``kernel.pipeline.embed`` (OpenAI ``/v1/embeddings``) with
+    # them: authenticate, resolve the model, ``prepare_embeddings`` (counted as
+    # prompt tokens, checked against the context), reserve limits, then
+    # ``embed`` on the engine queue like a generation, settled exactly once.
+
+    def embedding_dimensions(self, model: ModelInfo) -> int | None:
+        """The length of the vectors ``embed`` returns for ``model``, or None
+        (the default) when this backend cannot embed with it: the kernel then
+        refuses embedding requests for the model with 400, naming it. Quick;
+        on the event loop."""
+        return None
+
+    def prepare_embeddings(self, inputs: Sequence[str] | Sequence[Sequence[int]],
+                           model: ModelInfo) -> list[list[int]]:
+        """The token ids ``embed`` will read for each input: texts tokenized by
+        ``model``'s tokenizer (no chat template), token arrays checked (raise
+        ``InvalidRequest`` naming ``input[i]`` for an id outside the
+        vocabulary). Their lengths are the request's usage. Like ``prepare``:
+        thread-safe, may run off the event loop, no weights."""
+        raise NotImplementedError(f"backend '{self.name}' declares no embeddings")
+
+    def embed(self, model: ModelInfo, inputs: list[list[int]],
+              cancelled: threading.Event) -> list[np.ndarray]:
+        """One float32 vector of ``embedding_dimensions(model)`` values per
+        input, in order (``model`` is loaded). Document how tokens are pooled
+        and whether vectors are normalised. Blocking; runs in an engine thread
+        like ``generate``, so it must leave any state ``generate`` relies on
+        (a KV cache, prefix reuse) consistent. Check ``cancelled`` between
+        inputs and return early when it is set (the result is then
+        discarded). Raise ``BackendError`` on failure."""
+        raise NotImplementedError(f"backend '{self.name}' declares no embeddings")
 
     def close(self) -> None:
         """Free resources at shutdown."""

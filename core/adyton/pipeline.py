@@ -45,6 +45,8 @@ from .types import (
     Choice,
     ChoiceFinished,
     Credentials,
+    EmbeddingRequest,
+    EmbeddingResult,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -242,6 +244,67 @@ class Pipeline:
             return backend.prepare(request, model)
         return await self.kernel.offload(backend.prepare, request, model)
 
+    async def embed(self, request: EmbeddingRequest, credentials: Credentials) -> EmbeddingResult:
+        """Embeddings through the same admission, limits and engine queue as a
+        generation: authenticate, resolve the model, check that its backend
+        embeds (``Backend.embedding_dimensions``; 400 naming the model if
+        not), tokenize (``prepare_embeddings``; each input must fit the
+        context), reserve the input tokens (no completion), run
+        ``Backend.embed`` on the engine queue and settle exactly once, with
+        the input tokens once the engine ran (cancelled too) and nothing if it
+        never did. A client that goes away leaves the queue or stops the
+        engine between inputs. Raises ``AdytonError``."""
+        kernel = self.kernel
+        wire = credentials.wire_format
+        try:
+            principal = await self.authenticate(credentials)
+            backend, model = kernel.models.resolve(request.model)
+            dimensions = backend.embedding_dimensions(model)
+            if dimensions is None:
+                raise InvalidRequest(
+                    f"model '{model.id}' (backend '{backend.name}') does not produce embeddings",
+                    param="model", code="model_not_supported",
+                )
+            if request.dimensions is not None and request.dimensions != dimensions:
+                raise InvalidRequest(
+                    f"model '{model.id}' returns {dimensions}-dimensional embeddings and cannot "
+                    f"shorten them: 'dimensions' must be {dimensions} or left out",
+                    param="dimensions", code="unsupported_parameter",
+                )
+            chars = sum(len(x) for x in request.inputs if isinstance(x, str))
+            if chars <= INLINE_PREPARE_CHARS:
+                token_ids = backend.prepare_embeddings(request.inputs, model)
+            else:
+                token_ids = await kernel.offload(backend.prepare_embeddings, request.inputs, model)
+            context = model.context_length
+            for i, ids in enumerate(token_ids):
+                if not ids:
+                    raise InvalidRequest(f"input {i} has no tokens", param="input", code="invalid_value")
+                if context and len(ids) > context:
+                    raise ContextTooLong(
+                        f"input {i} is {len(ids)} tokens; the context of model '{model.id}' is "
+                        f"{context} tokens", param="input",
+                    )
+            queue = kernel.queue_for(backend)
+            queue.check_admission()
+        except AdytonError as exc:
+            kernel.metrics.rejected(exc, wire)
+            raise
+        run = _EmbeddingRun(self, backend, model, token_ids, wire)
+        run.reservations = await self._reserve(
+            principal, RequestCost(model=model.id, prompt_tokens=run.n_tokens, max_completion_tokens=0,
+                                   wire_format=wire), wire)
+        vectors = await run.run()
+        for i, vector in enumerate(vectors):
+            if getattr(vector, "shape", None) != (dimensions,):
+                raise BackendError(f"backend '{backend.name}' returned a vector of shape "
+                                   f"{getattr(vector, 'shape', None)} for input {i}, not ({dimensions},)")
+        headers: dict[str, str] = {}
+        for reservation in run.reservations:
+            headers.update(reservation.headers)
+        return EmbeddingResult(id=uuid.uuid4().hex, model=model.id, created=int(time.time()),
+                               vectors=vectors, dimensions=dimensions, usage=run.usage, headers=headers)
+
     def _max_tokens(self, request: GenerationRequest, prepared: PreparedPrompt) -> int:
         room = prepared.context_length - prepared.n_tokens
         if room <= 0:
@@ -339,6 +402,64 @@ class Pipeline:
             log.exception("limiter %s failed to settle a reservation", limiter.name)
         finally:
             reservation.data = (limiter, reservation.data)
+
+
+class _EmbeddingRun:
+    """One admitted embedding request on the engine queue (``Pipeline.embed``)."""
+
+    def __init__(self, pipeline: Pipeline, backend: Backend, model: Any,
+                 token_ids: list[list[int]], wire_format: str) -> None:
+        self.pipeline = pipeline
+        self.backend = backend
+        self.model = model
+        self.token_ids = token_ids
+        self.n_tokens = sum(len(ids) for ids in token_ids)
+        self.wire_format = wire_format
+        self.reservations: list[Reservation] = []
+        self.usage = Usage()
+        self.cancelled = threading.Event()
+
+    def _work(self) -> list[np.ndarray]:
+        """Engine thread."""
+        self.pipeline.kernel.models.load_blocking(self.backend, self.model.id)
+        return self.backend.embed(self.model, self.token_ids, self.cancelled)
+
+    async def run(self) -> list[np.ndarray]:
+        kernel = self.pipeline.kernel
+        queue = kernel.queue_for(self.backend)
+        job = EngineJob(self._work)
+        outcome = "error"
+        try:
+            try:
+                queue.submit(job)
+                vectors = await job.wait_done()
+            except (ServerBusy, ServiceUnavailable) as exc:
+                if not job.started:
+                    kernel.metrics.rejected(exc, self.wire_format)
+                    outcome = "rejected"
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                if queue.abandon(job) is None:  # running: stop between inputs, wait for the engine
+                    self.cancelled.set()
+                    with contextlib.suppress(BaseException):
+                        await job.wait_done()
+                raise
+            except AdytonError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
+                log.error("embedding on backend %s failed", self.backend.name, exc_info=exc)
+                raise BackendError(f"the backend failed: {type(exc).__name__}: {exc}") from exc
+            if self.cancelled.is_set() or len(vectors) != len(self.token_ids):
+                raise BackendError(f"backend '{self.backend.name}' returned {len(vectors)} vectors "
+                                   f"for {len(self.token_ids)} inputs")
+            outcome = "ok"
+            return vectors
+        finally:
+            if job.started:  # the engine read the inputs (also when it failed or was stopped)
+                self.usage = Usage(prompt_tokens=self.n_tokens)
+            kernel.metrics.finished(self, outcome)
+            await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
 
 
 class _Chain:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -67,6 +68,7 @@ class ScriptedBackend(Backend):
         max_concurrency: int = 1,
         eos_at_end: bool = True,
         extra_vocab: Sequence[str] = (),
+        embedding_dimensions: int | None = None,
     ) -> None:
         self.name = name
         self.script = list(script)
@@ -76,6 +78,9 @@ class ScriptedBackend(Backend):
         self.context_length = context_length
         self.max_concurrency = max_concurrency
         self.eos_at_end = eos_at_end
+        #: None: no embeddings; else ``embed`` gives bag-of-words vectors this long
+        self.embedding_size = embedding_dimensions
+        self.embedded: list[list[int]] = []  #: every input ``embed`` read
         words = sorted(set(self.script) | set(extra_vocab))
         self.tokens = ["<eos>"] + words
         self.ids = {t: i for i, t in enumerate(self.tokens)}
@@ -164,6 +169,44 @@ class ScriptedBackend(Backend):
             with self._lock:
                 self._parallel -= 1
             self.running.clear()
+
+
+    # -- embeddings (with ``embedding_dimensions=N``) ----------------------------
+    # one token per whitespace-separated word (a stable hash of the word, below
+    # 2**16); the vector counts each token id modulo N, L2-normalised: inputs
+    # with the same words get the same vector, inputs sharing words are close
+
+    def embedding_dimensions(self, model: ModelInfo) -> int | None:
+        return self.embedding_size
+
+    def prepare_embeddings(self, inputs, model: ModelInfo) -> list[list[int]]:
+        out = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                out.append([int.from_bytes(hashlib.blake2b(w.encode(), digest_size=2).digest(), "big")
+                            for w in item.split()])
+            else:
+                if any(not 0 <= t < 2**16 for t in item):
+                    raise InvalidRequest(f"input[{i}] holds a token id outside the vocabulary (0..65535)",
+                                         param="input")
+                out.append(list(item))
+        return out
+
+    def embed(self, model: ModelInfo, inputs: list[list[int]], cancelled: threading.Event) -> list[np.ndarray]:
+        size = self.embedding_size or 0
+        vectors = []
+        for ids in inputs:
+            if cancelled.is_set():
+                break
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            self.embedded.append(list(ids))
+            v = np.zeros(size, dtype=np.float32)
+            for t in ids:
+                v[t % size] += 1.0
+            norm = float(np.linalg.norm(v))
+            vectors.append(v / norm if norm else v)
+        return vectors
 
 
 class BackendPlugin:
