@@ -5,16 +5,30 @@ Jinja2 ``ImmutableSandboxedEnvironment`` with the conventions of HF
 ``apply_chat_template`` / llama-cpp-python (``trim_blocks``, ``lstrip_blocks``,
 loop controls, ``raise_exception``, ``tojson``, ``strftime_now``).
 
-One renderer serves every local backend: a backend hands it the template
-text and the special-token strings it read from its model file
-(``ChatTemplate.from_metadata``) and renders ``render_messages`` output.
+One renderer serves every local backend: a backend builds it from its model
+file's metadata (``ChatTemplate.from_metadata``) and renders with
+``render_protected``, which keeps caller text from producing control tokens.
+
+Role injection: a chat template writes its markup (``<|im_start|>system``)
+as text, and backends tokenize the rendered prompt with special-token
+parsing on, so that markup becomes control tokens. Caller-supplied text
+(message contents, tool arguments, tool descriptions ...) must never do the
+same: a user message containing ``<|im_start|>system`` would otherwise open
+a real system turn. ``render_protected`` therefore replaces each control
+token's spelling inside caller strings with a one-off marker before
+rendering, and ``RenderedPrompt.segments()`` hands the backend the rendered
+text cut at those markers: template text to tokenize with special parsing,
+the caller's spellings to tokenize as plain text. A prompt whose caller text
+holds no control-token spelling is one segment, tokenized exactly as before.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -60,6 +74,87 @@ def _make_env() -> ImmutableSandboxedEnvironment:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedPrompt:
+    """A rendered chat prompt whose caller text is kept apart from its markup.
+
+    ``text`` is what the model reads (markers restored). Tokenize it with
+    ``segments()``: ``[(text, parse_special), ...]``, in order."""
+
+    marked: str
+    escapes: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return "".join(part for part, _ in self.segments())
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """The prompt as pieces to tokenize in order: ``(piece, True)`` is
+        template text (control tokens written in it are parsed), ``(piece,
+        False)`` a control token's spelling that came from the caller (plain
+        text)."""
+        if not self.escapes:
+            return [(self.marked, True)]
+        out: list[tuple[str, bool]] = []
+        rest = self.marked
+        while rest:
+            start = rest.find(_MARK_OPEN)
+            end = rest.find(_MARK_CLOSE, start + 1) if start >= 0 else -1
+            if start < 0 or end < 0:
+                out.append((rest, True))
+                break
+            marker = rest[start:end + 1]
+            original = self.escapes.get(marker)
+            if original is None:  # not ours (a template's own private-use text)
+                out.append((rest[:end + 1], True))
+            else:
+                if start:
+                    out.append((rest[:start], True))
+                out.append((original, False))
+            rest = rest[end + 1:]
+        merged: list[tuple[str, bool]] = []
+        for piece, special in out:
+            if merged and merged[-1][1] == special:
+                merged[-1] = (merged[-1][0] + piece, special)
+            else:
+                merged.append((piece, special))
+        return merged
+
+
+# private-use code points around a one-off nonce: markers templates pass through
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+
+
+class _Escaper:
+    """Replaces control-token spellings in caller strings with markers."""
+
+    def __init__(self, control_tokens: Collection[str]) -> None:
+        # longest first, so a token that contains another is replaced whole
+        self.tokens = sorted((t for t in control_tokens if t), key=len, reverse=True)
+        self.first_chars = frozenset(t[0] for t in self.tokens)
+        self.nonce = secrets.token_hex(6)
+        self.escapes: dict[str, str] = {}
+
+    def text(self, value: str) -> str:
+        if not self.first_chars.intersection(value):
+            return value
+        for token in self.tokens:
+            if token in value:
+                marker = f"{_MARK_OPEN}{self.nonce}.{len(self.escapes)}{_MARK_CLOSE}"
+                self.escapes[marker] = token
+                value = value.replace(token, marker)
+        return value
+
+    def walk(self, value: Any, key: str | None = None) -> Any:
+        if isinstance(value, str):
+            return value if key == "role" else self.text(value)
+        if isinstance(value, Mapping):
+            return {k: self.walk(v, k) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.walk(v) for v in value]
+        return value
 
 
 class ChatTemplate:
@@ -131,6 +226,23 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template failed: {e}") from e
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as e:
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+
+    def render_protected(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        control_tokens: Collection[str],
+        add_generation_prompt: bool = True,
+        **extra: Any,
+    ) -> RenderedPrompt:
+        """Render as ``render`` does, keeping every caller string (each string
+        in ``messages`` except roles, and in ``extra``: tools ...) from
+        producing the ``control_tokens`` (the texts of the model's control
+        tokens). Tokenize the result with ``RenderedPrompt.segments()``."""
+        escaper = _Escaper(control_tokens)
+        safe_messages = [escaper.walk(m) for m in messages]
+        safe_extra = {k: escaper.walk(v) for k, v in extra.items()}
+        marked = self.render(safe_messages, add_generation_prompt=add_generation_prompt, **safe_extra)
+        return RenderedPrompt(marked, escaper.escapes)
 
 
 def render_chat(

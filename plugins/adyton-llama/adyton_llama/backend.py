@@ -16,7 +16,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
+
+import numpy as np
 
 from pydantic import BaseModel, Field
 
@@ -57,6 +59,10 @@ class LlamaSettings(BaseModel):
     max_context: int = Field(2048, ge=64, description="Cap on the context window (the KV cache grows with it).")
     threads: int | None = Field(None, ge=1, description="CPU threads per engine call. Default: up to all usable cores, tuned by measured speed (fewer when other processes compete for the cores).")
     batch_size: int = Field(128, ge=32, le=512, description="Prompt tokens evaluated per batch while prefilling.")
+    embedding_pooling: Literal["mean", "last"] = Field(
+        "mean", description="/v1/embeddings: 'mean' averages the final hidden state of every input token "
+        "(one engine call per token); 'last' takes the last token's after one batched prefill "
+        "(faster on long inputs, worse at telling texts apart). Vectors are L2-normalised either way.")
 
 
 @dataclass
@@ -71,6 +77,8 @@ class _Model:
     #: why the tokenizer cannot be read (kept: the same file fails the same way)
     tokenizer_error: str | None = None
     vocabulary: Vocabulary | None = None
+    #: the hidden state size (``<arch>.embedding_length``), read on first use
+    embedding_length: int | None = None
     #: held while the tokenizer is read (not the catalog lock: listing goes on)
     reading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -223,13 +231,20 @@ class LlamaBackend(Backend):
         tokenizer, template = self._tokenizer(entry)
         if request.messages is not None:
             try:
-                text = template.render([m.model_dump() for m in request.messages], add_generation_prompt=True)
+                rendered = template.render_protected([m.model_dump() for m in request.messages],
+                                                     tokenizer.control_texts)
             except ChatTemplateError as exc:
                 raise InvalidRequest(f"the chat template of '{model.id}' rejected these messages: {exc}",
                                      param="messages") from None
+            # caller text is tokenized as text: it never produces control tokens
+            segments = rendered.segments()
+            text = rendered.text
         else:
-            text = request.prompt or ""
-        ids = tokenizer.encode(text, parse_special=True, add_bos=tokenizer.add_bos_token)
+            text = request.prompt or ""  # a raw prompt is the caller's own markup
+            segments = [(text, True)]
+        ids = tokenizer.encode("", add_bos=tokenizer.add_bos_token)
+        for piece, special in segments:
+            ids += tokenizer.encode(piece, parse_special=special)
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
         return PreparedPrompt(model=model, token_ids=ids, text=text,
@@ -274,6 +289,53 @@ class LlamaBackend(Backend):
             log.debug("generation ended inside a character: dropped %r", detok.pending_bytes)
         if engine.finish_reason == "stop":
             yield TokenPiece(tokenizer.eos_id if tokenizer.eos_id is not None else -1, "", FinishReason.STOP)
+
+
+    # -- embeddings -------------------------------------------------------------
+
+    def embedding_dimensions(self, model: ModelInfo) -> int | None:
+        entry = self._model(model.id)
+        if entry.embedding_length is None:
+            try:
+                meta = read_gguf(entry.path)
+                size = meta.get(f"{meta.architecture}.embedding_length")
+            except (GGUFError, OSError) as exc:
+                raise BackendError(f"cannot read the header of {entry.path}: {exc}") from exc
+            entry.embedding_length = int(size) if size else 0
+        return entry.embedding_length or None
+
+    def prepare_embeddings(self, inputs, model: ModelInfo) -> list[list[int]]:
+        tokenizer, _ = self._tokenizer(self._model(model.id))
+        vocab = tokenizer.vocab_size
+        out: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):  # text as text: no control tokens, no chat template
+                out.append(tokenizer.encode(item, parse_special=False, add_bos=tokenizer.add_bos_token))
+                continue
+            bad = next((t for t in item if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequest(f"input[{i}] holds the token id {bad}, outside the vocabulary of "
+                                     f"'{model.id}' (0..{vocab - 1})", param="input")
+            out.append(list(item))
+        return out
+
+    def embed(self, model: ModelInfo, inputs: list[list[int]], cancelled: threading.Event) -> list[np.ndarray]:
+        engine = self._engine
+        if engine is None or self._loaded != model.id:
+            raise BackendError(f"model '{model.id}' is not loaded")
+        vectors: list[np.ndarray] = []
+        for ids in inputs:
+            if cancelled.is_set():
+                break
+            try:
+                pooled = engine.embed(ids, self.settings.embedding_pooling, cancelled.is_set)
+            except EngineError as exc:
+                raise BackendError(str(exc)) from exc
+            if pooled is None:
+                break
+            norm = float(np.linalg.norm(pooled))
+            vectors.append(pooled / norm if norm > 0 else pooled)
+        return vectors
 
 
 def _mtime(path: Path) -> float:

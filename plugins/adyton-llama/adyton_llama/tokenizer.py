@@ -203,6 +203,9 @@ class GGUFTokenizer:
             (i, self._tokens[i], self._types[i] != TOKEN_USER_DEFINED) for i in splittable
         ]
 
+        #: the texts of the control tokens (what chat-template markup spells)
+        self.control_texts: tuple[str, ...] = tuple(t for _, t, control in self._special_split if control)
+
         self._token_bytes: list[bytes] = self._build_token_bytes()
         self._hf: Tokenizer = self._build_spm() if spm else self._build_bpe(meta)
 
