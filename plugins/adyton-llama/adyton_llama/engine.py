@@ -261,6 +261,8 @@ class LlamaEngine:
         self._fn_eval = llm._lib.ctransformers_llm_batch_eval
         self._fn_logits = llm._lib.ctransformers_llm_logits_data
         self._fn_logits_size = llm._lib.ctransformers_llm_logits_size
+        self._fn_embeddings = llm._lib.ctransformers_llm_embeddings_data
+        self._fn_embeddings_size = llm._lib.ctransformers_llm_embeddings_size
         self.path = path
         self.compat_path = compat
         self.n_ctx_train = n_train
@@ -412,6 +414,57 @@ class LlamaEngine:
             return self.logits()
 
     last_prefill_evaluated = 0  # tokens the last prefill() actually evaluated
+
+    # ------------------------------------------------------------------ embeddings
+
+    def hidden_state(self) -> np.ndarray:
+        """A copy of the last evaluated position's final hidden state (after
+        the output norm, before the output projection): what the bundled
+        llama.cpp keeps as "embeddings", ``n_embd`` float32 values."""
+        self._require()
+        size = int(self._fn_embeddings_size(self._handle))
+        ptr = self._fn_embeddings(self._handle)
+        if size <= 0 or not ctypes.cast(ptr, ctypes.c_void_p).value:
+            raise EngineError("this model exposes no hidden states (embeddings)")
+        return np.ctypeslib.as_array(ptr, shape=(size,)).copy()
+
+    def embed(self, token_ids: Sequence[int], pooling: str = "mean",
+              should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
+        """The pooled final hidden states of ``token_ids`` (not normalised),
+        or None if ``should_stop`` interrupted.
+
+        ``pooling="mean"`` averages every position's hidden state: llama.cpp
+        keeps only the last position of a call, so the tokens are evaluated
+        one call each, from position 0 (slower than a prefill). ``"last"`` is
+        the last position's state after a prefill (which reuses the cached
+        prefix). Either way the context afterwards holds ``token_ids``,
+        recorded like any evaluation, so a following ``prefill`` reuses it
+        exactly as it would after a generation."""
+        self._require()
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("embed() needs at least one token")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"input of {len(ids)} tokens does not fit the context window of {self.n_ctx}"
+            )
+        with self._lock:
+            if pooling == "last":
+                if self.prefill(ids, should_stop) is None:
+                    return None
+                return self.hidden_state()
+            if pooling != "mean":
+                raise ValueError(f"unknown pooling {pooling!r}")
+            del self._ctx[:]
+            del self._aligned[:]
+            total = np.zeros(0, dtype=np.float64)
+            for i, token in enumerate(ids):
+                if i and should_stop is not None and should_stop():
+                    return None
+                self._eval_at([token])
+                state = self.hidden_state()
+                total = state.astype(np.float64) if i == 0 else total + state
+            return (total / len(ids)).astype(np.float32)
 
     # ------------------------------------------------------------------ generation
 
