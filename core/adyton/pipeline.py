@@ -271,11 +271,8 @@ class Pipeline:
                     f"shorten them: 'dimensions' must be {dimensions} or left out",
                     param="dimensions", code="unsupported_parameter",
                 )
-            chars = sum(len(x) for x in request.inputs if isinstance(x, str))
-            if chars <= INLINE_PREPARE_CHARS:
-                token_ids = backend.prepare_embeddings(request.inputs, model)
-            else:
-                token_ids = await kernel.offload(backend.prepare_embeddings, request.inputs, model)
+            # off the loop: a backend may read its tokenizer the first time
+            token_ids = await kernel.offload(backend.prepare_embeddings, request.inputs, model)
             context = model.context_length
             for i, ids in enumerate(token_ids):
                 if not ids:
