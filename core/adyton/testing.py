@@ -36,6 +36,7 @@ import numpy as np
 from quart import Blueprint, Response, jsonify, request
 
 from .app import current_kernel
+from .body import read_json_body
 from .errors import AdytonError, InvalidRequest
 from .hookspecs import Backend, StepFunction, WireFormat, hookimpl
 from .settings import default_home
@@ -268,9 +269,7 @@ class JsonTestWire(WireFormat):
         return found
 
     async def generate(self):
-        body = await request.get_json(force=True, silent=True)
-        if not isinstance(body, dict):
-            raise InvalidRequest("body must be a JSON object")
+        body = await read_json_body()
         credentials = self.credentials(body)
         try:
             gen_request = GenerationRequest.model_validate(body)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from adyton import hookimpl
 
-from .parse import ACCOUNT_NUMBER_RE, AxiomChat, decode_body, parse_chat
+from .parse import ACCOUNT_NUMBER_RE, AxiomChat, parse_chat
 from .settings import AxiomSettings
 from .wire import AxiomWireFormat
 
@@ -20,7 +20,6 @@ __all__ = [
     "AxiomChat",
     "AxiomSettings",
     "AxiomWireFormat",
-    "decode_body",
     "parse_chat",
 ]
 

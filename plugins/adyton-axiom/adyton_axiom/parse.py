@@ -38,43 +38,6 @@ class AxiomChat:
     extra: dict[str, Any]
 
 
-def is_json_content_type(content_type: str | None) -> bool:
-    """``application/json`` with any parameters (charset=utf-8 ...)."""
-    if not content_type:
-        return False
-    mimetype = content_type.split(";", 1)[0].strip().lower()
-    return mimetype == "application/json"
-
-
-def decode_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidRequest saying why not."""
-    if not is_json_content_type(content_type):
-        got = f"'{content_type}'" if content_type else "none"
-        raise InvalidRequest(
-            f"Content-Type must be application/json (got {got})", code="invalid_content_type",
-        )
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                             code="invalid_json") from None
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-            code="invalid_json",
-        ) from None
-    except RecursionError:
-        raise InvalidRequest("the request body is nested too deeply", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {json_type_name(body)}",
-                             code="invalid_json")
-    return body
-
-
 def credentials_from(body: dict[str, Any], client_address: str | None = None) -> Credentials:
     """The caller's account number as kernel credentials.
 
@@ -107,16 +70,6 @@ def credentials_from(body: dict[str, Any], client_address: str | None = None) ->
                        client_address=client_address)
 
 
-def _check_text(value: str, field: str) -> str:
-    """JSON may carry lone surrogates (\\ud800) that no tokenizer can encode."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"'{field}' contains an unpaired UTF-16 surrogate (not valid Unicode text)",
-                             param=field, code="invalid_value") from None
-    return value
-
-
 def _string_field(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     value = body.get(key)
     if value is None:
@@ -126,7 +79,7 @@ def _string_field(body: dict[str, Any], key: str, *, required: bool) -> str | No
     if not isinstance(value, str):
         raise InvalidRequest(f"'{key}' must be a string, not {json_type_name(value)}", param=key,
                              code="invalid_type")
-    return _check_text(value, key)
+    return value
 
 
 def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
@@ -165,7 +118,7 @@ def parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if not isinstance(content, str):
             raise InvalidRequest(f"'{where}.content' must be a string, not {json_type_name(content)}",
                                  param=f"{where}.content", code="invalid_type")
-        out.append(ChatMessage(role=role, content=_check_text(content, f"{where}.content")))
+        out.append(ChatMessage(role=role, content=content))
     return out
 
 

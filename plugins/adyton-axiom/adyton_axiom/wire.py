@@ -26,9 +26,10 @@ from adyton import (
     Unauthorized,
     WireFormat,
     current_kernel,
+    read_json_body,
 )
 
-from .parse import WIRE_FORMAT, decode_body, parse_chat
+from .parse import WIRE_FORMAT, parse_chat
 
 #: the kernel's generic codes when no authenticator claims the credentials
 _GENERIC_AUTH_CODES = {"invalid_api_key", "missing_api_key"}
@@ -81,8 +82,8 @@ class AxiomWireFormat(WireFormat):
 
     async def chat(self) -> Response:
         kernel = current_kernel()
-        raw = await request.get_data(cache=False)  # over server.max_body_bytes: 413
-        body = decode_body(raw, request.headers.get("Content-Type"))
+        # JSON, application/json, not too deep, valid text; over server.max_body_bytes: 413
+        body = await read_json_body(require_content_type=True)
         chat = parse_chat(body, client_address=request.remote_addr)
         settings = getattr(kernel.settings, "axiom", None)
         try:

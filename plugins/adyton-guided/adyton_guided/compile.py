@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
 import llguidance as llg
@@ -116,13 +117,77 @@ def _rewrite_schema_patterns(node: Any) -> Any:
     return node
 
 
+#: deepest nesting of objects/arrays a JSON schema may have (a schema nested
+#: hundreds of levels would exhaust the recursion of every schema walker)
+MAX_SCHEMA_DEPTH = 40
+
+
+def _check_depth(schema: Any, source: str) -> None:
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_SCHEMA_DEPTH:
+                raise UnsupportedConstraint(
+                    f"the JSON schema from '{source}' is nested too deeply (more than "
+                    f"{MAX_SCHEMA_DEPTH} levels of objects and arrays)", param=source)
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((item, depth + 1) for item in items)
+
+
+def _resolve_local(schema: dict[str, Any], ref: str) -> Any:
+    """The node a local ``$ref`` ("#", "#/$defs/a") points at, or None."""
+    if ref == "#":
+        return schema
+    if not ref.startswith("#/"):
+        return None
+    node: Any = schema
+    for part in ref[2:].split("/"):
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _check_ref_cycles(schema: dict[str, Any], source: str) -> None:
+    """Refuse a ``$ref`` that only leads back to itself (``{"$ref": "#"}``):
+    such a schema describes nothing (a validator recurses forever on it).
+    Recursion with a base case (a tree whose children are ``{"$ref": "#"}``)
+    is fine."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(v for k, v in node.items() if k not in _DATA_KEYS)
+        seen: list[int] = []
+        current: Any = node
+        while isinstance(current, dict) and isinstance(current.get("$ref"), str):
+            if id(current) in seen:
+                raise UnsupportedConstraint(
+                    f"the JSON schema from '{source}' has a $ref ({node['$ref']!r}) that only "
+                    "refers back to itself, so it describes no value", param=source)
+            seen.append(id(current))
+            current = _resolve_local(schema, current["$ref"])
+
+
 def check_schema(schema: Any, source: str) -> None:
-    """Metaschema check (the schema's own $schema, else draft 2020-12)."""
+    """Metaschema check (the schema's own $schema, else draft 2020-12), a
+    depth limit and no self-referring ``$ref``."""
     if not isinstance(schema, dict):
         raise UnsupportedConstraint(
             f"the JSON schema from '{source}' must be a JSON object, not {type(schema).__name__}",
             param=source,
         )
+    _check_depth(schema, source)
+    _check_ref_cycles(schema, source)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)

@@ -29,6 +29,7 @@ from adyton import (
     UnsupportedConstraint,
     WireFormat,
     current_kernel,
+    read_json_body,
 )
 
 from .policy import GUIDED, Policy, parse_policy, policy_constraint, public
@@ -41,13 +42,6 @@ _BODY = {"prompt", "messages", "model", "method", "max_new_tokens", "max_tokens"
 
 def credentials_from_headers(wire: str) -> Credentials:
     return Credentials.from_headers(request.headers, wire_format=wire, client_address=request.remote_addr)
-
-
-async def _json_body() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
 
 
 class AxionicGuided(WireFormat):
@@ -95,7 +89,7 @@ class AxionicGuided(WireFormat):
         from . import compiler, policy_store
 
         kernel, principal = await self._principal()
-        body = await _json_body()
+        body = await read_json_body()
         raw = body["policy"] if isinstance(body.get("policy"), dict) else body
         if raw is not body:
             extra = set(body) - {"policy", "name", "description"}
@@ -134,7 +128,7 @@ class AxionicGuided(WireFormat):
 
     async def generate(self) -> Response:
         kernel = current_kernel()
-        body = await _json_body()
+        body = await read_json_body()
         unknown = set(body) - _BODY
         if unknown:
             name = sorted(unknown)[0]
@@ -198,7 +192,8 @@ class AxionicGuided(WireFormat):
         if isinstance(fields.get("stop"), str):
             fields["stop"] = [fields["stop"]]
         try:
-            gen_request = GenerationRequest.model_validate(fields)
+            # strict, like the OpenAI route: "5" is not a number of tokens
+            gen_request = GenerationRequest.model_validate(fields, strict=True)
         except Exception as exc:  # noqa: BLE001 - pydantic: name the field
             errors = getattr(exc, "errors", None)
             if callable(errors):

@@ -19,6 +19,8 @@ from adyton import (
     Unauthorized,
     WireFormat,
     default_error_response,
+    json_type_name,
+    read_json_body,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,18 +96,13 @@ class AdminApi(_JsonSurface):
             raise Forbidden("wrong admin key", code="invalid_admin_key")
 
     async def _body(self) -> dict[str, Any]:
-        body = await request.get_json(force=True, silent=True)
-        if body is None:
-            return {}
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        return body
+        return await read_json_body(empty_ok=True)
 
     def _tier(self, value: Any) -> int:
-        try:
-            tier = int(value)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"tier must be an integer, got {value!r}", param="tier") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"tier must be an integer, not {json_type_name(value)} ({value!r})",
+                                 param="tier", code="invalid_type")
+        tier = value
         if tier not in self.service.settings.tiers:
             raise InvalidRequest(f"no tier {tier} (tiers: {sorted(self.service.settings.tiers)})", param="tier")
         return tier
@@ -119,7 +116,10 @@ class AdminApi(_JsonSurface):
     async def create(self) -> Response:
         body = await self._body()
         tier = self._tier(body.get("tier", self.service.settings.default_tier))
-        name = str(body.get("name") or "")
+        name = body.get("name") or ""
+        if not isinstance(name, str):
+            raise InvalidRequest(f"name must be a string, not {json_type_name(name)}", param="name",
+                                 code="invalid_type")
         new = await self.service.in_writer(self.service.store.create_account, tier, name)
         response = jsonify(new.as_dict())
         response.status_code = 201

@@ -7,7 +7,6 @@ a 400 with ``openai.strict``), or refused with a 400 that says why.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,26 +46,6 @@ class Parsed:
 # --------------------------------------------------------------------------
 # body -> model, with OpenAI-style error messages
 # --------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(
-            f"the request body must be a JSON object, not {json_type_name(body)}", code="invalid_json"
-        )
-    return body
 
 
 def _param(loc: tuple[Any, ...]) -> str:

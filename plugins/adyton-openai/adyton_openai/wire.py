@@ -23,6 +23,7 @@ from adyton import (
     Waiting,
     WireFormat,
     current_kernel,
+    read_json_body,
 )
 
 from . import convert, render
@@ -183,8 +184,7 @@ class OpenAIWire(WireFormat):
     # -- generation ----------------------------------------------------------------
 
     async def _body(self, model_cls: type) -> tuple[Any, dict[str, Any]]:
-        raw = await request.get_data(as_text=False)
-        body = convert.parse_json(raw)
+        body = await read_json_body()
         return convert.load(model_cls, body, _settings().extra_params)
 
     def _headers(self, parsed: convert.Parsed, generation: Generation | None) -> dict[str, str]:
