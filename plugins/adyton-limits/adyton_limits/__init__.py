@@ -70,10 +70,12 @@ class LimitsPlugin:
 
     @hookimpl
     def register_wire_formats(self, register, kernel):
+        from .account import AccountApi
         from .http import AdminApi, SignupApi
 
         service = self.service(kernel)
         register(AdminApi(service))
+        register(AccountApi(service))
         if service.settings.signup_enabled:
             register(SignupApi(service))
 

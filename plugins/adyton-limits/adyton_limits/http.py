@@ -47,6 +47,21 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     return dt.timestamp()
 
 
+#: content types an HTML form can send cross-site without a preflight
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+def refuse_form_posts() -> None:
+    """Refuse a state-changing request whose body is form-encoded: such a
+    request can come from a cross-site HTML form (CSRF)."""
+    kind = (request.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if kind in FORM_TYPES:
+        error = InvalidRequest(f"a {kind} body is not accepted here: send JSON (or no body) "
+                               "with the credential in a header", code="unsupported_media_type")
+        error.status = 415
+        raise error
+
+
 class _JsonSurface(WireFormat):
     def render_error(self, error: AdytonError) -> Response:
         return default_error_response(error)
@@ -94,6 +109,8 @@ class AdminApi(_JsonSurface):
                                f"it is in {self.service.admin_key_path} on the server", code="missing_admin_key")
         if not self.service.check_admin_key(presented):
             raise Forbidden("wrong admin key", code="invalid_admin_key")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            refuse_form_posts()
 
     async def _body(self) -> dict[str, Any]:
         return await read_json_body(empty_ok=True)
@@ -126,7 +143,26 @@ class AdminApi(_JsonSurface):
         return response
 
     async def list(self) -> Response:
-        return jsonify({"accounts": [a.as_dict() for a in self.service.store.list()]})
+        args = request.args
+        if not any(k in args for k in ("q", "limit", "offset")):
+            return jsonify({"accounts": [a.as_dict() for a in self.service.store.list()]})
+        limit = self._int_arg("limit", 50, 1, 500)
+        offset = self._int_arg("offset", 0, 0, 2**62)
+        total, accounts = self.service.store.page(args.get("q", "").strip(), limit, offset)
+        return jsonify({"accounts": [a.as_dict() for a in accounts], "total": total,
+                        "limit": limit, "offset": offset})
+
+    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be an integer, got {raw!r}", param=name) from None
+        if not low <= value <= high:
+            raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", param=name)
+        return value
 
     async def show(self, ref: str) -> Response:
         account = self._account(ref)

@@ -383,3 +383,37 @@ class AccountStore:
         keys = ("id", "account_id", "model", "prompt_tokens", "completion_tokens", "reserved_tokens", "outcome",
                 "wire_format", "started_at", "finished_at")
         return [dict(zip(keys, r)) for r in rows]
+
+    # -- self-service and paging (GET /v1/account, GET /admin/accounts?q=) ------
+
+    def daily_totals(self, account_id: str, since_day: str) -> list[tuple[str, int, int, int]]:
+        """(day, requests, prompt_tokens, completion_tokens) per UTC day from ``since_day`` on."""
+        rows = self._reader().execute(
+            "SELECT day, requests, prompt_tokens, completion_tokens FROM usage_daily"
+            " WHERE account_id = ? AND day >= ? ORDER BY day", (account_id, since_day)).fetchall()
+        return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def days_reaching(self, account_id: str, since_day: str, requests: int | None, tokens: int | None) -> int:
+        """How many days since ``since_day`` reached ``requests`` or ``tokens``
+        (None: that dimension does not count), as the upgrade rule counts them."""
+        if requests is None and tokens is None:
+            return 0
+        return int(self._reader().execute(
+            "SELECT count(*) FROM usage_daily WHERE account_id = ? AND day >= ? AND"
+            " (requests >= ? OR prompt_tokens + completion_tokens >= ?)",
+            (account_id, since_day, requests if requests is not None else 2**62,
+             tokens if tokens is not None else 2**62)).fetchone()[0])
+
+    def page(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[int, list[Account]]:
+        """(how many match, one page of them, oldest first): ``query`` matches
+        the id, the name (substring, case-insensitive) or the last 4 digits."""
+        where, args = "", []
+        if query:
+            pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where = "WHERE id LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR number_last4 = ?"
+            args = [pattern, pattern, query]
+        reader = self._reader()
+        total = int(reader.execute(f"SELECT count(*) FROM accounts {where}", args).fetchone()[0])
+        rows = reader.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts {where} ORDER BY created_at, id"
+                              " LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return total, [_account(r) for r in rows]
