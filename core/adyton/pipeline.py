@@ -730,18 +730,28 @@ class Generation:
     async def wait_started(self) -> None:
         """Wait until the request has the engine, or raise why it never will.
         Streaming wire formats call this before sending their headers, so
-        that a queue timeout is still a proper 503 with Retry-After."""
-        while True:
-            item = await self._events.get()
-            if isinstance(item, Started):
-                return
-            if isinstance(item, AdytonError):
-                self._consumed = True
-                await self.aclose()
-                raise item
-            if item is _END:
-                self._events.put(_END)
-                return
+        that a queue timeout is still a proper 503 with Retry-After.
+
+        A client that goes away meanwhile cancels the handler task (no
+        response has started, so nothing else would notice): the request
+        then leaves the queue, or stops within one step, and is settled with
+        what it produced before the cancellation is passed on."""
+        try:
+            while True:
+                item = await self._events.get()
+                if isinstance(item, Started):
+                    return
+                if isinstance(item, AdytonError):
+                    self._consumed = True
+                    await self.aclose()
+                    raise item
+                if item is _END:
+                    self._events.put(_END)
+                    return
+        except asyncio.CancelledError:
+            self._consumed = True
+            await self.aclose()
+            raise
 
     async def result(self) -> GenerationResult:
         """Run to the end and collect the choices (non-streaming)."""

@@ -1,0 +1,140 @@
+"""Helpers for the fault tests of ``tests/reliability`` (a uniquely named
+module, so it never collides with another directory's helpers): apps with
+the real wire formats, adyton-limits and a scripted backend on a loopback
+port, raw-socket clients that leave early, a real redis-server, and the
+ledger read straight from SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from adyton import create_app
+from adyton.testing import BackendPlugin, ScriptedBackend, ServerThread, free_port
+
+import adyton_axiom
+import adyton_openai
+from adyton_limits import LimitsPlugin, service_for
+
+BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
+       "tokens_per_day": 1_000_000_000, "concurrent_requests": 1000}
+
+
+def tier(**over: int) -> dict[str, int]:
+    return {**BIG, **over}
+
+
+def limits_app(home: Path, backend: ScriptedBackend, *, tiers: dict | None = None,
+               limits: dict | None = None, settings: dict | None = None) -> Any:
+    """The OpenAI and Axiom wire formats + adyton-limits + ``backend``."""
+    lim: dict[str, Any] = {"upgrade": {"enabled": False}, "tiers": tiers or {1: tier()}}
+    lim.update(limits or {})
+    merged: dict[str, Any] = {"home": str(home), "queue": {"max_waiting": 50, "max_wait_s": 60},
+                              "limits": lim}
+    merged.update(settings or {})
+    return create_app(settings=merged, plugins=[adyton_openai, adyton_axiom, BackendPlugin(backend),
+                                                LimitsPlugin()], load_entrypoints=False)
+
+
+def kernel_of(app: Any) -> Any:
+    return app.extensions["adyton"]
+
+
+def new_account(app: Any, tier_n: int = 1) -> Any:
+    svc = service_for(kernel_of(app))
+    svc.open_store()
+    return svc.store.create_account(tier_n, "faults")
+
+
+def raw_post(port: int, path: str, body: dict, headers: dict[str, str] | None = None) -> socket.socket:
+    """Send a POST over a bare socket and return it unread (the caller closes
+    it to go away)."""
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def ledger(db: Path, account_id: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute("SELECT * FROM ledger WHERE account_id = ? ORDER BY id", (account_id,)).fetchall()
+        return [dict(r) for r in rows]
+    finally:
+        conn.close()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, owned by one test (so it
+    may be paused, killed and restarted)."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (make redis, or apt-get install redis-server)")
+        self.exe = exe
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+
+    def command(self, *args: str) -> Any:
+        import redis
+
+        with contextlib.closing(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)) as client:
+            return client.execute_command(*args)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[ServerThread]:
+    with ServerThread(app) as server:
+        yield server

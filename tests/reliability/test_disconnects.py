@@ -1,0 +1,108 @@
+"""Clients that go away (issue 15, item 4), over a real hypercorn socket with
+adyton-limits counting: a request whose client leaves while it waits for the
+engine leaves the queue, is charged only what was produced (nothing: it never
+ran) and gives its account's concurrency slot back; a stream whose client
+leaves mid-generation stops within a few token steps and is charged the
+tokens it produced. Streaming (OpenAI chat and legacy completions, which
+wait for the engine before sending their headers) and non-streaming (OpenAI,
+Axiom)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from adyton.testing import ScriptedBackend  # noqa: E402
+from faults_helpers import (  # noqa: E402
+    kernel_of, ledger, limits_app, new_account, raw_post, serving, tier, wait_for,
+)
+
+STEP = 0.02
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _request(wire: str, acct, stream: bool, max_tokens: int) -> tuple[str, dict, dict]:
+    """(path, body, headers) of one request on ``wire`` for ``acct``."""
+    auth = {"Authorization": f"Bearer {acct.api_key}"}
+    if wire == "openai-chat":
+        return "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": max_tokens, "stream": stream}, auth
+    if wire == "openai-completions":
+        return "/v1/completions", {"prompt": "hi", "max_tokens": max_tokens, "stream": stream}, auth
+    assert not stream  # Axiom answers in one piece; its cap is axiom.max_tokens
+    return "/api/chat", {"model": "scripted-model", "sessionId": acct.account_number,
+                         "system_prompt": "", "messages": MESSAGES}, {}
+
+
+CASES = [("openai-chat", True), ("openai-completions", True), ("openai-chat", False), ("axiom", False)]
+
+
+@pytest.mark.parametrize("wire,stream", CASES)
+def test_client_leaving_while_queued_frees_queue_quota_and_slot(tmp_path, wire, stream):
+    backend = ScriptedBackend(["a"] * 400, delay_s=STEP, eos_at_end=False)
+    app = limits_app(tmp_path / "home", backend, tiers={1: tier(concurrent_requests=2)},
+                     settings={"axiom": {"max_tokens": 300}})
+    kernel = kernel_of(app)
+    acct = new_account(app)
+    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    with serving(app) as server:
+        base = server.base_url
+        busy = {}
+        hold = threading.Thread(target=lambda: busy.setdefault("r", httpx.post(
+            base + "/v1/completions", json={"prompt": "busy", "max_tokens": 150},
+            headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=60)))
+        hold.start()
+        assert backend.running.wait(10)
+        path, body, headers = _request(wire, acct, stream, 300)
+        sock = raw_post(server.port, path, body, headers)
+        queue = kernel.queues["scripted"]
+        wait_for(lambda: queue.waiting == 1, what="the request to queue")
+        sock.close()  # the client leaves before any header arrives
+        wait_for(lambda: queue.waiting == 0, timeout=5, what="the abandoned request to leave the queue")
+        wait_for(lambda: len(ledger(db, acct.account.id)) == 1, timeout=5, what="its ledger row")
+        row = ledger(db, acct.account.id)[0]
+        assert row["outcome"] == "cancelled" and row["completion_tokens"] == 0
+        # its concurrency slot is free: with the busy request still running,
+        # another request of the same account (2 slots) is admitted
+        assert backend.running.is_set()
+        r = httpx.post(base + "/v1/completions", json={"prompt": "next", "max_tokens": 1},
+                       headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        hold.join(60)
+    assert busy["r"].status_code == 200
+    assert backend.generations == 2  # the abandoned request never ran
+    outcomes = [r["outcome"] for r in ledger(db, acct.account.id)]
+    assert sorted(outcomes) == ["cancelled", "ok", "ok"]
+
+
+@pytest.mark.parametrize("wire", ["openai-chat", "openai-completions"])
+def test_client_leaving_mid_stream_stops_and_is_charged_what_was_produced(tmp_path, wire):
+    backend = ScriptedBackend(["a"] * 400, delay_s=STEP, eos_at_end=False)
+    app = limits_app(tmp_path / "home", backend, tiers={1: tier(concurrent_requests=1)})
+    acct = new_account(app)
+    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    with serving(app) as server:
+        path, body, headers = _request(wire, acct, True, 300)
+        sock = raw_post(server.port, path, body, headers)
+        received = b""
+        while received.count(b"data:") < 6:
+            received += sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200")
+        sock.close()
+        gone = time.monotonic()
+        wait_for(lambda: not backend.running.is_set(), timeout=5, what="the engine to stop")
+        assert time.monotonic() - gone < 2.0
+        wait_for(lambda: len(ledger(db, acct.account.id)) == 1, timeout=5, what="its ledger row")
+        row = ledger(db, acct.account.id)[0]
+        assert row["outcome"] == "cancelled"
+        assert 5 <= row["completion_tokens"] < 300
+        # the one concurrency slot is free again
+        r = httpx.post(server.base_url + "/v1/completions", json={"prompt": "next", "max_tokens": 1},
+                       headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=30)
+        assert r.status_code == 200, r.text
