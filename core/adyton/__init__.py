@@ -5,7 +5,7 @@ objects they register are documented in ``adyton.hookspecs``; shared data
 types in ``adyton.types``; errors in ``adyton.errors``.
 """
 
-from . import errors, types
+from . import errors, tools, types
 from .chat_template import ChatTemplate, ChatTemplateError
 from .app import Kernel, create_app, current_kernel, default_error_response
 from .body import check_text, read_json_body
@@ -80,6 +80,7 @@ __all__ = [
     "hookimpl",
     "json_type_name",
     "load_settings",
+    "tools",
     "read_json_body",
     "types",
     *types.__all__,

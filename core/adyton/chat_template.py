@@ -28,10 +28,15 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .tools import chat_context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .types import GenerationRequest
 
 #: used when the GGUF carries no template
 CHATML_TEMPLATE = (
@@ -243,6 +248,20 @@ class ChatTemplate:
         safe_extra = {k: escaper.walk(v) for k, v in extra.items()}
         marked = self.render(safe_messages, add_generation_prompt=add_generation_prompt, **safe_extra)
         return RenderedPrompt(marked, escaper.escapes)
+
+    def render_request(
+        self,
+        request: "GenerationRequest",
+        control_tokens: Collection[str] = (),
+        add_generation_prompt: bool = True,
+    ) -> RenderedPrompt:
+        """Render a chat request as ``render_protected`` does: its messages,
+        and its tools, tool calls, tool results and ``template_kwargs``, the
+        way ``adyton.tools.chat_context`` lays them out (the template's own
+        tools section, or the kernel's tool-call convention). What every
+        backend calls."""
+        messages, extra = chat_context(request, self)
+        return self.render_protected(messages, control_tokens, add_generation_prompt, **extra)
 
 
 def render_chat(

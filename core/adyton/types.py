@@ -137,8 +137,8 @@ class GenerationRequest(BaseModel):
     #: functions the model may call (rendered by the chat template, or by the
     #: kernel's tool-call convention; see ``adyton.tools``)
     tools: list[Tool] = Field(default_factory=list)
-    #: "auto": text or calls; "none": no calls (tools still shown); "required":
-    #: at least one call (``tool_name``: of that tool)
+    #: "auto": text or calls; "none": no calls (the tools are not shown);
+    #: "required": at least one call (``tool_name``: of that tool)
     tool_choice: Literal["none", "auto", "required"] = "auto"
     tool_name: str | None = None
     parallel_tool_calls: bool = True

@@ -231,8 +231,7 @@ class LlamaBackend(Backend):
         tokenizer, template = self._tokenizer(entry)
         if request.messages is not None:
             try:
-                rendered = template.render_protected([m.model_dump() for m in request.messages],
-                                                     tokenizer.control_texts)
+                rendered = template.render_request(request, tokenizer.control_texts)
             except ChatTemplateError as exc:
                 raise InvalidRequest(f"the chat template of '{model.id}' rejected these messages: {exc}",
                                      param="messages") from None
