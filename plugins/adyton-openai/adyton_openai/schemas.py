@@ -140,6 +140,78 @@ class CompletionRequest(_Common):
     best_of: Annotated[int, Field(ge=1, le=16)] | None = None
 
 
+class EmbeddingsRequest(BaseModel):
+    """POST /v1/embeddings"""
+
+    model_config = _STRICT
+
+    input: (str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+            | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+            | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+                        Field(min_length=1, max_length=2048)]) = Field(
+        description="A text, a list of texts, a token array or a list of token arrays (up to 2048 inputs).")
+    model: str | None = Field(None, description="A model id or alias; omitted or empty: the loaded model.")
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="'float' (default): arrays of numbers; 'base64': little-endian float32 bytes.")
+    dimensions: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Only the model's own size is accepted: vectors are never shortened.")
+    user: str | None = None
+
+
+class ResponseTextFormat(BaseModel):
+    model_config = _STRICT
+
+    type: Literal["text", "json_schema", "json_object"]
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseText(BaseModel):
+    model_config = _STRICT
+
+    format: ResponseTextFormat | None = None
+    verbosity: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """POST /v1/responses"""
+
+    model_config = _STRICT
+
+    model: str | None = Field(None, description="A model id or alias; omitted or empty: the loaded model.")
+    input: str | list[dict[str, Any]] | None = Field(
+        None, description="A text (one user message) or a list of input items: messages, "
+        "function_call and function_call_output items.")
+    instructions: str | None = Field(None, description="A system message placed before the input.")
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stream: bool | None = None
+    text: ResponseText | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    service_tier: str | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    seed: Seed | None = None
+
+
 # --------------------------------------------------------------------------
 # Responses (documentation only)
 # --------------------------------------------------------------------------
@@ -247,7 +319,8 @@ class ErrorOut(BaseModel):
 FIELD_NAMES: frozenset[str] = frozenset(
     name
     for model in (ChatCompletionRequest, CompletionRequest, ChatMessageIn, TextPart, StreamOptions,
-                  JSONSchemaFormat, ResponseFormat)
+                  JSONSchemaFormat, ResponseFormat, EmbeddingsRequest, ResponsesRequest, ResponseText,
+                  ResponseTextFormat)
     for field_name, info in model.model_fields.items()
     for name in (field_name, info.alias)
     if name
