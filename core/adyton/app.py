@@ -52,6 +52,9 @@ class Metrics:
         self.queue_running = Gauge("adyton_queue_running", "Requests running on an engine", ["backend"], registry=r)
         self.rejections = Counter("adyton_rejections_total", "Requests refused, by reason", ["reason", "wire_format"], registry=r)
         self.requests = Counter("adyton_requests_total", "Generations that ended, by outcome", ["outcome", "wire_format"], registry=r)
+        self.cut_short_total = Counter(
+            "adyton_cut_short_total", "Choices ended early by the server: time_budget or repetition",
+            ["reason", "wire_format"], registry=r)
         self.prompt_tokens = Counter("adyton_prompt_tokens_total", "Prompt tokens of admitted requests", registry=r)
         self.completion_tokens = Counter("adyton_completion_tokens_total", "Tokens generated", registry=r)
         self.ttft = Histogram(
@@ -62,6 +65,9 @@ class Metrics:
             "adyton_decode_tokens_per_second", "Decode speed per choice", registry=r,
             buckets=(1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 400, 1000),
         )
+
+    def cut_short(self, reason: str, wire_format: str) -> None:
+        self.cut_short_total.labels(reason, wire_format or "-").inc()
 
     def rejected(self, exc: AdytonError, wire_format: str) -> None:
         self.rejections.labels(exc.code or exc.type, wire_format or "-").inc()

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .hookspecs import Backend, Limiter, LogitsProcessor, Sampler
 from .queue import EngineJob, mailbox_for
-from .sampling import StopMatcher, log_softmax
+from .sampling import RepetitionGuard, StopMatcher, log_softmax
 from .types import (
     ANONYMOUS,
     Choice,
@@ -553,6 +553,8 @@ class Generation:
         self.model = prepared.model.id
         self.usage = Usage(prompt_tokens=prepared.n_tokens)
         self.finish_reasons: dict[int, FinishReason] = {}
+        #: monotonic time when ``request.time_budget_s`` is spent (None: no budget)
+        self.deadline = None if request.time_budget_s is None else time.monotonic() + request.time_budget_s
         self._chain = _Chain(processors, sampler, vocabulary, request.logprobs)
         self._events = _Channel(asyncio.get_running_loop())
         self._cancelled = threading.Event()
@@ -640,6 +642,8 @@ class Generation:
         pending_logprobs: list[TokenLogprob] = []
         finish: FinishReason | None = None
         first_token_at = 0.0
+        guard = RepetitionGuard(self.request.stop_repetition) if self.request.stop_repetition else None
+        deadline = self.deadline
         pieces = self.backend.generate(self.prepared, chain, hard_limit, cancelled)
         try:
             for piece in pieces:
@@ -667,6 +671,14 @@ class Generation:
                     break
                 if count >= soft_limit and (count >= hard_limit or chain.is_complete()):
                     finish = FinishReason.LENGTH
+                    break
+                if guard is not None and guard.feed(piece.token_id):
+                    self.kernel.metrics.cut_short("repetition", self.wire_format)
+                    finish = FinishReason.LENGTH  # a degenerate loop: stop paying for it
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.kernel.metrics.cut_short("time_budget", self.wire_format)
+                    finish = FinishReason.LENGTH  # the time budget is spent
                     break
         finally:
             close = getattr(pieces, "close", None)

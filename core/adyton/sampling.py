@@ -167,3 +167,44 @@ class StopMatcher:
     def flush(self) -> str:
         text, self._buffer = self._buffer, ""
         return text
+
+
+#: longest repeated n-gram (in tokens) ``RepetitionGuard`` looks for
+REPETITION_MAX_PERIOD = 64
+#: fewest tokens a repetition must span before it ends a choice (so a short
+#: legitimate repeat, "ha ha ha" or a row of "=", is left alone)
+REPETITION_MIN_SPAN = 32
+
+
+class RepetitionGuard:
+    """Notices a choice stuck in a loop: its tokens end in one n-gram
+    (1 <= n <= ``REPETITION_MAX_PERIOD``) repeated ``repeats`` times,
+    spanning at least ``REPETITION_MIN_SPAN`` tokens.
+
+    ``feed(token)`` per token, O(max period) each: for every period n it
+    keeps how many consecutive recent tokens equal the token n places
+    earlier; the tail is periodic with period n over that run plus n."""
+
+    __slots__ = ("repeats", "_tokens", "_runs")
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self._tokens: list[int] = []
+        self._runs = [0] * (REPETITION_MAX_PERIOD + 1)
+
+    def feed(self, token: int) -> bool:
+        """Add ``token``; True when the output is now a degenerate loop."""
+        tokens = self._tokens
+        tokens.append(token)
+        size = len(tokens)
+        runs = self._runs
+        looping = False
+        for n in range(1, min(REPETITION_MAX_PERIOD, size - 1) + 1):
+            if tokens[-1 - n] == token:
+                runs[n] += 1
+                span = runs[n] + n
+                if span >= n * self.repeats and span >= REPETITION_MIN_SPAN:
+                    looping = True
+            else:
+                runs[n] = 0
+        return looping

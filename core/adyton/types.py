@@ -144,11 +144,30 @@ class GenerationRequest(BaseModel):
     parallel_tool_calls: bool = True
     #: extra variables for the chat template (HF ``chat_template_kwargs``)
     template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: seconds this request may take from admission (queue wait included) to
+    #: its last token; once spent, each choice ends after its current token
+    #: with finish_reason "length" and the text produced so far. Set by wire
+    #: formats from their settings (e.g. ``axiom.time_budget_s``); None = none
+    time_budget_s: float | None = Field(default=None, gt=0)
+    #: end a choice (finish_reason "length") once its output ends in one
+    #: n-gram of up to ``REPETITION_MAX_PERIOD`` tokens repeated this many
+    #: times, spanning at least ``REPETITION_MIN_SPAN`` tokens: a degenerate
+    #: loop. Wire formats set it only where the caller asked for nothing that
+    #: shapes the output (no stop strings, penalties or constraints); None = off
+    stop_repetition: int | None = Field(default=None, ge=2)
     #: the caller's own label for the end user (OpenAI ``user``), for logs
     user: str | None = None
     #: extension parameters for plugins (e.g. an Axionic "policy"); a plugin
     #: that handles one pops it in ``prepare_request``; leftovers are a 400
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    def shapes_output(self) -> bool:
+        """True when the caller asked for something that shapes the output
+        (stop strings, penalties, logit bias, constraints, tools, a minimum
+        length): then a repetition stop must not second-guess it."""
+        return bool(self.stop or self.presence_penalty or self.frequency_penalty or self.logit_bias
+                    or self.constraints or self.tools or self.min_tokens
+                    or self.repetition_penalty != 1.0)
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerationRequest":
@@ -300,6 +319,17 @@ class EmbeddingRequest(BaseModel):
     #: the vector size the caller asked for; None: the model's own (a size the
     #: model does not produce is refused with 400, never truncated silently)
     dimensions: int | None = Field(default=None, ge=1)
+    #: seconds this request may take from admission (queue wait included) to
+    #: its last token; once spent, each choice ends after its current token
+    #: with finish_reason "length" and the text produced so far. Set by wire
+    #: formats from their settings (e.g. ``axiom.time_budget_s``); None = none
+    time_budget_s: float | None = Field(default=None, gt=0)
+    #: end a choice (finish_reason "length") once its output ends in one
+    #: n-gram of up to ``REPETITION_MAX_PERIOD`` tokens repeated this many
+    #: times, spanning at least ``REPETITION_MIN_SPAN`` tokens: a degenerate
+    #: loop. Wire formats set it only where the caller asked for nothing that
+    #: shapes the output (no stop strings, penalties or constraints); None = off
+    stop_repetition: int | None = Field(default=None, ge=2)
     #: the caller's own label for the end user (OpenAI ``user``), for logs
     user: str | None = None
 
