@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from adyton import (
+    Constraint,
     GenerationRequest,
     InvalidRequest,
     ModelInfo,
@@ -48,6 +49,8 @@ class GuidedSettings(BaseModel):
     repair_budget: int = Field(64, ge=1, le=4096, description="Tokens repair_on_failure may add past max_tokens to complete a constrained output.")
     prefetch_masks: bool = Field(False, description="Compute the next token mask on a helper thread while the engine runs its forward pass (off: a mask takes ~0.05 ms of a ~12 ms token on the default model, and the helper thread competes with an engine using every core).")
     compile_cache_size: int = Field(256, ge=1, description="Compiled constraints kept per process (by content hash).")
+    declared_keys_only: bool = Field(True, description="A JSON schema object that lists 'properties' and does not say 'additionalProperties' gets no other keys (what structured-output users expect; xgrammar and llama.cpp do the same). False: the JSON Schema reading, any extra key allowed.")
+    auto_tool_calls: bool = Field(True, description="With tools and tool_choice 'auto' (and no other constraint), constrain a tool call once the model starts one (<tool_call>), so every call it makes is valid; the text before it stays free.")
 
 
 def _settings(kernel: "Kernel") -> GuidedSettings:
@@ -116,9 +119,29 @@ def _options(constraint, settings: GuidedSettings) -> tuple[list[str], bool, int
     return list(verifiers), repair, budget
 
 
+def _lazy_tool_calls(request: GenerationRequest) -> Constraint | None:
+    """tool_choice "auto": free text, then (if the model writes
+    ``<tool_call>``) valid calls only. Not a request constraint: without this
+    plugin the calls are still parsed, just not guaranteed."""
+    if not request.tools or request.tool_choice != "auto" or request.constraints:
+        return None
+    return Constraint(
+        kind="tool_calls", source="tools",
+        value={"tools": [t.model_dump(exclude_none=True) for t in request.tools],
+               "parallel": request.parallel_tool_calls, "lazy": True},
+        options={"verifiers": []},
+    )
+
+
 @hookimpl
 def logits_processors(request: GenerationRequest, model: ModelInfo, vocabulary: Vocabulary | None, kernel: "Kernel"):
     mine = list(request.constraints)
+    settings = _settings(kernel)
+    lazy = _lazy_tool_calls(request) if settings.auto_tool_calls else None
+    if lazy is not None:
+        if vocabulary is None:
+            return None  # calls are parsed unconstrained
+        mine = [lazy]
     if not mine:
         return None
     if len(mine) > 1:
@@ -127,11 +150,11 @@ def logits_processors(request: GenerationRequest, model: ModelInfo, vocabulary: 
             f"one constraint per request is supported; this request has {len(mine)} ({sources})",
             param=mine[1].source)
     constraint = mine[0]
-    settings = _settings(kernel)
     verifiers, repair, budget = _options(constraint, settings)
+    declared = settings.declared_keys_only
     if vocabulary is None:
         # still name a broken constraint precisely before saying why we can't
-        compiler.grammar(constraint)
+        compiler.grammar(constraint, declared)
         raise UnsupportedConstraint(
             f"model '{model.id}' does not describe its vocabulary, so the {constraint.kind} "
             f"constraint from '{constraint.source}' cannot be enforced", param=constraint.source)
@@ -139,14 +162,15 @@ def logits_processors(request: GenerationRequest, model: ModelInfo, vocabulary: 
 
     def build() -> GuidedProcessor:
         tok = tokenizers.get(vocabulary)
-        compiled = compiler.matcher(constraint, tok)
+        compiled = compiler.matcher(constraint, tok, declared)
         return GuidedProcessor(
             constraint, compiled, tok,
             max_tokens=request.max_tokens, verifiers=verifiers, repair=repair,
             repair_budget=budget, prefetch=settings.prefetch_masks,
+            quiet=constraint is lazy,
         )
 
     tok = tokenizers.cached(vocabulary)
-    if tok is not None and compiler.is_cached(constraint, tok):
+    if tok is not None and compiler.is_cached(constraint, tok, declared):
         return build()  # all cached: microseconds, stay on the loop
     return asyncio.to_thread(build)  # tokenizer build / compile: off the loop

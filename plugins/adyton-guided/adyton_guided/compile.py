@@ -47,11 +47,11 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 _DATA_KEYS = frozenset({"const", "enum", "default", "examples", "example"})
 
 
-def content_hash(constraint: Constraint) -> str:
+def content_hash(constraint: Constraint, declared_keys: bool = True) -> str:
     payload = json.dumps(
         # the source is part of the key only so that cached refusals name it
         {"kind": constraint.kind, "value": constraint.value, "syntax": constraint.syntax,
-         "source": constraint.source},
+         "source": constraint.source, "declared_keys": declared_keys},
         sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -178,6 +178,83 @@ def _check_ref_cycles(schema: dict[str, Any], source: str) -> None:
             current = _resolve_local(schema, current["$ref"])
 
 
+def declared_keys_only(node: Any, in_all_of: bool = False) -> Any:
+    """``additionalProperties: false`` on every object schema that lists
+    ``properties`` and says nothing about other keys (no
+    ``additionalProperties``, ``patternProperties`` or
+    ``unevaluatedProperties``): the reading structured-output users expect
+    (a pydantic model's keys and no others). Members of an ``allOf`` are
+    left open (closing each would forbid the others' keys)."""
+    if isinstance(node, list):
+        return [declared_keys_only(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DATA_KEYS:
+            out[key] = value
+        elif key == "allOf" and isinstance(value, list):
+            out[key] = [declared_keys_only(v, in_all_of=True) for v in value]
+        elif key in ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas") \
+                and isinstance(value, dict):
+            out[key] = {k: declared_keys_only(v) for k, v in value.items()}
+        else:
+            out[key] = declared_keys_only(value)
+    if (isinstance(out.get("properties"), dict) and not in_all_of
+            and not {"additionalProperties", "patternProperties", "unevaluatedProperties"} & out.keys()):
+        out["additionalProperties"] = False
+    return out
+
+
+def _json_schema(schema: dict[str, Any], declared_keys: bool) -> dict[str, Any]:
+    """The schema as llguidance gets it: ``\\d`` rewritten, declared keys only
+    (when asked), the fixed JSON layout unless the schema sets its own."""
+    schema = _rewrite_schema_patterns(schema)
+    if declared_keys:
+        schema = declared_keys_only(schema)
+    return schema
+
+
+def tool_calls_lark(value: Any, source: str, declared_keys: bool) -> str:
+    """The grammar of a ``tool_calls`` constraint: ``<tool_call>`` JSON
+    ``</tool_call>`` blocks (one, or several on their own lines when
+    ``parallel``), each JSON ``{"name": <a tool>, "arguments": <valid for its
+    parameters>}``. With ``lazy``, free text comes first and the grammar
+    only takes hold once the model writes ``<tool_call>``."""
+    from adyton.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+    if not isinstance(value, dict) or not isinstance(value.get("tools"), list) or not value["tools"]:
+        raise UnsupportedConstraint(
+            f"the tool_calls constraint from '{source}' needs a non-empty list of tools", param=source)
+    bodies = []
+    for i, tool in enumerate(value["tools"]):
+        name = tool.get("name") if isinstance(tool, dict) else None
+        params = tool.get("parameters", {"type": "object"}) if isinstance(tool, dict) else None
+        if not isinstance(name, str) or not name:
+            raise UnsupportedConstraint(f"tool {i} from '{source}' has no name", param=source)
+        where = f"{source} (tool '{name}')"
+        check_schema(params, where)
+        params = dict(params)
+        defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
+        call = {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+            **defs,  # the arguments' "#/$defs/..." references resolve at this root
+            "x-guidance": JSON_OPTIONS,
+        }
+        bodies.append(f"call_{i}: %json {json.dumps(_json_schema(call, declared_keys))}")
+    open_, close = json.dumps(TOOL_CALL_OPEN), json.dumps(TOOL_CALL_CLOSE)
+    body = " | ".join(f"call_{i}" for i in range(len(bodies)))
+    more = f' ("\\n" {open_} body)*' if value.get("parallel") else ""
+    if value.get("lazy"):
+        head = ["start: TEXT | head body" + more, f"head[lazy]: TEXT {open_}", "TEXT: /(.|\\n)*/"]
+    else:
+        head = [f"start: {open_} body" + more]
+    return "\n".join(["%llguidance {}", *head, f"body: ({body}) {close}", *bodies]) + "\n"
+
+
 def check_schema(schema: Any, source: str) -> None:
     """Metaschema check (the schema's own $schema, else draft 2020-12), a
     depth limit and no self-referring ``$ref``."""
@@ -205,19 +282,24 @@ def _what(constraint: Constraint) -> str:
         "regex": "regex",
         "grammar": "grammar",
         "choice": "choice list",
+        "tool_calls": "tool-call constraint",
     }[constraint.kind]
 
 
-def compile_grammar(constraint: Constraint) -> str:
+def compile_grammar(constraint: Constraint, declared_keys: bool = True) -> str:
     """The llguidance grammar for ``constraint`` (not yet checked against a
-    tokenizer). Raises UnsupportedConstraint."""
+    tokenizer). ``declared_keys``: objects take only their declared keys
+    unless the schema allows more (see ``declared_keys_only``). Raises
+    UnsupportedConstraint."""
     kind, value, source = constraint.kind, constraint.value, constraint.source
     try:
         if kind == "json_schema":
             check_schema(value, source)
             return llg.LLMatcher.grammar_from_json_schema(
-                _rewrite_schema_patterns(value), defaults=JSON_OPTIONS
+                _json_schema(value, declared_keys), defaults=JSON_OPTIONS
             )
+        if kind == "tool_calls":
+            return llg.LLMatcher.grammar_from_lark(tool_calls_lark(value, source, declared_keys))
         if kind == "json_object":
             if value not in (None, {}, ANY_OBJECT):
                 raise UnsupportedConstraint(
@@ -315,18 +397,18 @@ class Compiler:
                 cache.move_to_end(key)
             return value
 
-    def is_cached(self, constraint: Constraint, tok: GuidedTokenizer | None) -> bool:
-        key = content_hash(constraint)
+    def is_cached(self, constraint: Constraint, tok: GuidedTokenizer | None, declared_keys: bool = True) -> bool:
+        key = content_hash(constraint, declared_keys)
         if tok is None:
             return self._get(self._grammars, key) is not None
         return self._get(self._matchers, (tok.key, key)) is not None
 
-    def grammar(self, constraint: Constraint) -> str:
-        key = content_hash(constraint)
+    def grammar(self, constraint: Constraint, declared_keys: bool = True) -> str:
+        key = content_hash(constraint, declared_keys)
         hit = self._get(self._grammars, key)
         if hit is None:
             try:
-                hit = compile_grammar(constraint)
+                hit = compile_grammar(constraint, declared_keys)
                 validate(hit, constraint, None)
             except UnsupportedConstraint as exc:
                 hit = exc
@@ -335,13 +417,13 @@ class Compiler:
             raise _again(hit, constraint)
         return hit
 
-    def matcher(self, constraint: Constraint, tok: GuidedTokenizer) -> Compiled:
-        key = content_hash(constraint)
+    def matcher(self, constraint: Constraint, tok: GuidedTokenizer, declared_keys: bool = True) -> Compiled:
+        key = content_hash(constraint, declared_keys)
         hit = self._get(self._matchers, (tok.key, key))
         if hit is None:
             self.misses += 1
             try:
-                grammar = self.grammar(constraint)
+                grammar = self.grammar(constraint, declared_keys)
                 template = llg.LLMatcher(tok.lltok, grammar, log_level=0)
                 if template.is_error():
                     raise UnsupportedConstraint(

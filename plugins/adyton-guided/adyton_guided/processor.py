@@ -101,8 +101,12 @@ class GuidedProcessor(LogitsProcessor):
         repair: bool,
         repair_budget: int,
         prefetch: bool = True,
+        quiet: bool = False,
     ) -> None:
         self.constraint = constraint
+        #: a helper the request did not ask for (tool calls in "auto" mode):
+        #: no header, no report
+        self.quiet = quiet
         self.handles = (constraint,)
         self.compiled = compiled
         self.tok = tok
@@ -233,7 +237,7 @@ class GuidedProcessor(LogitsProcessor):
         return True
 
     def response_headers(self) -> dict[str, str]:
-        return {"x-adyton-guided": "enforced"}
+        return {} if self.quiet else {"x-adyton-guided": "enforced"}
 
     # -- after the choice -------------------------------------------------------------
 
@@ -249,7 +253,9 @@ class GuidedProcessor(LogitsProcessor):
             return False, "the output is incomplete"
         return True, None
 
-    def report(self, text: str, finish_reason: FinishReason) -> dict[str, Any]:
+    def report(self, text: str, finish_reason: FinishReason) -> dict[str, Any] | None:
+        if self.quiet:
+            return None
         self._settle()
         m = self._matcher
         complete = not m.is_error() and m.is_accepting()
