@@ -36,7 +36,9 @@ def tier(**over: int) -> dict[str, int]:
 def limits_app(home: Path, backend: ScriptedBackend, *, tiers: dict | None = None,
                limits: dict | None = None, settings: dict | None = None) -> Any:
     """The OpenAI and Axiom wire formats + adyton-limits + ``backend``."""
-    lim: dict[str, Any] = {"upgrade": {"enabled": False}, "tiers": tiers or {1: tier()}}
+    lim: dict[str, Any] = {"upgrade": {"enabled": False}}
+    if tiers is not None:  # else: the default tier table
+        lim["tiers"] = tiers
     lim.update(limits or {})
     merged: dict[str, Any] = {"home": str(home), "queue": {"max_waiting": 50, "max_wait_s": 60},
                               "limits": lim}

@@ -69,6 +69,12 @@ class LimitsPlugin:
         register(self.service(kernel).limiter)
 
     @hookimpl
+    def prepare_request(self, request, principal, kernel):
+        # the tier's per-request caps (n, max_tokens): refused or applied
+        # before the limiter reserves anything
+        self.service(kernel).limiter.apply_caps(request, principal)
+
+    @hookimpl
     def register_wire_formats(self, register, kernel):
         from .account import AccountApi
         from .http import AdminApi, SignupApi
@@ -111,6 +117,7 @@ _plugin = LimitsPlugin()
 register_settings = _plugin.register_settings
 register_authenticators = _plugin.register_authenticators
 register_limiters = _plugin.register_limiters
+prepare_request = _plugin.prepare_request
 register_wire_formats = _plugin.register_wire_formats
 register_commands = _plugin.register_commands
 startup = _plugin.startup

@@ -62,7 +62,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from adyton import Limiter, Principal, RateLimited, RequestCost, Reservation, ServiceUnavailable, Usage
+from adyton import (
+    GenerationRequest,
+    InvalidRequest,
+    Limiter,
+    Principal,
+    RateLimited,
+    RequestCost,
+    Reservation,
+    ServiceUnavailable,
+    Usage,
+)
 
 from .settings import LimitsSettings, TierLimits
 from .store import LedgerRow, utc_day
@@ -193,6 +203,31 @@ class AccountLimiter(Limiter):
             lower = [t for t in tiers if t <= tier]
             tier = max(lower) if lower else self.settings.default_tier
         return tier, tiers[tier]
+
+    def apply_caps(self, request: GenerationRequest, principal: Principal) -> None:
+        """The tier's per-request caps, before anything is reserved: ``n``
+        above ``max_n`` and an explicit ``max_tokens`` above
+        ``max_tokens_per_request`` are refused (400, naming the parameter);
+        a request that names no ``max_tokens``, or lets the server fit it to
+        the context (Axiom), is capped instead."""
+        if principal.anonymous:
+            return
+        tier, limits = self.tier_limits(principal)
+        if limits.max_n and request.n > limits.max_n:
+            raise InvalidRequest(
+                f"n is {request.n}; tier {tier} allows at most {limits.max_n} choices per request",
+                param="n", code="n_above_tier_limit")
+        cap = limits.max_tokens_per_request
+        if not cap:
+            return
+        if request.max_tokens is None or request.fit_context:
+            if request.max_tokens is None or request.max_tokens > cap:
+                request.max_tokens = cap
+                request.fit_context = True  # and less if the context has less room
+        elif request.max_tokens > cap:
+            raise InvalidRequest(
+                f"max_tokens is {request.max_tokens}; tier {tier} allows at most {cap} tokens per "
+                "choice: lower max_tokens", param="max_tokens", code="max_tokens_above_tier_limit")
 
     def _counters(self, account: str, limits: TierLimits, cost: RequestCost, now: float) -> list[Counter]:
         minute = int(now // MINUTE)

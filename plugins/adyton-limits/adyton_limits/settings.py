@@ -17,23 +17,34 @@ class TierLimits(BaseModel):
     requests_per_day: int = Field(..., ge=0)
     tokens_per_day: int = Field(..., ge=0)
     concurrent_requests: int = Field(..., ge=0)
+    #: per-request caps, checked before anything is reserved (0: no cap)
+    max_n: int = Field(0, ge=0, description="Most choices (n) one request may ask for.")
+    max_tokens_per_request: int = Field(
+        0, ge=0, description="Most completion tokens (max_tokens) one choice may ask for; a request that names "
+                             "none (or lets the server fit it) gets this cap.")
 
 
 def default_tiers() -> dict[int, TierLimits]:
-    # daily figures: Axione's published tier table; per-minute and
-    # concurrency figures: ours (a tier may burst ~1/10 of its day in a minute
-    # at the low end, less at the high end)
+    # daily figures: Axione's published tier table; per-minute, concurrency
+    # and per-request figures: ours (a tier may burst ~1/10 of its day in a
+    # minute at the low end, less at the high end; one tier-1 request holds
+    # the engine for at most 4 choices x 2048 tokens)
     return {
         1: TierLimits(requests_per_minute=60, tokens_per_minute=40_000,
-                      requests_per_day=1_000, tokens_per_day=250_000, concurrent_requests=4),
+                      requests_per_day=1_000, tokens_per_day=250_000, concurrent_requests=4,
+                      max_n=4, max_tokens_per_request=2_048),
         2: TierLimits(requests_per_minute=200, tokens_per_minute=160_000,
-                      requests_per_day=4_000, tokens_per_day=1_000_000, concurrent_requests=8),
+                      requests_per_day=4_000, tokens_per_day=1_000_000, concurrent_requests=8,
+                      max_n=8, max_tokens_per_request=4_096),
         3: TierLimits(requests_per_minute=1_000, tokens_per_minute=800_000,
-                      requests_per_day=40_000, tokens_per_day=10_000_000, concurrent_requests=16),
+                      requests_per_day=40_000, tokens_per_day=10_000_000, concurrent_requests=16,
+                      max_n=16, max_tokens_per_request=8_192),
         4: TierLimits(requests_per_minute=2_000, tokens_per_minute=1_600_000,
-                      requests_per_day=80_000, tokens_per_day=20_000_000, concurrent_requests=32),
+                      requests_per_day=80_000, tokens_per_day=20_000_000, concurrent_requests=32,
+                      max_n=16, max_tokens_per_request=16_384),
         5: TierLimits(requests_per_minute=3_000, tokens_per_minute=2_400_000,
-                      requests_per_day=120_000, tokens_per_day=30_000_000, concurrent_requests=64),
+                      requests_per_day=120_000, tokens_per_day=30_000_000, concurrent_requests=64,
+                      max_n=16, max_tokens_per_request=32_768),
     }
 
 
