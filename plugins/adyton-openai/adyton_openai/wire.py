@@ -26,7 +26,7 @@ from adyton import (
     read_json_body,
 )
 
-from . import convert, embeddings, render
+from . import convert, embeddings, render, responses
 from .schemas import (
     ChatCompletionOut,
     ChatCompletionRequest,
@@ -104,7 +104,7 @@ class OpenAIWire(WireFormat):
                         _documented(chat_completions, ChatCompletionRequest, ChatCompletionOut), methods=["POST"])
         bp.add_url_rule("/v1/completions", "completions",
                         _documented(completions, CompletionRequest, CompletionOut), methods=["POST"])
-        for rule, endpoint, view, body, ok, methods in embeddings.routes(self):
+        for rule, endpoint, view, body, ok, methods in (*embeddings.routes(self), *responses.routes(self)):
             bp.add_url_rule(rule, endpoint, _documented(view, body, ok), methods=methods)
         self._blueprint = bp
 

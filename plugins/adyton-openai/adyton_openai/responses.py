@@ -1,0 +1,475 @@
+"""POST /v1/responses (OpenAI's Responses API) over ``kernel.pipeline.submit``.
+
+A request becomes a kernel chat: ``instructions`` as a system message, then
+the turns of ``previous_response_id`` (if any), then ``input`` (a text: one
+user message; or items: messages with input_text/output_text parts,
+function_call and function_call_output items). ``text.format`` json_schema /
+json_object become kernel constraints (enforced by adyton-guided, refused
+with 400 where no plugin can). Same pipeline, limits and queue as chat.
+
+Streaming sends OpenAI's event sequence, each with a ``sequence_number``:
+``response.created``, ``response.in_progress``, ``response.output_item.added``,
+``response.content_part.added``, ``response.output_text.delta``...,
+``response.output_text.done``, ``response.content_part.done``,
+``response.output_item.done``, then ``response.completed`` (or
+``response.incomplete`` when ``max_output_tokens`` ran out, or ``error`` +
+``response.failed``).
+
+Stored responses (``store``, default true) are kept in memory, per wire
+format, bounded (least recently used out first), and readable only by the
+account that made them: another account's id is "not found", as is an
+evicted or unknown one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal
+
+from pydantic import BaseModel
+from quart import Response, jsonify
+
+from adyton import (
+    AdytonError,
+    BackendError,
+    ChatMessage,
+    ChoiceFinished,
+    Constraint,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    InvalidRequest,
+    NotFound,
+    TextDelta,
+    ToolCall,
+    Waiting,
+    current_kernel,
+)
+
+from . import convert, render
+from .schemas import ResponsesRequest
+
+log = logging.getLogger("adyton.openai.responses")
+
+#: stored responses kept per app (least recently used out first)
+MAX_STORED = 1024
+
+#: built-in OpenAI tools this server does not have
+_BUILTIN_TOOLS = ("web_search", "web_search_preview", "file_search", "computer_use_preview",
+                  "computer_use", "code_interpreter", "image_generation", "mcp", "local_shell",
+                  "custom", "shell", "apply_patch")
+
+#: accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
+_IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
+            "stream_options", "top_logprobs")
+
+#: ``include`` values that are honoured by having nothing to include (no reasoning here)
+_VACUOUS_INCLUDES = frozenset({"reasoning.encrypted_content"})
+
+
+class Unsupported(convert.Unsupported):
+    pass
+
+
+class ResponseOut(BaseModel):
+    """A response object; with ``stream: true``, server-sent events
+    (``response.created`` ... ``response.completed``)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
+# --------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Stored:
+    owner: str
+    #: the conversation so far, instructions excluded (they are not carried over)
+    history: list[ChatMessage]
+
+
+class ResponseStore:
+    """Responses kept for ``previous_response_id``: bounded, least recently
+    used out first, each readable by its owner only. One per app (the event
+    loop is its only user)."""
+
+    def __init__(self, capacity: int = MAX_STORED) -> None:
+        self.capacity = capacity
+        self._items: collections.OrderedDict[str, Stored] = collections.OrderedDict()
+
+    def put(self, response_id: str, stored: Stored) -> None:
+        self._items[response_id] = stored
+        self._items.move_to_end(response_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def get(self, response_id: str, owner: str) -> Stored:
+        stored = self._items.get(response_id)
+        if stored is None or stored.owner != owner:  # another account's: not found either
+            raise NotFound(f"Previous response with id '{response_id}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        self._items.move_to_end(response_id)
+        return stored
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --------------------------------------------------------------------------
+# request -> kernel
+# --------------------------------------------------------------------------
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"Invalid value for '{where}': expected a string or an array of content parts.",
+                             param=where, code="invalid_value")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"Missing required parameter: '{where}[{j}].text'.",
+                                     param=f"{where}[{j}].text", code="missing_required_parameter")
+            texts.append(text)
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise Unsupported(f"content parts of type {kind!r} are not supported: this server "
+                              "accepts text only", param=f"{where}[{j}].type")
+    return "\n".join(texts)
+
+
+def input_messages(value: str | list[dict[str, Any]] | None) -> list[ChatMessage]:
+    """``input`` as kernel chat turns (instructions not included)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [ChatMessage(role="user", content=value)]
+    out: list[ChatMessage] = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise InvalidRequest(f"Invalid value for '{where}.role': {role!r}.",
+                                     param=f"{where}.role", code="invalid_value")
+            out.append(ChatMessage(role=role, content=_text_of(item.get("content"), f"{where}.content")))
+        elif kind == "function_call":
+            call_id, name = item.get("call_id"), item.get("name")
+            arguments = item.get("arguments", "{}")
+            if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
+                raise InvalidRequest(f"'{where}' (function_call) needs string 'call_id', 'name' and "
+                                     "'arguments'", param=where, code="invalid_value")
+            call = ToolCall(id=call_id, name=name, arguments=arguments)
+            if out and out[-1].role == "assistant" and out[-1].tool_calls:
+                out[-1].tool_calls.append(call)  # parallel calls: one assistant turn
+            else:
+                out.append(ChatMessage(role="assistant", content="", tool_calls=[call]))
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str):
+                raise InvalidRequest(f"Missing required parameter: '{where}.call_id'.",
+                                     param=f"{where}.call_id", code="missing_required_parameter")
+            name = next((c.name for m in out for c in m.tool_calls if c.id == call_id), None)
+            out.append(ChatMessage(role="tool", content=_text_of(item.get("output", ""), f"{where}.output"),
+                                   tool_call_id=call_id, name=name))
+        else:
+            raise Unsupported(f"input items of type {kind!r} are not supported here (messages, "
+                              "function_call and function_call_output are)", param=f"{where}.type")
+    return out
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A Responses request, understood."""
+
+    body: ResponsesRequest
+    convert: convert.Parsed
+    #: the new turns (previous history + input), what a stored response keeps
+    turns: list[ChatMessage]
+    text_format: dict[str, Any]
+
+
+def _constraints(body: ResponsesRequest) -> tuple[list[Constraint], dict[str, Any]]:
+    fmt = body.text.format if body.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return [], {"type": "text"}
+    if fmt.type == "json_object":
+        return [Constraint(kind="json_object", source="text.format")], {"type": "json_object"}
+    if fmt.name is None:
+        raise InvalidRequest("Missing required parameter: 'text.format.name'.",
+                             param="text.format.name", code="missing_required_parameter")
+    if fmt.schema_ is None:
+        raise InvalidRequest("Missing required parameter: 'text.format.schema'.",
+                             param="text.format.schema", code="missing_required_parameter")
+    echo = {"type": "json_schema", "name": fmt.name, "schema": fmt.schema_, "strict": bool(fmt.strict),
+            "description": fmt.description}
+    return [Constraint(kind="json_schema", source="text.format", value=fmt.schema_,
+                       options={"name": fmt.name, "strict": bool(fmt.strict)})], echo
+
+
+def _refuse_unsupported(body: ResponsesRequest) -> None:
+    for j, tool in enumerate(body.tools or []):
+        kind = tool.get("type")
+        if kind in _BUILTIN_TOOLS or (isinstance(kind, str) and kind.startswith(_BUILTIN_TOOLS)):
+            raise Unsupported(f"the built-in tool {kind!r} is not available on this server "
+                              "(only function tools are)", param=f"tools[{j}].type")
+    if body.tools and any(t.get("type") == "function" for t in body.tools) and body.tool_choice != "none":
+        raise Unsupported("function tools are not supported on /v1/responses yet "
+                          "(send tool_choice: \"none\" to run the request without them)", param="tools")
+    if isinstance(body.tool_choice, dict) or body.tool_choice not in (None, "none", "auto", "required"):
+        raise Unsupported("this tool_choice is not supported here", param="tool_choice")
+    reasoning = body.reasoning or {}
+    if any(v is not None for v in reasoning.values()):
+        raise Unsupported("'reasoning' cannot be honoured: the models served here do not reason "
+                          "separately (leave it out)", param="reasoning")
+    extra = [x for x in (body.include or []) if x not in _VACUOUS_INCLUDES]
+    if extra:
+        raise Unsupported(f"'include' value {extra[0]!r} is not supported", param="include")
+    if body.background:
+        raise Unsupported("background responses are not supported", param="background")
+    if body.prompt is not None:
+        raise Unsupported("stored prompt templates ('prompt') are not supported", param="prompt")
+    if body.conversation is not None:
+        raise Unsupported("conversations are not supported: use previous_response_id", param="conversation")
+
+
+def parse(body: ResponsesRequest, history: list[ChatMessage]) -> Parsed:
+    _refuse_unsupported(body)
+    ignored = [name for name in _IGNORED if getattr(body, name) is not None]
+    if body.truncation == "auto":
+        ignored.append("truncation")  # a too-long conversation is a 400, never cut
+    if body.text is not None and body.text.verbosity is not None:
+        ignored.append("text.verbosity")
+    if body.tools is not None:
+        ignored.append("tools")  # only reachable with tool_choice "none" (or an empty list)
+    if body.tool_choice is not None:
+        ignored.append("tool_choice")
+    if body.parallel_tool_calls is not None:
+        ignored.append("parallel_tool_calls")
+    turns = [*history, *input_messages(body.input)]
+    if not turns:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input",
+                             code="missing_required_parameter")
+    messages = ([ChatMessage(role="system", content=body.instructions)] if body.instructions else []) + turns
+    constraints, text_format = _constraints(body)
+    kw: dict[str, Any] = {"messages": messages, "stream": bool(body.stream), "constraints": constraints}
+    if body.model:
+        kw["model"] = body.model
+    if body.max_output_tokens is not None:
+        kw["max_tokens"] = body.max_output_tokens
+    if body.temperature is not None:
+        kw["temperature"] = body.temperature
+    if body.top_p is not None:
+        if body.top_p == 0.0:
+            kw["temperature"] = 0.0
+        else:
+            kw["top_p"] = body.top_p
+    if body.seed is not None:
+        kw["seed"] = body.seed % (2**64)
+    if body.user is not None:
+        kw["user"] = body.user
+    request = convert._build(kw)
+    return Parsed(body=body, convert=convert.Parsed(request=request, ignored=ignored), turns=turns,
+                  text_format=text_format)
+
+
+# --------------------------------------------------------------------------
+# kernel -> response objects
+# --------------------------------------------------------------------------
+
+
+def _usage(generation: Generation) -> dict[str, Any]:
+    u = generation.usage
+    return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": u.total_tokens}
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(item_id: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+class Renderer:
+    """The response object of one request, in its successive states."""
+
+    def __init__(self, parsed: Parsed, generation: Generation, model: str) -> None:
+        self.parsed = parsed
+        self.generation = generation
+        self.id = f"resp_{generation.id}"
+        self.item_id = f"msg_{generation.id}"
+        self.model = model
+
+    def response(self, status: str, output: list[dict[str, Any]], *, usage: bool = False,
+                 incomplete: str | None = None, error: AdytonError | None = None) -> dict[str, Any]:
+        body = self.parsed.body
+        request = self.parsed.convert.request
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.generation.created,
+            "status": status,
+            "background": False,
+            "error": None if error is None else {"code": error.code or error.type, "message": error.message},
+            "incomplete_details": None if incomplete is None else {"reason": incomplete},
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
+            "previous_response_id": body.previous_response_id,
+            "reasoning": {"effort": None, "summary": None},
+            "store": body.store is not False,
+            "temperature": request.temperature,
+            "text": {"format": self.parsed.text_format},
+            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str) else "auto",
+            "tools": [],
+            "top_p": request.top_p,
+            "truncation": body.truncation or "disabled",
+            "usage": _usage(self.generation) if usage else None,
+            "user": body.user,
+            "metadata": body.metadata or {},
+        }
+
+    def final(self, text: str, finish: FinishReason) -> dict[str, Any]:
+        done = finish is FinishReason.STOP
+        output = [_message(self.item_id, "completed" if done else "incomplete", [_part(text)])]
+        return self.response("completed" if done else "incomplete", output, usage=True,
+                             incomplete=None if done else "max_output_tokens")
+
+
+def remember(store: ResponseStore, parsed: Parsed, generation: Generation, text: str) -> None:
+    if parsed.body.store is False:
+        return
+    history = [*parsed.turns, ChatMessage(role="assistant", content=text)]
+    store.put(f"resp_{generation.id}", Stored(owner=generation.principal.id, history=history))
+
+
+class Events:
+    """Server-sent events with increasing ``sequence_number``s."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def __call__(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) -> AsyncIterator[str]:
+    """Runs after the handler returned: no request or app context here."""
+    generation = renderer.generation
+    event = Events()
+    item = renderer.item_id
+    yield event("response.created", response=renderer.response("in_progress", []))
+    yield event("response.in_progress", response=renderer.response("in_progress", []))
+    yield event("response.output_item.added", output_index=0, item=_message(item, "in_progress", []))
+    yield event("response.content_part.added", item_id=item, output_index=0, content_index=0, part=_part(""))
+    texts: list[str] = []
+    finish = FinishReason.CANCELLED
+    events = generation.events()
+    try:
+        async for ev in events:
+            if type(ev) is TextDelta:
+                if ev.text:
+                    texts.append(ev.text)
+                    yield event("response.output_text.delta", item_id=item, output_index=0, content_index=0,
+                                delta=ev.text, logprobs=[])
+            elif type(ev) is ChoiceFinished:
+                finish = ev.finish_reason
+            elif type(ev) is Waiting and ping:
+                yield render.PING
+    except Exception as exc:  # noqa: BLE001 - the status line is long gone: tell the client in-band
+        error = exc if isinstance(exc, AdytonError) else BackendError(f"internal error: {type(exc).__name__}")
+        if not isinstance(exc, AdytonError):
+            log.exception("responses stream %s failed", generation.id)
+        yield event("error", code=error.code or error.type, message=error.message, param=error.param)
+        yield event("response.failed", response=renderer.response("failed", [], usage=True, error=error))
+        return
+    finally:
+        await events.aclose()
+        await generation.aclose()
+    text = "".join(texts)
+    final = renderer.final(text, finish)
+    message = final["output"][0]
+    yield event("response.output_text.done", item_id=item, output_index=0, content_index=0, text=text,
+                logprobs=[])
+    yield event("response.content_part.done", item_id=item, output_index=0, content_index=0, part=_part(text))
+    yield event("response.output_item.done", output_index=0, item=message)
+    remember(store, renderer.parsed, generation, text)
+    if finish is FinishReason.STOP:
+        yield event("response.completed", response=final)
+    else:
+        yield event("response.incomplete", response=final)
+
+
+# --------------------------------------------------------------------------
+# the route
+# --------------------------------------------------------------------------
+
+
+async def create(wire: Any, store: ResponseStore) -> Response:
+    from . import wire as wire_module
+
+    body, _ = await wire._body(ResponsesRequest)
+    credentials = wire_module.credentials_from_request(wire.name)
+    history: list[ChatMessage] = []
+    if body.previous_response_id is not None:
+        principal = await current_kernel().pipeline.authenticate(credentials)
+        history = list(store.get(body.previous_response_id, principal.id).history)
+    parsed = parse(body, history)
+    wire._check_ignored(parsed.convert)
+    generation = await wire._submitter(credentials)(parsed.convert)
+    headers = wire._headers(parsed.convert, generation)
+    renderer = Renderer(parsed, generation, wire._model_name(generation.model))
+    if parsed.convert.request.stream:
+        return wire._stream(stream_events(renderer, store, wire_module._settings().ping), headers)
+    result = await generation.result()
+    choice = result.choices[0]
+    final = renderer.final(choice.text, choice.finish_reason)
+    remember(store, parsed, generation, choice.text)
+    response = jsonify(final)
+    response.headers.update(headers)
+    return response
+
+
+def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]]:
+    """(rule, endpoint, view, documented body, documented response, methods)
+    for the wire format's blueprint; the store lives as long as the wire."""
+    store = ResponseStore()
+    wire.response_store = store
+
+    async def create_response() -> Response:
+        """Create a model response
+
+        OpenAI Responses API: text and structured (`text.format`) output,
+        `instructions`, `previous_response_id`; `stream: true` answers with
+        the response.* server-sent events."""
+        return await create(wire, store)
+
+    return [("/v1/responses", "responses", create_response, ResponsesRequest, ResponseOut, ["POST"])]
+
+
+__all__ = ["ResponseStore", "input_messages", "parse", "routes"]

@@ -1,0 +1,235 @@
+"""POST /v1/responses with the official SDK against a real hypercorn server and
+a scripted backend: the response object, the streaming event sequence as the
+SDK parses it, previous_response_id per account, and every refusal in the
+OpenAI error shape."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, hookimpl
+from adyton.testing import ScriptedBackend
+from openai_fixtures import sdk, serve  # noqa: F401 - fixtures
+
+STREAM_SEQUENCE = [
+    "response.created", "response.in_progress", "response.output_item.added",
+    "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+    "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+    "response.content_part.done", "response.output_item.done", "response.completed",
+]
+
+
+class Ledger(Limiter):
+    name = "ledger"
+
+    def __init__(self):
+        self.settled = []
+
+    async def reserve(self, principal, cost):
+        return Reservation(principal, cost)
+
+    async def settle(self, reservation, usage, outcome):
+        self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
+
+
+class Keys(Authenticator):
+    name = "keys"
+
+    async def authenticate(self, credentials):
+        if credentials.secret in ("sk-a", "sk-b"):
+            return Principal(id=credentials.secret)
+        raise Unauthorized("unknown API key")
+
+
+class Accounts:
+    __name__ = "accounts"
+
+    def __init__(self):
+        self.ledger = Ledger()
+
+    @hookimpl
+    def register_authenticators(self, register, kernel):
+        register(Keys())
+
+    @hookimpl
+    def register_limiters(self, register, kernel):
+        register(self.ledger)
+
+
+@pytest.fixture
+def accounts():
+    return Accounts()
+
+
+@pytest.fixture
+def backend():
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def server(serve, accounts, backend):
+    return serve(backend, plugins=[accounts])
+
+
+def test_create_plain(server, sdk, accounts, backend):
+    client = sdk(server, api_key="sk-a")
+    r = client.responses.create(model="scripted-model", input="hi there", instructions="Be brief.")
+    assert r.object == "response" and r.id.startswith("resp_") and r.status == "completed"
+    assert r.model == "scripted-model" and r.instructions == "Be brief."
+    assert r.output_text == "Hello, world!"
+    (message,) = r.output
+    assert message.type == "message" and message.role == "assistant" and message.status == "completed"
+    assert message.content[0].type == "output_text" and message.content[0].annotations == []
+    assert r.usage.output_tokens == 4 and r.usage.total_tokens == r.usage.input_tokens + 4
+    assert backend.prompts[-1] == "<system>Be brief.\n<user>hi there\n<assistant>"
+    assert accounts.ledger.settled == [("sk-a", r.usage.input_tokens, 4, "ok")]
+
+
+def test_max_output_tokens_is_incomplete(server, sdk):
+    r = sdk(server, api_key="sk-a").responses.create(model="scripted-model", input="hi", max_output_tokens=2)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == "Hello," and r.usage.output_tokens == 2
+
+
+def test_stream_event_sequence(server, sdk):
+    client = sdk(server, api_key="sk-a")
+    events = list(client.responses.create(model="scripted-model", input="hi", stream=True))
+    assert [e.type for e in events] == STREAM_SEQUENCE
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == "Hello, world!"
+    done = events[-1].response
+    assert done.status == "completed" and done.output_text == "Hello, world!"
+    assert done.usage.output_tokens == 4
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    item_ids = {e.item_id for e in events if hasattr(e, "item_id")}
+    assert item_ids == {done.output[0].id}
+    # the SDK's own stream helper assembles the same response
+    with client.responses.stream(model="scripted-model", input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Hello, world!"
+
+
+def test_stream_incomplete(server, sdk):
+    events = list(sdk(server, api_key="sk-a").responses.create(
+        model="scripted-model", input="hi", stream=True, max_output_tokens=1))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_input_items_and_previous_response(server, sdk, backend):
+    a = sdk(server, api_key="sk-a")
+    first = a.responses.create(model="scripted-model", input=[
+        {"role": "developer", "content": "Answer in English."},
+        {"role": "user", "content": [{"type": "input_text", "text": "first question"}]},
+    ])
+    second = a.responses.create(model="scripted-model", input="second question",
+                                previous_response_id=first.id, instructions="New rules.")
+    assert second.previous_response_id == first.id
+    assert backend.prompts[-1] == ("<system>New rules.\n<developer>Answer in English.\n<user>first question\n"
+                                   "<assistant>Hello, world!\n<user>second question\n<assistant>")
+    # a chain keeps growing
+    third = a.responses.create(model="scripted-model", input="third", previous_response_id=second.id)
+    assert backend.prompts[-1].count("<assistant>Hello, world!") == 2 and third.status == "completed"
+    # another account cannot continue it: not found, like an unknown id
+    b = sdk(server, api_key="sk-b")
+    with pytest.raises(openai.NotFoundError) as err:
+        b.responses.create(model="scripted-model", input="x", previous_response_id=first.id)
+    assert err.value.body["code"] == "previous_response_not_found"
+    assert err.value.body["param"] == "previous_response_id"
+    with pytest.raises(openai.NotFoundError):
+        a.responses.create(model="scripted-model", input="x", previous_response_id="resp_nope")
+    # store: false is not kept
+    unstored = a.responses.create(model="scripted-model", input="x", store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.NotFoundError):
+        a.responses.create(model="scripted-model", input="x", previous_response_id=unstored.id)
+
+
+def test_streamed_response_is_stored_too(server, sdk, backend):
+    a = sdk(server, api_key="sk-a")
+    events = list(a.responses.create(model="scripted-model", input="q1", stream=True))
+    a.responses.create(model="scripted-model", input="q2", previous_response_id=events[-1].response.id)
+    assert "<user>q1\n<assistant>Hello, world!\n<user>q2" in backend.prompts[-1]
+
+
+def test_function_call_items_become_turns(server, backend):
+    body = {"model": "scripted-model", "input": [
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]}
+    r = httpx.post(server.base_url + "/v1/responses", json=body, headers={"Authorization": "Bearer sk-a"})
+    assert r.status_code == 200, r.text
+    assert "<tool>sunny" in backend.prompts[-1]
+
+
+def test_store_is_bounded(server, sdk):
+    from adyton_openai.responses import ResponseStore, Stored
+
+    store = ResponseStore(capacity=2)
+    for i in range(3):
+        store.put(f"r{i}", Stored(owner="a", history=[]))
+    assert len(store) == 2
+    with pytest.raises(Exception):
+        store.get("r0", "a")
+    store.get("r1", "a")  # r1 is now the most recent
+    store.put("r3", Stored(owner="a", history=[]))
+    store.get("r1", "a")
+    with pytest.raises(Exception):
+        store.get("r2", "a")
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"input": "x", "tools": [{"type": "web_search_preview"}]}, 400, "tools[0].type", "unsupported_parameter"),
+    ({"input": "x", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, 400, "tools[0].type",
+     "unsupported_parameter"),
+    ({"input": "x", "reasoning": {"effort": "high"}}, 400, "reasoning", "unsupported_parameter"),
+    ({"input": "x", "background": True}, 400, "background", "unsupported_parameter"),
+    ({"input": "x", "include": ["file_search_call.results"]}, 400, "include", "unsupported_parameter"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, 400,
+     "input[0].content[0].type", "unsupported_parameter"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, 400, "input[0].type", "unsupported_parameter"),
+    ({"input": [{"role": "wizard", "content": "x"}]}, 400, "input[0].role", "invalid_value"),
+    ({}, 400, "input", "missing_required_parameter"),
+    ({"input": 5}, 400, "input", "invalid_value"),
+    ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens", "invalid_value"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}}, 400, "text.format.schema",
+     "missing_required_parameter"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}},
+     400, "text.format", "unsupported_constraint"),
+    ({"input": "x", "bogus": 1}, 400, "bogus", "unknown_parameter"),
+    ({"input": "x", "model": "nope"}, 404, "model", "model_not_found"),
+])
+def test_refusals_are_openai_errors(server, accounts, body, status, param, code):
+    r = httpx.post(server.base_url + "/v1/responses", json={"model": "scripted-model", **body},
+                   headers={"Authorization": "Bearer sk-a"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["code"] == code and error["message"], error
+    assert accounts.ledger.settled == []  # refused before anything was counted
+
+
+def test_bad_key_is_401(server):
+    r = httpx.post(server.base_url + "/v1/responses", json={"input": "x"},
+                   headers={"Authorization": "Bearer sk-nope"})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_backend_failure_mid_stream_is_an_error_event(serve, sdk):
+    class Failing(ScriptedBackend):
+        def generate(self, prompt, step, max_tokens, cancelled):
+            yield from list(super().generate(prompt, step, 2, cancelled))[:1]
+            raise RuntimeError("engine fell over")
+
+    server = serve(Failing())
+    raw = httpx.post(server.base_url + "/v1/responses", json={"input": "x", "stream": True}, timeout=30)
+    events = [json.loads(line[6:]) for line in raw.text.splitlines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-2:] == ["error", "response.failed"], kinds
+    assert "engine fell over" in events[-1]["response"]["error"]["message"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
