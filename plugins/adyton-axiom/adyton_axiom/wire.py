@@ -96,6 +96,9 @@ class AxiomWireFormat(WireFormat):
                 # long chat lowers the cap to fit instead of failing
                 max_tokens=settings.max_tokens if settings else None,
                 fit_context=True,
+                # Axiom clients cannot shape the output: the operator's budget and loop stop apply
+                time_budget_s=settings.time_budget_s if settings else 45.0,
+                stop_repetition=settings.stop_repetition if settings else 4,
                 extra=chat.extra,
             )
         except Exception as exc:  # noqa: BLE001 - pydantic: never a 500 for input

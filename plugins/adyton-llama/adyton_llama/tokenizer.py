@@ -130,6 +130,10 @@ def _parse_byte_token(text: str) -> int | None:
     return None
 
 
+#: fragments this long are encoded without holding the GIL
+_GIL_FREE_CHARS = 16_384
+
+
 class GGUFTokenizer:
     """Tokenizer built from a GGUF's metadata (``tokenizer.ggml.*``)."""
 
@@ -351,8 +355,13 @@ class GGUFTokenizer:
         for frag in self._partition(text, parse_special):
             if isinstance(frag, int):
                 ids.append(frag)
-            else:
+            elif len(frag) < _GIL_FREE_CHARS:
                 ids.extend(hf.encode(frag, add_special_tokens=False).ids)
+            else:
+                # encode_batch lets go of the GIL while it works (encode does
+                # not): the server keeps answering while a huge prompt is
+                # tokenized on a worker thread
+                ids.extend(hf.encode_batch([frag], add_special_tokens=False)[0].ids)
         return ids
 
     def decode_bytes(self, ids: Iterable[int], skip_special: bool = True) -> bytes:

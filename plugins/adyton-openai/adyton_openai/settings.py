@@ -28,6 +28,17 @@ class OpenAISettings(BaseModel):
         True,
         description="Streaming: send ': ping' SSE comments while a request waits or reads a long prompt.",
     )
+    time_budget_s: float | None = Field(
+        None, gt=0,
+        description="Seconds a request may take from admission to its last token; then each choice "
+        'ends with finish_reason "length" and the text so far. None: no budget (max_tokens only).',
+    )
+    stop_repetition: int | None = Field(
+        None, ge=2,
+        description="End a choice (finish_reason \"length\") whose output ends in one n-gram repeated "
+        "this many times (a degenerate loop), when the request sets no stop strings, penalties, "
+        "logit_bias or constraints. None: off.",
+    )
     extra_params: list[str] = Field(
         default_factory=list,
         description="Extra top-level request fields passed to plugins (GenerationRequest.extra) "

@@ -198,6 +198,16 @@ class OpenAIWire(WireFormat):
             headers["x-adyton-ignored-params"] = ", ".join(parsed.ignored)
         return headers
 
+    @staticmethod
+    def _server_limits(parsed: convert.Parsed) -> None:
+        """The operator's time budget and repetition stop (``[openai]``)."""
+        settings = _settings()
+        request = parsed.request
+        if request.time_budget_s is None:
+            request.time_budget_s = settings.time_budget_s
+        if settings.stop_repetition and not request.shapes_output():
+            request.stop_repetition = settings.stop_repetition
+
     def _check_ignored(self, parsed: convert.Parsed) -> None:
         if parsed.ignored and _settings().strict:
             raise convert.Unsupported(
@@ -225,6 +235,7 @@ class OpenAIWire(WireFormat):
         body, extension = await self._body(ChatCompletionRequest)
         parsed = convert.chat_request(body, extension)
         self._check_ignored(parsed)
+        self._server_limits(parsed)
         generation = await self._submit(parsed)
         headers = self._headers(parsed, generation)
         if parsed.request.stream:
@@ -299,6 +310,8 @@ class OpenAIWire(WireFormat):
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         parsed = [convert.completion_request(body, p, extension) for p in prompts]
         self._check_ignored(parsed[0])
+        for item in parsed:
+            self._server_limits(item)
         first = await self._submit(parsed[0])
         headers = self._headers(parsed[0], first)
         if parsed[0].request.stream:
