@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -402,6 +403,9 @@ def create_app(
     app = Quart("adyton")
     app.config["MAX_CONTENT_LENGTH"] = resolved.server.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
+    # "//v1/models" is no route: a JSON 404 in the surface's shape, not
+    # werkzeug's HTML 308 redirect to the merged path
+    app.url_map.merge_slashes = False
     app.extensions["adyton"] = kernel
     kernel.app = app
 
@@ -455,7 +459,7 @@ def _mount(app: Quart, wire: WireFormat) -> None:
 
 
 def _render_for_path(kernel: Kernel, error: AdytonError) -> Response:
-    path = request.path if request else "/"
+    path = re.sub("/{2,}", "/", request.path) if request else "/"
     best: WireFormat | None = None
     best_len = -1
     for wire in kernel.wire_formats.values():
