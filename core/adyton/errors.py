@@ -142,6 +142,25 @@ class BackendError(AdytonError):
     code = "backend_error"
 
 
+class BadGateway(AdytonError):
+    """502: a remote engine (an upstream of a self-sampling backend) answered
+    with garbage, cut its stream, or produced output that failed
+    verification. The message names the model."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class GatewayTimeout(AdytonError):
+    """504: a remote engine did not answer in time. The message names the
+    model."""
+
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"
+
+
 def json_type_name(value: Any) -> str:
     """Name a parsed JSON value's type for an error message, as a wire format
     says what it got: ``"null"``, ``"a boolean"``, ``"a number"``, ``"a
@@ -175,8 +194,10 @@ class SettingsError(Exception):
 __all__ = [
     "AdytonError",
     "BackendError",
+    "BadGateway",
     "ContextTooLong",
     "Forbidden",
+    "GatewayTimeout",
     "InvalidRequest",
     "ModelNotFound",
     "NotFound",

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 import numpy as np
 import pluggy
 
+from .errors import UnsupportedConstraint
+
 from .types import (
     Constraint,
     Credentials,
@@ -103,8 +105,29 @@ class Backend(ABC):
     name: str = ""
     #: how many requests may run on this backend at once (its queue's slots)
     max_concurrency: int = 1
-    #: False for engines that cannot hand logits to the kernel (remote APIs):
-    #: the kernel then refuses constraints and logprobs for their models
+    #: False for engines that sample themselves and cannot hand logits to the
+    #: kernel (remote OpenAI-compatible engines): a *self-sampling* backend.
+    #: For such a backend the kernel
+    #:
+    #: * asks ``check_sampling`` at admission instead of building a sampler
+    #:   chain (no ``logits_processors`` hooks run): every feature that needs
+    #:   logits is either mapped to the engine's own parameter or refused
+    #:   there with a 400 naming the model — never silently dropped;
+    #: * passes a ``SamplingParams`` (the request and this choice's seed) as
+    #:   ``step`` to ``generate``;
+    #: * takes logprobs from ``TokenPiece.logprobs`` and the real usage from
+    #:   ``TokenPiece.usage`` (else it counts pieces, and charges the prompt
+    #:   only once a choice produced a piece: a request that failed before
+    #:   its first token costs nothing);
+    #: * reports the request started (streaming headers) only at its first
+    #:   piece, so an error before it — every replica down (503 +
+    #:   Retry-After), ``BadGateway`` (502), ``GatewayTimeout`` (504), a
+    #:   ``RateLimited`` passed on — keeps its own HTTP status.
+    #:
+    #: A self-sampling backend that accepts a constraint must **verify** the
+    #: output against it before yielding any of it (buffer, then check) and
+    #: raise ``BadGateway`` if it fails: guided output is fail-closed whoever
+    #: produced it.
     exposes_logits: bool = True
 
     @abstractmethod
@@ -130,6 +153,23 @@ class Backend(ABC):
         surrogates). The kernel checks prompt + max_tokens against
         ``PreparedPrompt.context_length``."""
 
+    def check_sampling(self, request: GenerationRequest, model: ModelInfo) -> None:
+        """Self-sampling backends only (``exposes_logits = False``): refuse,
+        at admission, any feature of ``request`` that needs logits and that
+        the engine cannot do itself — raise ``UnsupportedConstraint`` (for
+        ``constraints``) or ``InvalidRequest`` (``logprobs``, ``logit_bias``,
+        a sampling parameter the engine lacks), naming ``model``. What it
+        does not refuse, ``generate`` must honour (see ``exposes_logits``).
+        The default refuses constraints, logprobs and logit_bias. Quick; on
+        the event loop."""
+        what = ("constraints" if request.constraints else "logprobs" if request.logprobs is not None
+                else "logit_bias" if request.logit_bias else None)
+        if what is not None:
+            raise UnsupportedConstraint(
+                f"model '{model.id}' runs on backend '{self.name}', which cannot enforce {what}",
+                param="logit_bias" if what == "logit_bias" else None,
+            )
+
     def vocabulary(self, model: ModelInfo) -> Vocabulary | None:
         """The tokenizer's vocabulary and encoder, for logits processors.
         None if the backend cannot tell (constraints are then refused)."""
@@ -146,7 +186,10 @@ class Backend(ABC):
         """Generate after ``prompt`` (the loaded model is ``prompt.model``).
 
         For each token: run the model, call ``step(logits)`` to get the token
-        id, yield a ``TokenPiece`` with the newly complete text. Yield a
+        id, yield a ``TokenPiece`` with the newly complete text. (A
+        self-sampling backend gets a ``SamplingParams`` as ``step`` instead,
+        samples with its parameters itself and yields a piece per text delta
+        of its engine; see ``exposes_logits``.) Yield a
         piece with ``finish_reason=STOP`` (and ``text=""``) for end of
         sequence, or ``LENGTH`` after ``max_tokens`` pieces. Check
         ``cancelled`` before every forward pass and return when it is set.

@@ -55,6 +55,7 @@ from .types import (
     Principal,
     RequestCost,
     Reservation,
+    SamplingParams,
     Started,
     TextDelta,
     TokenLogprob,
@@ -327,12 +328,11 @@ class Pipeline:
         self, request: GenerationRequest, backend: Backend, prepared: PreparedPrompt
     ) -> tuple[list[LogitsProcessor], Sampler, Vocabulary | None]:
         kernel = self.kernel
-        if not backend.exposes_logits and (request.constraints or request.logprobs is not None):
-            what = "constraints" if request.constraints else "logprobs"
-            raise UnsupportedConstraint(
-                f"model '{prepared.model.id}' runs on backend '{backend.name}', which cannot "
-                f"enforce {what}"
-            )
+        if not backend.exposes_logits:
+            # a self-sampling backend maps what needs logits to its engine's own
+            # parameters, or refuses it here (400 naming the model)
+            backend.check_sampling(request, prepared.model)
+            return [], kernel.pm.hook.sampler(request=request, kernel=kernel), None
         hook = kernel.pm.hook.logits_processors
         has_processors = bool(hook.get_hookimpls())
         # the vocabulary serves processors, and logprobs' token texts
@@ -551,7 +551,9 @@ class Generation:
         self.id = uuid.uuid4().hex
         self.created = int(time.time())
         self.model = prepared.model.id
-        self.usage = Usage(prompt_tokens=prepared.n_tokens)
+        #: a self-sampling backend's prompt counts once its engine answers
+        self.usage = Usage(prompt_tokens=prepared.n_tokens if backend.exposes_logits else 0)
+        self._started_sent = False
         self.finish_reasons: dict[int, FinishReason] = {}
         #: monotonic time when ``request.time_budget_s`` is spent (None: no budget)
         self.deadline = None if request.time_budget_s is None else time.monotonic() + request.time_budget_s
@@ -617,14 +619,19 @@ class Generation:
     def _engine_work(self) -> None:
         """Engine thread: load the model if needed, then run every choice."""
         self.kernel.models.load_blocking(self.backend, self.prepared.model.id)
-        emit = self._events.put_threadsafe
-        emit(Started(self.model))
+        if self.backend.exposes_logits:  # (a self-sampling one starts at its first piece)
+            self._started()
         started = time.monotonic()
         for index in range(self.request.n):
             if self._cancelled.is_set():
                 return
             seed = None if self.request.seed is None else self.request.seed + index
             self._run_choice(index, seed, started)
+
+    def _started(self) -> None:
+        if not self._started_sent:
+            self._started_sent = True
+            self._events.put_threadsafe(Started(self.model))
 
     def _run_choice(self, index: int, seed: int | None, started: float) -> None:
         """Engine thread: one choice, token by token, with stop strings and
@@ -644,7 +651,10 @@ class Generation:
         first_token_at = 0.0
         guard = RepetitionGuard(self.request.stop_repetition) if self.request.stop_repetition else None
         deadline = self.deadline
-        pieces = self.backend.generate(self.prepared, chain, hard_limit, cancelled)
+        self_sampling = not self.backend.exposes_logits
+        engine_usage: Usage | None = None
+        step = SamplingParams(self.request, seed, index) if self_sampling else chain
+        pieces = self.backend.generate(self.prepared, step, hard_limit, cancelled)
         try:
             for piece in pieces:
                 if cancelled.is_set():
@@ -652,6 +662,12 @@ class Generation:
                     break
                 if not first_token_at:
                     first_token_at = time.monotonic()
+                    self._started()
+                if self_sampling:
+                    if piece.usage is not None:
+                        engine_usage = piece.usage
+                    if want_logprobs and piece.logprobs:
+                        pending_logprobs.extend(piece.logprobs)
                 if piece.finish_reason is FinishReason.STOP and not piece.text:
                     finish = FinishReason.STOP  # end of sequence: not a visible token
                     break
@@ -684,7 +700,13 @@ class Generation:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
-            self.usage.completion_tokens += count
+            if engine_usage is not None:  # the engine's own count (self-sampling backends)
+                self.usage.prompt_tokens = max(self.usage.prompt_tokens, engine_usage.prompt_tokens)
+                self.usage.completion_tokens += engine_usage.completion_tokens
+            else:
+                if count and self_sampling:
+                    self.usage.prompt_tokens = max(self.usage.prompt_tokens, self.prepared.n_tokens)
+                self.usage.completion_tokens += count
         if finish is None:
             if cancelled.is_set():
                 finish = FinishReason.CANCELLED
@@ -705,6 +727,7 @@ class Generation:
             if report is not None:
                 reports[processor.name] = report
         self.finish_reasons[index] = finish
+        self._started()
         emit(ChoiceFinished(index, finish, count, reports))
 
     # -- consuming --------------------------------------------------------------

@@ -377,6 +377,35 @@ class TokenPiece:
     token_id: int
     text: str
     finish_reason: FinishReason | None = None
+    #: self-sampling backends only (``Backend.exposes_logits = False``): the
+    #: logprobs the engine computed for the tokens behind this piece (when the
+    #: request asked for ``logprobs``)
+    logprobs: list["TokenLogprob"] | None = None
+    #: self-sampling backends only: the engine's own count for this choice
+    #: (its prompt and completion tokens), usually on the last piece. The
+    #: kernel then settles with it instead of its own count of pieces and the
+    #: backend's prompt estimate
+    usage: "Usage | None" = None
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """What a self-sampling backend (``Backend.exposes_logits = False``)
+    receives as ``step`` in ``Backend.generate``, once per choice: the
+    admitted request (after ``prepare_request`` hooks and
+    ``Backend.check_sampling``) and this choice's seed. Such a backend
+    samples itself with the request's parameters (temperature, top_p,
+    stop, logit_bias, logprobs, constraints ...); calling it like a step
+    function is a bug and raises ``TypeError``."""
+
+    request: GenerationRequest
+    #: choice ``index``'s seed: ``request.seed + index`` (None: unseeded)
+    seed: int | None = None
+    index: int = 0
+
+    def __call__(self, logits: Any) -> int:
+        raise TypeError("a self-sampling backend (exposes_logits = False) has no logits to hand: "
+                        "read the request from SamplingParams instead of calling it")
 
 
 @dataclass(slots=True)
@@ -514,6 +543,7 @@ __all__ = [
     "Principal",
     "RequestCost",
     "Reservation",
+    "SamplingParams",
     "Started",
     "TextDelta",
     "TokenLogprob",
