@@ -161,6 +161,17 @@ async def test_streaming_starts_at_the_first_piece(make_app):
     assert lines[-1] == {"usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}}
 
 
+async def test_the_kernel_reads_on_to_the_engine_count_past_max_tokens_pieces(make_app):
+    # pieces are not tokens: with max_tokens=2 the engine's two pieces are
+    # followed by its finish piece carrying the real count, which must be read
+    engine, limiter = EchoEngine(script=("Hel", "lo")), Recorder()
+    app = make_app(engine, plugins=[LimiterPlugin(limiter)])
+    status, _, text = await _post(app, {"prompt": "hi", "max_tokens": 2})
+    assert status == 200, text
+    assert json.loads(text)["usage"]["prompt_tokens"] == 7
+    assert limiter.settled == [(Usage(prompt_tokens=7, completion_tokens=4), "ok")]
+
+
 def test_sampling_params_is_not_a_step_function():
     from adyton import GenerationRequest
 

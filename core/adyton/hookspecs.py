@@ -119,6 +119,9 @@ class Backend(ABC):
     #:   ``TokenPiece.usage`` (else it counts pieces, and charges the prompt
     #:   only once a choice produced a piece: a request that failed before
     #:   its first token costs nothing);
+    #: * does not cut a choice after ``max_tokens`` pieces (its pieces need
+    #:   not be single tokens): ``generate`` passes ``max_tokens`` on to its
+    #:   engine and stops reading after that many pieces at most;
     #: * reports the request started (streaming headers) only at its first
     #:   piece, so an error before it — every replica down (503 +
     #:   Retry-After), ``BadGateway`` (502), ``GatewayTimeout`` (504), a

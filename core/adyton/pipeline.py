@@ -685,7 +685,9 @@ class Generation:
                 if piece.finish_reason is not None:
                     finish = piece.finish_reason
                     break
-                if count >= soft_limit and (count >= hard_limit or chain.is_complete()):
+                # (a self-sampling engine's pieces are not tokens: it stops at
+                # max_tokens itself and reports its real count on the last piece)
+                if count >= soft_limit and not self_sampling and (count >= hard_limit or chain.is_complete()):
                     finish = FinishReason.LENGTH
                     break
                 if guard is not None and guard.feed(piece.token_id):
