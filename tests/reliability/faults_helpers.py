@@ -140,3 +140,35 @@ def redis_server() -> Iterator[RedisServer]:
 def serving(app: Any) -> Iterator[ServerThread]:
     with ServerThread(app) as server:
         yield server
+
+
+SERVE = Path(__file__).with_name("faults_serve.py")
+
+
+def start_server(port: int, settings: dict, delay_s: float = 0.002) -> subprocess.Popen:
+    """``faults_serve.py`` in its own process, answering /health."""
+    import os
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, str(SERVE), str(port), json.dumps(settings), str(delay_s)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("the server did not start")
+
+
+def live_slots(redis: RedisServer, key: str) -> int:
+    """In-flight slot entries of ``key`` whose lease has not run out (Redis's clock)."""
+    secs, micros = redis.command("TIME")
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    return int(redis.command("ZCOUNT", key, f"({now_ms}", "+inf"))

@@ -12,7 +12,8 @@ Lua script on Redis, a locked add in memory — with the window in the key:
   minute windows aligned to the clock's whole minutes;
 * ``<prefix>/<account>/rpd/<YYYY-MM-DD>`` and ``.../tpd/<YYYY-MM-DD>``:
   day windows aligned to 00:00 UTC;
-* ``<prefix>/<account>/conc``: requests in flight (a gauge).
+* ``<prefix>/<account>/slots``: requests in flight, one *slot* per request
+  (below).
 
 Why not ``FixedWindowRateLimiter.hit``/``MovingWindowRateLimiter``: their
 windows start at the first hit (not at 00:00 UTC), their keys contain the
@@ -44,13 +45,29 @@ slot, and writes a ledger row. A request refused later in the path
 A refund that lands after its minute window expired creates a short-lived
 negative counter in a key no one reads again: harmless.
 
-The in-flight gauge has an expiry (``concurrency_ttl_s``) so that slots held
-by a server killed mid-request free themselves; decrements clamp at zero.
-If the storage fails a slot's release, it is retried in the background
-(backing off to every 30 s): otherwise a Redis blip would hold the slot
-until the gauge expires. A failed request or token refund is logged and not
-retried — a retry after a reply that got lost would hand out used quota —
-so the account stays charged for it until its window ends (conservative).
+In-flight slots (leases)
+------------------------
+Requests in flight are not a bare counter but one entry per request, keyed
+by the request (``<server id>:<reservation id>``), in a sorted set per
+account scored by the entry's lease expiry (on Redis: a Lua script using
+Redis's own clock; in memory: a dict). Taking a slot drops expired entries,
+counts the rest and adds ours only if it fits — atomically, so admission
+stays exact. Every running server renews the leases of the slots it holds
+every ``slot_lease_s / 3`` seconds. So:
+
+* releasing is idempotent (remove *this* request's entry): a release that
+  failed is simply retried, and one too many changes nothing;
+* a slot whose acquisition reached Redis after its request was already
+  refused (Redis paused, then resumed: the queued command lands late) is
+  removed by a background release, or at the latest expires after
+  ``slot_lease_s``, because no server renews it;
+* slots of a server killed with ``kill -9`` expire ``slot_lease_s`` after its
+  last renewal: a restarted (or any other) server has the account's full
+  concurrency back within that time, not after an hour.
+
+A failed request or token refund is logged and not retried — a retry after
+a reply that got lost would hand out used quota — so the account stays
+charged for it until its window ends (conservative).
 """
 
 from __future__ import annotations
@@ -58,6 +75,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -97,13 +116,15 @@ class Counters:
     """
 
     def __init__(self, uri: str, prefix: str = "adyton", *, max_connections: int = 50,
-                 pool_timeout_s: float = 10.0) -> None:
+                 pool_timeout_s: float = 10.0, timeout_s: float = 5.0) -> None:
         from limits.aio.storage import MemoryStorage
         from limits.storage import storage_from_string
 
         self.uri = uri
         self.prefix = prefix
         self._pool = None
+        self._client: Any = None
+        self._slots: dict[str, dict[str, float]] = {}  #: memory: key -> member -> lease end
         scheme = uri.split(":", 1)[0].lower()
         if scheme in ("memory", "async+memory"):
             self.storage = MemoryStorage()
@@ -113,11 +134,19 @@ class Counters:
 
             bare = uri.removeprefix("async+")  # limits wants "async+redis://", redis-py "redis://"
             redis_url = "unix:" + bare.removeprefix("redis+unix:") if bare.startswith("redis+unix:") else bare
+            # socket_timeout: a paused or unreachable Redis is a 503 after
+            # timeout_s, not a request hanging until Redis answers again
             pool = BlockingConnectionPool.from_url(redis_url, max_connections=max_connections,
-                                                   timeout=pool_timeout_s)
+                                                   timeout=pool_timeout_s, socket_timeout=timeout_s,
+                                                   socket_connect_timeout=timeout_s)
             self.storage = storage_from_string("async+" + bare, implementation="redispy",
                                                key_prefix=prefix, connection_pool=pool)
             self._pool = pool
+            from redis.asyncio import Redis
+
+            self._client = Redis(connection_pool=pool)
+            self._acquire = self._client.register_script(_ACQUIRE)
+            self._renew = self._client.register_script(_RENEW)
             self.shared = True
         else:
             raise ValueError(f"limits.storage_uri: unsupported scheme in {uri!r} (use memory:// or redis://host:port)")
@@ -138,9 +167,90 @@ class Counters:
     async def get(self, key: str) -> int:
         return int(await self.storage.get(f"{self.prefix}/{key}"))
 
+    # -- in-flight slots: one leased entry per request ---------------------------
+
+    async def slot_acquire(self, key: str, member: str, limit: int, lease_s: float) -> int:
+        """Drop expired entries of ``key``; if fewer than ``limit`` remain
+        (0: no limit), add ``member`` with a lease of ``lease_s``. Atomic.
+        Returns the count including ``member``: above ``limit`` means it
+        was not added."""
+        if self._client is not None:
+            return int(await self._acquire(keys=[f"{self.prefix}/{key}"],
+                                           args=[member, int(limit), int(lease_s * 1000)]))
+        now = time.monotonic()
+        entries = self._slots.setdefault(key, {})
+        for m in [m for m, end in entries.items() if end <= now]:
+            del entries[m]
+        if limit and len(entries) >= limit and member not in entries:
+            return len(entries) + 1
+        entries[member] = now + lease_s
+        return len(entries)
+
+    async def slot_release(self, key: str, member: str) -> None:
+        """Remove ``member`` (idempotent)."""
+        if self._client is not None:
+            await self._client.zrem(f"{self.prefix}/{key}", member)
+        else:
+            self._slots.get(key, {}).pop(member, None)
+
+    async def slot_renew(self, slots: list[tuple[str, str]], lease_s: float) -> None:
+        """Extend the leases of these (key, member) slots that still exist."""
+        if not slots:
+            return
+        if self._client is not None:
+            await self._renew(keys=[f"{self.prefix}/{k}" for k, _ in slots],
+                              args=[int(lease_s * 1000), *(m for _, m in slots)])
+            return
+        end = time.monotonic() + lease_s
+        for key, member in slots:
+            entries = self._slots.get(key, {})
+            if member in entries:
+                entries[member] = end
+
+    async def slot_count(self, key: str) -> int:
+        """Slots of ``key`` whose lease has not run out."""
+        if self._client is not None:
+            now_s, now_us = await self._client.time()
+            now_ms = int(now_s) * 1000 + int(now_us) // 1000
+            return int(await self._client.zcount(f"{self.prefix}/{key}", f"({now_ms}", "+inf"))
+        now = time.monotonic()
+        return sum(1 for end in self._slots.get(key, {}).values() if end > now)
+
     async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose(close_connection_pool=False)
         if self._pool is not None:  # a pool handed to the client is not closed by the client
             await self._pool.aclose()
+
+
+#: KEYS[1] slot set; ARGV member, limit (0: none), lease in ms. Redis's clock.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+local limit = tonumber(ARGV[2])
+if limit > 0 and n >= limit and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return n + 1
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 2 * lease)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+#: KEYS slot sets; ARGV[1] lease in ms, ARGV[i + 1] the member in KEYS[i].
+#: ZADD XX: a slot released meanwhile is not brought back.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, 2 * lease)
+end
+return #KEYS
+"""
 
 
 @dataclass(slots=True)
@@ -154,6 +264,7 @@ class Counter:
     limit: int
     reset_at: float  #: when the window ends (clock time)
     value: int = 0   #: the counter after our increment
+    member: str = ""  #: concurrency: this request's slot entry
 
 
 @dataclass(slots=True)
@@ -235,7 +346,7 @@ class AccountLimiter(Limiter):
         day = utc_day(now)
         day_end = next_utc_midnight(now)
         tokens = cost.max_total_tokens
-        conc_ttl = self.settings.concurrency_ttl_s
+        lease = self.settings.slot_lease_s
         spec = [
             ("requests/day", "requests", "day", f"{account}/rpd/{day}", 2 * DAY, 1, limits.requests_per_day, day_end),
             ("tokens/day", "tokens", "day", f"{account}/tpd/{day}", 2 * DAY, tokens, limits.tokens_per_day, day_end),
@@ -243,10 +354,21 @@ class AccountLimiter(Limiter):
              limits.requests_per_minute, minute_end),
             ("tokens/minute", "tokens", "minute", f"{account}/tpm/{minute}", 2 * MINUTE, tokens,
              limits.tokens_per_minute, minute_end),
-            ("concurrent requests", "concurrency", "", f"{account}/conc", conc_ttl, 1,
+            ("concurrent requests", "concurrency", "", f"{account}/slots", lease, 1,
              limits.concurrent_requests, now + 1),
         ]
-        return [Counter(*row) for row in spec if row[6] > 0 and row[5] > 0]
+        counters = [Counter(*row) for row in spec if row[6] > 0 and row[5] > 0]
+        for c in counters:
+            if c.dimension == "concurrency":
+                c.member = f"{self.service.server_id}:{uuid.uuid4().hex}"
+        return counters
+
+    def _take(self, c: Counter) -> Any:
+        """The awaitable that charges ``c``: a slot, or an increment."""
+        counts = self.service.counters
+        if c.dimension == "concurrency":
+            return counts.slot_acquire(c.key, c.member, c.limit, self.settings.slot_lease_s)
+        return counts.incr(c.key, c.expiry, c.amount)
 
     async def reserve(self, principal: Principal, cost: RequestCost) -> Reservation:
         service = self.service
@@ -263,12 +385,18 @@ class AccountLimiter(Limiter):
                 should_retry=False, code="request_exceeds_limit", headers=headers,
             )
         counts = self.service.counters
-        values = await counts.incr_many([(c.key, c.expiry, c.amount) for c in counters])
+        values = await self._all([self._take(c) for c in counters])
         failed = [v for v in values if isinstance(v, BaseException)]
         if failed:
             # the storage (Redis) is unreachable: undo what did land, refuse with 503
             landed = [c for c, v in zip(counters, values) if not isinstance(v, BaseException)]
             await self._give_back_all(principal.id, [(c, c.amount) for c in landed])
+            for c, v in zip(counters, values):
+                if c.dimension == "concurrency" and isinstance(v, BaseException):
+                    # the slot may still land (a paused Redis runs the queued
+                    # script later): remove it once the storage answers again;
+                    # unrenewed, it expires after slot_lease_s anyway
+                    self.service.spawn(self._release_later(principal.id, c))
             log.error("limits storage %s failed: %r", counts.uri, failed[0])
             raise ServiceUnavailable("the rate-limit storage is unavailable; try again shortly",
                                      retry_after=5.0)
@@ -279,6 +407,9 @@ class AccountLimiter(Limiter):
             await self._give_back_all(principal.id, [(c, c.amount) for c in counters])
             raise self._refusal(over, counters, tier, now)
         held = Held(principal.id, now, cost.max_total_tokens, counters)
+        for c in counters:
+            if c.dimension == "concurrency":
+                self.service.held_slots[c.member] = c.key  # renewed until settled
         return Reservation(principal=principal, cost=cost, headers=self._headers(counters, now), data=held)
 
     def _refusal(self, over: list[Counter], counters: list[Counter], tier: int, now: float) -> RateLimited:
@@ -342,11 +473,11 @@ class AccountLimiter(Limiter):
         if amount == 0:
             return
         counts = self.service.counters
-        value = await counts.incr(c.key, c.expiry, -amount)
-        if c.dimension == "concurrency" and value < 0:
-            # the gauge expired while we held a slot (or a killed server's
-            # slots were reset): do not let it go below zero
-            await counts.incr(c.key, c.expiry, -value)
+        if c.dimension == "concurrency":
+            self.service.held_slots.pop(c.member, None)  # no more renewals
+            await counts.slot_release(c.key, c.member)
+            return
+        await counts.incr(c.key, c.expiry, -amount)
 
     async def settle(self, reservation: Reservation, usage: Usage, outcome: str) -> None:
         held: Held = reservation.data
@@ -381,9 +512,9 @@ class AccountLimiter(Limiter):
 
     def _refund_failed(self, account: str, c: Counter, amount: int, error: BaseException) -> None:
         """The storage failed a give-back. An in-flight slot is retried in the
-        background: left alone it would count against the account until the
-        gauge expires (``concurrency_ttl_s``), and one release too many is
-        clamped at zero. A request or token refund is not retried (if the
+        background (releasing is idempotent; left alone the slot would count
+        against the account until its lease runs out). A request or token
+        refund is not retried (if the
         first try did land, a second would hand out quota that was used):
         the account stays charged for it until the window ends."""
         if c.dimension == "concurrency":
@@ -396,7 +527,8 @@ class AccountLimiter(Limiter):
 
     async def _release_later(self, account: str, c: Counter) -> None:
         delay, waited = 0.5, 0.0
-        while waited < self.settings.concurrency_ttl_s:
+        # after its lease (+ a margin for a late acquisition) the slot is gone anyway
+        while waited < 2 * self.settings.slot_lease_s + 5:
             await asyncio.sleep(delay)
             waited += delay
             try:
@@ -405,7 +537,7 @@ class AccountLimiter(Limiter):
                 return
             except Exception:  # noqa: BLE001 - still down: try again later
                 delay = min(2 * delay, 30.0)
-        log.warning("limits: gave up releasing an in-flight slot of %s; it expires by itself", account)
+        log.warning("limits: gave up releasing an in-flight slot of %s; its lease runs out by itself", account)
 
     async def seed_daily(self, day: str, rows: list[tuple[str, int, int]], now: float) -> None:
         """Memory storage only: after a restart, charge today's ledger totals

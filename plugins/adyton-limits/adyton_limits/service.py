@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,10 @@ class LimitsService:
         self._background: set[asyncio.Task[Any]] = set()
         self._admin_hash: str | None = None
         self._opened = False
+        #: names this process in its slot entries (host, pid, random)
+        self.server_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        #: in-flight slots this server holds and renews: member -> key
+        self.held_slots: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -57,8 +62,10 @@ class LimitsService:
         await loop.run_in_executor(self._writer, self.open_store)
         self.counters = Counters(self.settings.storage_uri, self.settings.key_prefix,
                                  max_connections=self.settings.redis_max_connections,
-                                 pool_timeout_s=self.settings.redis_pool_timeout_s)
+                                 pool_timeout_s=self.settings.redis_pool_timeout_s,
+                                 timeout_s=self.settings.redis_timeout_s)
         await self.counters.check()
+        self.spawn(self._renew_slots())
         if not self.counters.shared:
             today = utc_day(self.clock())
             await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
@@ -68,6 +75,18 @@ class LimitsService:
                  self.admin_key_path)
         if self.settings.signup_enabled:
             log.warning("adyton-limits: public sign-up is ON: POST /create-account creates accounts")
+
+    async def _renew_slots(self) -> None:
+        """Renew the leases of the slots this server holds, every third of
+        ``slot_lease_s``; a server that stops renewing (killed) loses them."""
+        lease = self.settings.slot_lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            held = [(key, member) for member, key in list(self.held_slots.items())]
+            try:
+                await self.counters.slot_renew(held, lease)
+            except Exception as exc:  # noqa: BLE001 - try again next period
+                log.warning("adyton-limits: renewing %d in-flight slots failed: %r", len(held), exc)
 
     def spawn(self, coro: Any) -> None:
         """Run background bookkeeping (e.g. a slot release being retried);

@@ -81,7 +81,13 @@ class LimitsSettings(BaseModel):
     upgrade: UpgradeRule = Field(default_factory=UpgradeRule)
     signup_enabled: bool = Field(False, description="Public POST /create-account returning a new account number.")
     signup_per_hour: int = Field(5, ge=0, description="Sign-ups allowed per client address and hour (0: no limit).")
-    concurrency_ttl_s: int = Field(3600, ge=60, description="A concurrency counter leaked by a killed server frees itself after this.")
+    slot_lease_s: float = Field(
+        30.0, ge=1.0, description="Lease of an in-flight slot: running servers renew theirs every third of it; "
+                                  "a slot no server renews (a killed server's, or one that reached Redis after "
+                                  "its request was refused) is free after this.")
+    redis_timeout_s: float = Field(
+        5.0, gt=0, description="How long a Redis command may take (a paused or unreachable Redis); then the "
+                               "request is refused with 503.")
     sqlite_synchronous: str = Field("NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$",
                                     description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
 

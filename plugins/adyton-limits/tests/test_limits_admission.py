@@ -144,20 +144,20 @@ def test_redis_burst_beyond_the_pool_waits_for_a_connection(redis_limits):
 def test_a_failed_slot_release_is_retried_so_the_account_is_not_locked_out(make_app):
     """The storage fails the in-flight slot's release twice (a Redis blip):
     the release is retried in the background, and the account's one
-    concurrent slot is free again instead of blocked for concurrency_ttl_s."""
+    concurrent slot is free again instead of blocked until its lease runs out."""
     app = make_app(tiers={1: tier(concurrent_requests=1)})
     acct = new_account(app)
     with ServerThread(app) as server:
         counters = service(app).counters
-        real_incr, failures = counters.incr, []
+        real_release, failures = counters.slot_release, []
 
-        async def flaky_incr(key, expiry, amount):
-            if key.endswith("/conc") and amount < 0 and len(failures) < 2:
+        async def flaky_release(key, member):
+            if len(failures) < 2:
                 failures.append(key)
                 raise ConnectionError("storage unreachable")
-            return await real_incr(key, expiry, amount)
+            return await real_release(key, member)
 
-        counters.incr = flaky_incr
+        counters.slot_release = flaky_release
         url, headers = server.base_url + "/t/generate", {"x-api-key": acct.api_key}
         assert httpx.post(url, json=body(max_tokens=2), headers=headers).status_code == 200
         assert len(failures) == 1  # the release failed; the slot is still taken
