@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from quart import Response, jsonify
 
 from adyton import (
@@ -45,9 +45,11 @@ from adyton import (
     InvalidRequest,
     NotFound,
     TextDelta,
+    Tool,
     ToolCall,
     Waiting,
     current_kernel,
+    tools,
 )
 
 from . import convert, render
@@ -57,11 +59,6 @@ log = logging.getLogger("adyton.openai.responses")
 
 #: stored responses kept per app (least recently used out first)
 MAX_STORED = 1024
-
-#: built-in OpenAI tools this server does not have
-_BUILTIN_TOOLS = ("web_search", "web_search_preview", "file_search", "computer_use_preview",
-                  "computer_use", "code_interpreter", "image_generation", "mcp", "local_shell",
-                  "custom", "shell", "apply_patch")
 
 #: accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
 _IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
@@ -155,8 +152,10 @@ def _text_of(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
-def input_messages(value: str | list[dict[str, Any]] | None) -> list[ChatMessage]:
-    """``input`` as kernel chat turns (instructions not included)."""
+def input_messages(value: str | list[dict[str, Any]] | None,
+                   history: list[ChatMessage] | None = None) -> list[ChatMessage]:
+    """``input`` as kernel chat turns (instructions not included); ``history``
+    (the previous response's turns) names the functions of earlier calls."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -187,7 +186,7 @@ def input_messages(value: str | list[dict[str, Any]] | None) -> list[ChatMessage
             if not isinstance(call_id, str):
                 raise InvalidRequest(f"Missing required parameter: '{where}.call_id'.",
                                      param=f"{where}.call_id", code="missing_required_parameter")
-            name = next((c.name for m in out for c in m.tool_calls if c.id == call_id), None)
+            name = next((c.name for m in [*(history or ()), *out] for c in m.tool_calls if c.id == call_id), None)
             out.append(ChatMessage(role="tool", content=_text_of(item.get("output", ""), f"{where}.output"),
                                    tool_call_id=call_id, name=name))
         else:
@@ -225,17 +224,55 @@ def _constraints(body: ResponsesRequest) -> tuple[list[Constraint], dict[str, An
                        options={"name": fmt.name, "strict": bool(fmt.strict)})], echo
 
 
-def _refuse_unsupported(body: ResponsesRequest) -> None:
+def _tools(body: ResponsesRequest, kw: dict[str, Any]) -> None:
+    """Function tools and tool_choice -> the kernel request's (built-in tools: 400)."""
+    functions = []
     for j, tool in enumerate(body.tools or []):
         kind = tool.get("type")
-        if kind in _BUILTIN_TOOLS or (isinstance(kind, str) and kind.startswith(_BUILTIN_TOOLS)):
-            raise Unsupported(f"the built-in tool {kind!r} is not available on this server "
-                              "(only function tools are)", param=f"tools[{j}].type")
-    if body.tools and any(t.get("type") == "function" for t in body.tools) and body.tool_choice != "none":
-        raise Unsupported("function tools are not supported on /v1/responses yet "
-                          "(send tool_choice: \"none\" to run the request without them)", param="tools")
-    if isinstance(body.tool_choice, dict) or body.tool_choice not in (None, "none", "auto", "required"):
-        raise Unsupported("this tool_choice is not supported here", param="tool_choice")
+        if kind != "function":
+            raise Unsupported(f"the tool type {kind!r} is not available on this server (only function "
+                              "tools are: no built-in web search, file search, computer use ...)",
+                              param=f"tools[{j}].type")
+        unknown = sorted(set(tool) - {"type", "name", "description", "parameters", "strict"})
+        if unknown:
+            raise InvalidRequest(f"Unrecognized argument supplied: 'tools[{j}].{unknown[0]}'.",
+                                 param=f"tools[{j}].{unknown[0]}", code="unknown_parameter")
+        name, parameters = tool.get("name"), tool.get("parameters")
+        if not isinstance(name, str):
+            raise InvalidRequest(f"Missing required parameter: 'tools[{j}].name'.",
+                                 param=f"tools[{j}].name", code="missing_required_parameter")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest(f"Invalid value for 'tools[{j}].parameters': expected an object.",
+                                 param=f"tools[{j}].parameters", code="invalid_value")
+        try:
+            functions.append(Tool(name=name, description=tool.get("description"),
+                                  parameters=parameters or {"type": "object", "properties": {}}))
+        except ValidationError as exc:
+            raise InvalidRequest(f"Invalid value for 'tools[{j}]': {exc.errors(include_url=False)[0]['msg']}",
+                                 param=f"tools[{j}].name", code="invalid_value") from None
+    choice = body.tool_choice
+    if not functions:
+        if choice not in (None, "none"):
+            raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified",
+                                 param="tool_choice", code="invalid_value")
+        return
+    kw["tools"] = functions
+    if body.parallel_tool_calls is not None:
+        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    if choice is None or choice in ("none", "auto", "required"):
+        kw["tool_choice"] = choice or "auto"
+        return
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        if choice["name"] not in {t.name for t in functions}:
+            raise InvalidRequest(f"tool_choice names the function '{choice['name']}', which is not in 'tools'",
+                                 param="tool_choice", code="invalid_value")
+        kw["tool_choice"], kw["tool_name"] = "required", choice["name"]
+        return
+    raise Unsupported("this tool_choice is not supported here (none, auto, required or "
+                      "{\"type\": \"function\", \"name\": ...} are)", param="tool_choice")
+
+
+def _refuse_unsupported(body: ResponsesRequest) -> None:
     reasoning = body.reasoning or {}
     if any(v is not None for v in reasoning.values()):
         raise Unsupported("'reasoning' cannot be honoured: the models served here do not reason "
@@ -258,13 +295,9 @@ def parse(body: ResponsesRequest, history: list[ChatMessage]) -> Parsed:
         ignored.append("truncation")  # a too-long conversation is a 400, never cut
     if body.text is not None and body.text.verbosity is not None:
         ignored.append("text.verbosity")
-    if body.tools is not None:
-        ignored.append("tools")  # only reachable with tool_choice "none" (or an empty list)
-    if body.tool_choice is not None:
-        ignored.append("tool_choice")
-    if body.parallel_tool_calls is not None:
-        ignored.append("parallel_tool_calls")
-    turns = [*history, *input_messages(body.input)]
+    if body.parallel_tool_calls is not None and not body.tools:
+        ignored.append("parallel_tool_calls")  # nothing to call: it changes nothing
+    turns = [*history, *input_messages(body.input, history)]
     if not turns:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input",
                              code="missing_required_parameter")
@@ -286,7 +319,11 @@ def parse(body: ResponsesRequest, history: list[ChatMessage]) -> Parsed:
         kw["seed"] = body.seed % (2**64)
     if body.user is not None:
         kw["user"] = body.user
+    _tools(body, kw)
     request = convert._build(kw)
+    call_constraint = tools.tool_call_constraint(request)
+    if call_constraint is not None:
+        request.constraints.append(call_constraint)
     return Parsed(body=body, convert=convert.Parsed(request=request, ignored=ignored), turns=turns,
                   text_format=text_format)
 
@@ -318,7 +355,6 @@ class Renderer:
         self.parsed = parsed
         self.generation = generation
         self.id = f"resp_{generation.id}"
-        self.item_id = f"msg_{generation.id}"
         self.model = model
 
     def response(self, status: str, output: list[dict[str, Any]], *, usage: bool = False,
@@ -343,8 +379,9 @@ class Renderer:
             "store": body.store is not False,
             "temperature": request.temperature,
             "text": {"format": self.parsed.text_format},
-            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str) else "auto",
-            "tools": [],
+            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+            "tools": [{"type": "function", "name": t.name, "description": t.description,
+                       "parameters": t.parameters, "strict": True} for t in request.tools],
             "top_p": request.top_p,
             "truncation": body.truncation or "disabled",
             "usage": _usage(self.generation) if usage else None,
@@ -352,17 +389,114 @@ class Renderer:
             "metadata": body.metadata or {},
         }
 
-    def final(self, text: str, finish: FinishReason) -> dict[str, Any]:
+    def final(self, output: list[dict[str, Any]], finish: FinishReason) -> dict[str, Any]:
         done = finish is FinishReason.STOP
-        output = [_message(self.item_id, "completed" if done else "incomplete", [_part(text)])]
         return self.response("completed" if done else "incomplete", output, usage=True,
                              incomplete=None if done else "max_output_tokens")
 
 
-def remember(store: ResponseStore, parsed: Parsed, generation: Generation, text: str) -> None:
+class Output:
+    """The output items of one response, built from the generated text piece
+    by piece: a message (text), and a function_call item per tool call when
+    the request has tools. Each step returns the stream events it makes, as
+    ``(type, fields)``; ``items`` is the final output."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        request = renderer.parsed.convert.request
+        self.gen_id = renderer.generation.id
+        self.items: list[dict[str, Any]] = []
+        self.calls: list[ToolCall] = []
+        self.texts: list[str] = []  # all message text, for the stored history
+        self._reader = (tools.ToolCallReader(request.tools)
+                        if request.tools and request.tool_choice != "none" else None)
+        self._open: dict[str, Any] | None = None  # the message being written
+        self._parts: list[str] = []
+
+    def start(self) -> list[tuple[str, dict[str, Any]]]:
+        # without tools the answer is a message from the start (as OpenAI streams it)
+        return [] if self._reader is not None else self._open_message()
+
+    def _open_message(self) -> list[tuple[str, dict[str, Any]]]:
+        suffix = "" if not self.items else f"_{len(self.items)}"
+        self._open = _message(f"msg_{self.gen_id}{suffix}", "in_progress", [])
+        self._parts = []
+        index = len(self.items)
+        return [("response.output_item.added", {"output_index": index, "item": self._open}),
+                ("response.content_part.added", {"item_id": self._open["id"], "output_index": index,
+                                                 "content_index": 0, "part": _part("")})]
+
+    def _close_message(self, status: str) -> list[tuple[str, dict[str, Any]]]:
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        text = "".join(self._parts)
+        done = {**item, "status": status, "content": [_part(text)]}
+        index = len(self.items)
+        self.items.append(done)
+        where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [("response.output_text.done", {**where, "text": text, "logprobs": []}),
+                ("response.content_part.done", {**where, "part": _part(text)}),
+                ("response.output_item.done", {"output_index": index, "item": done})]
+
+    def _text(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        if not text:
+            return []
+        if self._open is None and self._reader is not None and not text.strip():
+            self.texts.append(text)  # whitespace around calls opens no message
+            return []
+        events = self._open_message() if self._open is None else []
+        self._parts.append(text)
+        self.texts.append(text)
+        events.append(("response.output_text.delta", {"item_id": self._open["id"],  # type: ignore[index]
+                                                      "output_index": len(self.items), "content_index": 0,
+                                                      "delta": text, "logprobs": []}))
+        return events
+
+    def _call(self, call: ToolCall) -> list[tuple[str, dict[str, Any]]]:
+        events = self._close_message("completed")
+        self.calls.append(call)
+        index = len(self.items)
+        item = {"type": "function_call", "id": f"fc_{self.gen_id}_{len(self.calls)}", "call_id": call.id,
+                "name": call.name, "arguments": call.arguments, "status": "completed"}
+        self.items.append(item)
+        where = {"item_id": item["id"], "output_index": index}
+        return events + [
+            ("response.output_item.added", {"output_index": index,
+                                            "item": {**item, "arguments": "", "status": "in_progress"}}),
+            ("response.function_call_arguments.delta", {**where, "delta": call.arguments}),
+            ("response.function_call_arguments.done", {**where, "name": call.name, "arguments": call.arguments}),
+            ("response.output_item.done", {"output_index": index, "item": item}),
+        ]
+
+    def feed(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        if self._reader is None:
+            return self._text(text)
+        events: list[tuple[str, dict[str, Any]]] = []
+        for piece in self._reader.feed(text):
+            events += self._call(piece.call) if isinstance(piece, tools.CallPiece) else self._text(piece.text)
+        return events
+
+    def finish(self, finish: FinishReason) -> list[tuple[str, dict[str, Any]]]:
+        events: list[tuple[str, dict[str, Any]]] = []
+        if self._reader is not None:
+            for piece in self._reader.finish():
+                events += self._call(piece.call) if isinstance(piece, tools.CallPiece) else self._text(piece.text)
+        if self._open is None and not self.items:
+            events += self._open_message()  # nothing at all: an empty message, as OpenAI answers
+        events += self._close_message("completed" if finish is FinishReason.STOP else "incomplete")
+        return events
+
+    def turn(self) -> ChatMessage:
+        """The assistant turn this output adds to a stored conversation."""
+        content = "".join(self.texts)
+        return ChatMessage(role="assistant", content=content.strip() if self.calls else content,
+                           tool_calls=list(self.calls))
+
+
+def remember(store: ResponseStore, parsed: Parsed, generation: Generation, output: Output) -> None:
     if parsed.body.store is False:
         return
-    history = [*parsed.turns, ChatMessage(role="assistant", content=text)]
+    history = [*parsed.turns, output.turn()]
     store.put(f"resp_{generation.id}", Stored(owner=generation.principal.id, history=history))
 
 
@@ -382,21 +516,18 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
     """Runs after the handler returned: no request or app context here."""
     generation = renderer.generation
     event = Events()
-    item = renderer.item_id
+    output = Output(renderer)
     yield event("response.created", response=renderer.response("in_progress", []))
     yield event("response.in_progress", response=renderer.response("in_progress", []))
-    yield event("response.output_item.added", output_index=0, item=_message(item, "in_progress", []))
-    yield event("response.content_part.added", item_id=item, output_index=0, content_index=0, part=_part(""))
-    texts: list[str] = []
+    for kind, fields in output.start():
+        yield event(kind, **fields)
     finish = FinishReason.CANCELLED
     events = generation.events()
     try:
         async for ev in events:
             if type(ev) is TextDelta:
-                if ev.text:
-                    texts.append(ev.text)
-                    yield event("response.output_text.delta", item_id=item, output_index=0, content_index=0,
-                                delta=ev.text, logprobs=[])
+                for kind, fields in output.feed(ev.text):
+                    yield event(kind, **fields)
             elif type(ev) is ChoiceFinished:
                 finish = ev.finish_reason
             elif type(ev) is Waiting and ping:
@@ -406,23 +537,18 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
         if not isinstance(exc, AdytonError):
             log.exception("responses stream %s failed", generation.id)
         yield event("error", code=error.code or error.type, message=error.message, param=error.param)
-        yield event("response.failed", response=renderer.response("failed", [], usage=True, error=error))
+        yield event("response.failed", response=renderer.response("failed", output.items, usage=True,
+                                                                   error=error))
         return
     finally:
         await events.aclose()
         await generation.aclose()
-    text = "".join(texts)
-    final = renderer.final(text, finish)
-    message = final["output"][0]
-    yield event("response.output_text.done", item_id=item, output_index=0, content_index=0, text=text,
-                logprobs=[])
-    yield event("response.content_part.done", item_id=item, output_index=0, content_index=0, part=_part(text))
-    yield event("response.output_item.done", output_index=0, item=message)
-    remember(store, renderer.parsed, generation, text)
-    if finish is FinishReason.STOP:
-        yield event("response.completed", response=final)
-    else:
-        yield event("response.incomplete", response=final)
+    for kind, fields in output.finish(finish):
+        yield event(kind, **fields)
+    remember(store, renderer.parsed, generation, output)
+    final = renderer.final(output.items, finish)
+    yield event("response.completed" if final["status"] == "completed" else "response.incomplete",
+                response=final)
 
 
 # --------------------------------------------------------------------------
@@ -441,6 +567,7 @@ async def create(wire: Any, store: ResponseStore) -> Response:
         history = list(store.get(body.previous_response_id, principal.id).history)
     parsed = parse(body, history)
     wire._check_ignored(parsed.convert)
+    wire._server_limits(parsed.convert)
     generation = await wire._submitter(credentials)(parsed.convert)
     headers = wire._headers(parsed.convert, generation)
     renderer = Renderer(parsed, generation, wire._model_name(generation.model))
@@ -448,9 +575,12 @@ async def create(wire: Any, store: ResponseStore) -> Response:
         return wire._stream(stream_events(renderer, store, wire_module._settings().ping), headers)
     result = await generation.result()
     choice = result.choices[0]
-    final = renderer.final(choice.text, choice.finish_reason)
-    remember(store, parsed, generation, choice.text)
-    response = jsonify(final)
+    output = Output(renderer)
+    output.start()
+    output.feed(choice.text)
+    output.finish(choice.finish_reason)
+    remember(store, parsed, generation, output)
+    response = jsonify(renderer.final(output.items, choice.finish_reason))
     response.headers.update(headers)
     return response
 

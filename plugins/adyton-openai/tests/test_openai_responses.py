@@ -233,3 +233,83 @@ def test_backend_failure_mid_stream_is_an_error_event(serve, sdk):
     assert kinds[-2:] == ["error", "response.failed"], kinds
     assert "engine fell over" in events[-1]["response"]["error"]["message"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+# -- function tools -------------------------------------------------------------
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+CALL = ["<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "</tool_call>"]
+
+
+@pytest.fixture
+def caller(serve, accounts):
+    backend = ScriptedBackend(["Let me check.", *CALL])
+    return serve(backend, plugins=[accounts]), backend
+
+
+def test_function_call_output_items(caller, sdk):
+    server, backend = caller
+    r = sdk(server, api_key="sk-a").responses.create(model="scripted-model", input="weather in Paris?",
+                                                     tools=[WEATHER])
+    assert r.status == "completed" and [o.type for o in r.output] == ["message", "function_call"]
+    assert r.output_text == "Let me check."
+    call = r.output[1]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert call.call_id.startswith("call_") and call.id.startswith("fc_") and call.status == "completed"
+    assert r.tools[0].name == "get_weather" and r.tool_choice == "auto"
+
+
+def test_function_call_stream_events(caller, sdk):
+    server, _ = caller
+    events = list(sdk(server, api_key="sk-a").responses.create(model="scripted-model", input="weather?",
+                                                               tools=[WEATHER], stream=True))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done", "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.output_index for e in events if e.type == "response.output_item.added"] == [0, 1]
+    args = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert json.loads(args.arguments) == {"city": "Paris"}
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["message", "function_call"]
+
+
+def test_function_call_round_trip(caller, sdk):
+    server, backend = caller
+    client = sdk(server, api_key="sk-a")
+    first = client.responses.create(model="scripted-model", input="weather?", tools=[WEATHER])
+    call = first.output[1]
+    client.responses.create(model="scripted-model", tools=[WEATHER], previous_response_id=first.id,
+                            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    # the stored turn carries the call; its result comes back as a tool turn
+    assert backend.prompts[-1].endswith("<assistant>Let me check.\n<tool>sunny\n<assistant>")
+
+
+def test_required_tool_choice_needs_guided_decoding(caller):
+    server, _ = caller
+    for choice in ("required", {"type": "function", "name": "get_weather"}):
+        r = httpx.post(server.base_url + "/v1/responses", headers={"Authorization": "Bearer sk-a"},
+                       json={"input": "x", "tools": [WEATHER], "tool_choice": choice})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_constraint", r.text
+
+
+@pytest.mark.parametrize("body, param, code", [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice", "invalid_value"),
+    ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice",
+     "unsupported_parameter"),
+    ({"tools": [{**WEATHER, "name": "bad name!"}]}, "tools[0].name", "invalid_value"),
+    ({"tools": [{"type": "function"}]}, "tools[0].name", "missing_required_parameter"),
+    ({"tools": [{**WEATHER, "bogus": 1}]}, "tools[0].bogus", "unknown_parameter"),
+])
+def test_bad_tools_are_openai_errors(caller, body, param, code):
+    server, _ = caller
+    r = httpx.post(server.base_url + "/v1/responses", headers={"Authorization": "Bearer sk-a"},
+                   json={"input": "x", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == code
