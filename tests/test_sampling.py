@@ -84,3 +84,20 @@ def test_stop_matcher_never_emits_a_partial_stop(pieces, stops, expected):
     if not hit:
         out.append(m.flush())
     assert ("".join(out), hit) == expected
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    s = DefaultSampler(req(temperature=0, repetition_penalty=2.0))
+    assert s.modifies_logits
+    x = np.array([1.0, 3.0, -1.0], dtype=np.float32)
+    s.adjust(x)
+    assert s.choose(x) == 1  # nothing generated yet: unchanged
+    s._counts[2] = 1  # token 2 was generated too
+    x = np.array([1.0, 3.0, -1.0], dtype=np.float32)
+    s.adjust(x)
+    assert x.tolist() == [1.0, 1.5, -2.0]
+    assert s.choose(x) == 1
+    x = np.array([1.0, 3.0, -1.0], dtype=np.float32)
+    s.adjust(x)
+    assert x.tolist() == [1.0, 1.5, -2.0]  # a count does not compound the penalty
+    assert not DefaultSampler(req()).modifies_logits

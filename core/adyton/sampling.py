@@ -19,7 +19,9 @@ _NO_VALUES = np.zeros(0, dtype=np.float32)
 class DefaultSampler:
     """Chooses a token from a logits vector.
 
-    Order of operations: logit bias, presence/frequency penalties, then
+    Order of operations: logit bias, the repetition penalty (HF/vLLM: a
+    generated token's positive logit is divided by it, a negative one
+    multiplied), presence/frequency penalties, then
     (unless temperature is 0: greedy) temperature, top_k, top_p, min_p, and a
     draw from a ``numpy.random.Generator`` seeded with ``seed`` — the same seed
     on the same model gives the same tokens.
@@ -35,6 +37,7 @@ class DefaultSampler:
         self.min_p = request.min_p
         self.presence_penalty = request.presence_penalty
         self.frequency_penalty = request.frequency_penalty
+        self.repetition_penalty = request.repetition_penalty
         bias = request.logit_bias
         if bias:
             self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
@@ -59,6 +62,7 @@ class DefaultSampler:
     def modifies_logits(self) -> bool:
         return bool(
             len(self._bias_ids) or self.presence_penalty or self.frequency_penalty
+            or self.repetition_penalty != 1.0
         )
 
     def adjust(self, logits: np.ndarray) -> None:
@@ -66,10 +70,17 @@ class DefaultSampler:
         if len(self._bias_ids):
             valid = self._bias_ids < logits.shape[0]
             logits[self._bias_ids[valid]] += self._bias_values[valid]
-        if self._counts and (self.presence_penalty or self.frequency_penalty):
-            ids = np.fromiter(self._counts.keys(), dtype=np.int64)
-            counts = np.fromiter(self._counts.values(), dtype=np.float32)
-            logits[ids] -= self.presence_penalty + self.frequency_penalty * counts
+        if not self._counts:
+            return
+        repetition = self.repetition_penalty != 1.0
+        if repetition or self.presence_penalty or self.frequency_penalty:
+            ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            if repetition:
+                seen = logits[ids]
+                logits[ids] = np.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
+            if self.presence_penalty or self.frequency_penalty:
+                counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+                logits[ids] -= self.presence_penalty + self.frequency_penalty * counts
 
     def choose(self, logits: np.ndarray) -> int:
         """Pick the next token from (already adjusted) logits."""
