@@ -61,6 +61,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _printable(text: str) -> str:
+    """``text``, with lone surrogates written as ``\\ud800`` (for a field
+    name in an error message, which must itself be valid text)."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _path(parent: str, key: Any) -> str:
     if isinstance(key, int):
         return f"{parent}[{key}]"
@@ -87,7 +95,7 @@ def check_json(value: Any, max_depth: int) -> None:
             )
         if isinstance(node, dict):
             for key, item in node.items():
-                path = _path(where, key)
+                path = _path(where, _printable(key))
                 check_text(key, path)
                 stack.append((item, path, depth + 1))
         else:
