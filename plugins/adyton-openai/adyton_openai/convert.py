@@ -7,18 +7,19 @@ a 400 with ``openai.strict``), or refused with a 400 that says why.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest, json_type_name
+from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest, json_type_name, tools
 
 from .schemas import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, _Common
 
 #: top-level fields accepted but not honoured
 IGNORED_FIELDS = (
-    "steering_vector_id", "steering_strength", "parallel_tool_calls", "service_tier",
+    "steering_vector_id", "steering_strength", "service_tier",
     "metadata", "store", "reasoning_effort", "verbosity", "prompt_cache_key",
     "safety_identifier", "prediction",
 )
@@ -127,9 +128,14 @@ def _common(body: _Common, ignored: list[str]) -> dict[str, Any]:
         else:
             kw["top_p"] = body.top_p
     if body.top_k is not None:
-        kw["top_k"] = body.top_k
+        kw["top_k"] = max(body.top_k, 0)  # vLLM's -1: off
     if body.min_p is not None:
         kw["min_p"] = body.min_p
+    if body.repetition_penalty is not None:
+        kw["repetition_penalty"] = body.repetition_penalty
+    if body.min_tokens is not None:
+        kw["min_tokens"] = body.min_tokens
+    kw["constraints"] = _extension_constraints(body)
     if body.n is not None:
         kw["n"] = body.n
     kw["stop"] = _stop(body.stop)
@@ -159,6 +165,100 @@ def _common(body: _Common, ignored: list[str]) -> dict[str, Any]:
     return kw
 
 
+def _extension_constraints(body: _Common) -> list[Constraint]:
+    """vLLM's guided_* and llama.cpp's grammar / json_schema fields."""
+    out: list[Constraint] = []
+    if body.guided_json is not None:
+        schema = body.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError as exc:
+                raise InvalidRequest(f"'guided_json' is not valid JSON: {exc}", param="guided_json",
+                                     code="invalid_value") from None
+        out.append(Constraint(kind="json_schema", value=schema, source="guided_json"))
+    if body.json_schema is not None:
+        out.append(Constraint(kind="json_schema", value=body.json_schema, source="json_schema"))
+    if body.guided_regex is not None:
+        out.append(Constraint(kind="regex", value=body.guided_regex, source="guided_regex"))
+    if body.guided_choice is not None:
+        out.append(Constraint(kind="choice", value=list(body.guided_choice), source="guided_choice"))
+    if body.guided_grammar is not None:
+        out.append(Constraint(kind="grammar", value=body.guided_grammar, source="guided_grammar"))
+    if body.grammar is not None:
+        out.append(Constraint(kind="grammar", value=body.grammar, syntax="gbnf", source="grammar"))
+    return out
+
+
+def _arguments(value: str | dict[str, Any]) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+#: response-message fields a client echoes back with model_dump(): empty ones
+#: are accepted silently, others listed as ignored
+_ECHOED = ("refusal", "function_call", "audio", "annotations", "reasoning_content")
+
+
+def _message(i: int, m: Any, ignored: list[str]) -> ChatMessage:
+    for name in _ECHOED:
+        if getattr(m, name) and f"messages.{name}" not in ignored:
+            ignored.append(f"messages.{name}")
+    calls = []
+    for j, call in enumerate(m.tool_calls or []):
+        if m.role != "assistant":
+            raise InvalidRequest(f"only assistant messages have 'tool_calls' (messages[{i}] is '{m.role}')",
+                                 param=f"messages[{i}].tool_calls", code="invalid_value")
+        calls.append({"id": call.id, "name": call.function.name, "arguments": _arguments(call.function.arguments)})
+    if m.role == "tool" and not m.tool_call_id:
+        raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
+                             param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+    if m.tool_call_id is not None and m.role != "tool":
+        raise InvalidRequest(f"only tool messages have 'tool_call_id' (messages[{i}] is '{m.role}')",
+                             param=f"messages[{i}].tool_call_id", code="invalid_value")
+    if m.name is not None and m.role != "tool" and "messages.name" not in ignored:
+        ignored.append("messages.name")
+    return ChatMessage(role=m.role, content=_content(i, m.content), tool_calls=calls,
+                       tool_call_id=m.tool_call_id, name=m.name if m.role == "tool" else None)
+
+
+def _tools(body: ChatCompletionRequest, kw: dict[str, Any], ignored: list[str]) -> None:
+    """tools / tool_choice / parallel_tool_calls -> the kernel request's."""
+    if body.functions or body.function_call is not None:
+        raise Unsupported(
+            "the legacy 'functions' / 'function_call' are not supported: send 'tools' and 'tool_choice'",
+            param="functions" if body.functions else "function_call",
+        )
+    choice = body.tool_choice
+    if not body.tools:
+        if choice is not None and choice != "none":
+            raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified",
+                                 param="tool_choice", code="invalid_value")
+        if body.parallel_tool_calls is not None:
+            ignored.append("parallel_tool_calls")  # nothing to call: it changes nothing
+        return
+    kw["tools"] = [
+        {"name": t.function.name, "description": t.function.description,
+         "parameters": t.function.parameters if t.function.parameters is not None
+         else {"type": "object", "properties": {}}}
+        for t in body.tools
+    ]
+    names = [t["name"] for t in kw["tools"]]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tool names must be unique", param="tools", code="invalid_value")
+    if body.parallel_tool_calls is not None:
+        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        kw["tool_choice"] = choice
+        return
+    if choice.function.name not in names:
+        raise InvalidRequest(f"tool_choice names the function '{choice.function.name}', which is not in 'tools'",
+                             param="tool_choice", code="invalid_value")
+    kw["tool_choice"] = "required"
+    kw["tool_name"] = choice.function.name
+
+
 def _content(message_index: int, content: Any) -> str:
     if content is None:
         return ""
@@ -184,14 +284,7 @@ def chat_request(body: ChatCompletionRequest, extension: dict[str, Any]) -> Pars
     ignored: list[str] = []
     kw = _common(body, ignored)
     kw["extra"].update(extension)
-    messages = []
-    for i, m in enumerate(body.messages):
-        messages.append(ChatMessage(role=m.role, content=_content(i, m.content)))
-        if m.name is not None and "messages.name" not in ignored:
-            ignored.append("messages.name")
-        if m.tool_calls and "messages.tool_calls" not in ignored:
-            ignored.append("messages.tool_calls")
-    kw["messages"] = messages
+    kw["messages"] = [_message(i, m, ignored) for i, m in enumerate(body.messages)]
     if body.max_tokens is not None and body.max_completion_tokens is not None \
             and body.max_tokens != body.max_completion_tokens:
         raise InvalidRequest(
@@ -211,24 +304,20 @@ def chat_request(body: ChatCompletionRequest, extension: dict[str, Any]) -> Pars
             "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value"
         )
 
-    tools_on = bool(body.tools) and body.tool_choice != "none"
-    functions_on = bool(body.functions) and body.function_call != "none"
-    if tools_on or functions_on:
-        name = "tools" if tools_on else "functions"
-        raise Unsupported(
-            f"'{name}' is not supported: this server does not do tool calling "
-            f"(send tool_choice: \"none\" to run the request without tools)",
-            param=name,
-        )
-    for name in ("tools", "tool_choice", "functions", "function_call"):
-        if getattr(body, name) is not None:
-            ignored.append(name)
+    _tools(body, kw, ignored)
+    if body.chat_template_kwargs:
+        reserved = sorted(set(body.chat_template_kwargs) & tools.RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise InvalidRequest(
+                f"'chat_template_kwargs' cannot set {', '.join(repr(k) for k in reserved)}: the server sets it",
+                param="chat_template_kwargs", code="invalid_value")
+        kw["template_kwargs"] = body.chat_template_kwargs
     if body.modalities is not None and any(m != "text" for m in body.modalities):
         raise Unsupported("only the 'text' modality is supported", param="modalities")
     if body.web_search_options is not None:
         raise Unsupported("web search is not available on this server", param="web_search_options")
 
-    constraints = []
+    constraints = kw["constraints"]
     fmt = body.response_format
     if fmt is not None and fmt.type == "json_object":
         constraints.append(Constraint(kind="json_object", source="response_format"))
@@ -244,9 +333,14 @@ def chat_request(body: ChatCompletionRequest, extension: dict[str, Any]) -> Pars
             value=spec.schema_ if spec.schema_ is not None else {},
             options={"name": spec.name, "strict": bool(spec.strict)},
         ))
-    kw["constraints"] = constraints
+    request = _build(kw)
+    if request.tools and request.tool_choice != "none" and logprobs is not None:
+        raise Unsupported("'logprobs' together with 'tools' is not supported", param="logprobs")
+    call_constraint = tools.tool_call_constraint(request)
+    if call_constraint is not None:
+        request.constraints.append(call_constraint)
     return Parsed(
-        request=_build(kw),
+        request=request,
         ignored=ignored,
         include_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage),
         logprobs=logprobs,

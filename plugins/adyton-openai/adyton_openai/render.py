@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from adyton import AdytonError, FinishReason, TokenLogprob
+from adyton import AdytonError, FinishReason, TokenLogprob, ToolCall
 
 _dumps = json.dumps
 
@@ -24,6 +24,18 @@ def finish_reason(reason: FinishReason | None) -> str | None:
         return "stop"
     # LENGTH, and CANCELLED (the server stopped the generation): the text is cut short
     return "length"
+
+
+def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls]
+
+
+def chat_finish_reason(reason: FinishReason | None, called: bool) -> str | None:
+    """``tool_calls`` when the model ended after calling tools."""
+    if called and reason is FinishReason.STOP:
+        return "tool_calls"
+    return finish_reason(reason)
 
 
 @functools.lru_cache(maxsize=256)
@@ -99,6 +111,18 @@ class ChatChunks:
 
     def finish(self, index: int, reason: str) -> str:
         return f'{self._head}{{"index":{index},"delta":{{}},"logprobs":null,"finish_reason":"{reason}"}}{self._tail}'
+
+    def tool_call(self, index: int, position: int, call: ToolCall) -> str:
+        """Two chunks, as the SDKs assemble them: the call's id, type and
+        name (arguments ""), then its arguments."""
+        head = {"index": position, "id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        args = {"index": position, "function": {"arguments": call.arguments}}
+        return "".join(
+            f'{self._head}{{"index":{index},"delta":{{"tool_calls":[{_dumps(delta)}]}},'
+            f'"logprobs":null,"finish_reason":null}}{self._tail}'
+            for delta in (head, args)
+        )
 
     def usage(self, usage: dict[str, int]) -> str:
         return f'{self._head}],"usage":{_dumps(usage)}}}\n\n'

@@ -41,16 +41,70 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+    #: a JSON text (OpenAI's shape); an object is accepted too
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(BaseModel):
+    """A call in an assistant message of the history (what the response
+    gave; echoed fields such as ``index`` are tolerated)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = _STRICT
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
-    #: accepted so that conversations with earlier tool turns validate; not rendered
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+    # response-message fields clients echo back (model_dump()): ignored;
+    # a non-empty one is listed in x-adyton-ignored-params
     refusal: str | None = None
+    function_call: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    annotations: list[Any] | None = None
+    reasoning_content: str | None = None
+
+
+class FunctionIn(BaseModel):
+    model_config = _STRICT
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    #: calls are always schema-valid when guided decoding constrains them
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = _STRICT
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -95,8 +149,17 @@ class _Common(BaseModel):
     frequency_penalty: Penalty | None = None
     user: str | None = None
     # widely used extensions (vLLM, llama.cpp), honoured by the kernel's sampler
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=-1, description="0 or -1 (vLLM): off.")] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0, description="HF/vLLM: >1 discourages tokens already generated.")] | None = None
+    min_tokens: Annotated[int, Field(ge=0, description="vLLM: end-of-sequence is banned until this many tokens.")] | None = None
+    # vLLM / llama.cpp guided decoding (needs adyton-guided)
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM: a JSON schema the output must match.")
+    guided_regex: str | None = Field(None, description="vLLM: a regex the output must match.")
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = Field(None, description="vLLM: the output is one of these strings.")
+    guided_grammar: str | None = Field(None, description="vLLM: a grammar (Lark or GBNF) the output must match.")
+    grammar: str | None = Field(None, description="llama.cpp: a GBNF grammar the output must match.")
+    json_schema: dict[str, Any] | None = Field(None, description="llama.cpp: a JSON schema the output must match.")
     # Axionic guided generation (handed to plugins via GenerationRequest.extra)
     policy: dict[str, Any] | None = Field(None, description="Axionic inline inference policy (needs adyton-guided).")
     policy_id: str | None = Field(None, description="Axionic saved policy id (needs adyton-guided).")
@@ -116,9 +179,10 @@ class ChatCompletionRequest(_Common):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extra variables for the model's chat template (vLLM).")
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
@@ -238,17 +302,29 @@ class ChoiceLogprobsOut(BaseModel):
     refusal: list[TokenLogprobOut] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
 class AssistantMessageOut(BaseModel):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoiceOut(BaseModel):
     index: int
     message: AssistantMessageOut
     logprobs: ChoiceLogprobsOut | None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletionOut(BaseModel):
@@ -319,7 +395,8 @@ class ErrorOut(BaseModel):
 FIELD_NAMES: frozenset[str] = frozenset(
     name
     for model in (ChatCompletionRequest, CompletionRequest, ChatMessageIn, TextPart, StreamOptions,
-                  JSONSchemaFormat, ResponseFormat, EmbeddingsRequest, ResponsesRequest, ResponseText,
+                  JSONSchemaFormat, ResponseFormat, ToolCallIn, FunctionCallIn, ToolIn, FunctionIn,
+                  NamedToolChoice, NamedFunction, EmbeddingsRequest, ResponsesRequest, ResponseText,
                   ResponseTextFormat)
     for field_name, info in model.model_fields.items()
     for name in (field_name, info.alias)

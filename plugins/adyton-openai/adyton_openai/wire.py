@@ -23,6 +23,7 @@ from adyton import (
     Waiting,
     WireFormat,
     current_kernel,
+    tools,
     read_json_body,
 )
 
@@ -247,6 +248,27 @@ class OpenAIWire(WireFormat):
         response.headers.update(headers)
         return response
 
+    @staticmethod
+    def _chat_message(text: str, parsed: convert.Parsed) -> tuple[dict[str, Any], bool]:
+        """The assistant message; True if it called tools."""
+        request = parsed.request
+        if not request.tools or request.tool_choice == "none":
+            return {"role": "assistant", "content": text, "refusal": None}, False
+        content, calls = tools.split_tool_calls(text, request.tools)
+        if not calls:
+            return {"role": "assistant", "content": content, "refusal": None}, False
+        return {"role": "assistant", "content": content.strip() or None, "refusal": None,
+                "tool_calls": render.tool_calls(calls)}, True
+
+    def _chat_choice(self, c: Any, parsed: convert.Parsed) -> dict[str, Any]:
+        message, called = self._chat_message(c.text, parsed)
+        return self._with_reports({
+            "index": c.index,
+            "message": message,
+            "logprobs": render.chat_logprobs(c.logprobs) if parsed.logprobs is not None else None,
+            "finish_reason": render.chat_finish_reason(c.finish_reason, called),
+        }, c.reports)
+
     def _chat_body(self, result: GenerationResult, parsed: convert.Parsed) -> dict[str, Any]:
         model = self._model_name(result.model)
         return {
@@ -255,15 +277,7 @@ class OpenAIWire(WireFormat):
             "created": result.created,
             "model": model,
             "system_fingerprint": render.fingerprint(model),
-            "choices": [
-                self._with_reports({
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": render.chat_logprobs(c.logprobs) if parsed.logprobs is not None else None,
-                    "finish_reason": render.finish_reason(c.finish_reason),
-                }, c.reports)
-                for c in result.choices
-            ],
+            "choices": [self._chat_choice(c, parsed) for c in result.choices],
             "usage": result.usage.as_dict(),
         }
 
@@ -277,15 +291,29 @@ class OpenAIWire(WireFormat):
                            chunks: render.ChatChunks, ping: bool) -> AsyncIterator[str]:
         # runs after the handler returned: no request or app context here
         want_logprobs = parsed.logprobs is not None
-        for index in range(parsed.request.n):
+        request = parsed.request
+        readers = ([tools.ToolCallReader(request.tools) for _ in range(request.n)]
+                   if request.tools and request.tool_choice != "none" else None)
+        sent = [0] * request.n  # tool calls sent per choice
+        for index in range(request.n):
             yield chunks.role(index)
         events = generation.events()
         try:
             async for event in events:
                 if type(event) is TextDelta:
-                    yield chunks.content(event.index, event.text, event.logprobs if want_logprobs else None)
+                    if readers is None:
+                        yield chunks.content(event.index, event.text, event.logprobs if want_logprobs else None)
+                    else:
+                        for piece in readers[event.index].feed(event.text):
+                            yield self._tool_piece(chunks, event.index, piece, sent)
                 elif type(event) is ChoiceFinished:
-                    yield chunks.finish(event.index, render.finish_reason(event.finish_reason))
+                    called = False
+                    if readers is not None:
+                        reader = readers[event.index]
+                        for piece in reader.finish():
+                            yield self._tool_piece(chunks, event.index, piece, sent)
+                        called = sent[event.index] > 0
+                    yield chunks.finish(event.index, render.chat_finish_reason(event.finish_reason, called))
                 elif type(event) is Waiting:
                     if ping:
                         yield render.PING
@@ -302,6 +330,13 @@ class OpenAIWire(WireFormat):
         if parsed.include_usage:
             yield chunks.usage(generation.usage.as_dict())
         yield render.DONE
+
+    @staticmethod
+    def _tool_piece(chunks: render.ChatChunks, index: int, piece: Any, sent: list[int]) -> str:
+        if isinstance(piece, tools.CallPiece):
+            sent[index] += 1
+            return chunks.tool_call(index, sent[index] - 1, piece.call)
+        return chunks.content(index, piece.text)
 
     # -- legacy completions ------------------------------------------------------------
 
