@@ -372,6 +372,12 @@ class AccountLimiter(Limiter):
 
     async def reserve(self, principal: Principal, cost: RequestCost) -> Reservation:
         service = self.service
+        if service.ledger_error is not None:
+            # usage could not be recorded: no new work until it can (never
+            # serve what cannot be accounted for)
+            raise ServiceUnavailable(
+                "the usage ledger cannot be written (is the disk full?); try again shortly",
+                code="ledger_unavailable", retry_after=10.0)
         now = service.clock()
         tier, limits = self.tier_limits(principal)
         counters = self._counters(principal.id, limits, cost, now)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import hmac
+import json
 import logging
 import math
 import os
@@ -46,6 +49,10 @@ class LimitsService:
         self.server_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         #: in-flight slots this server holds and renews: member -> key
         self.held_slots: dict[str, str] = {}
+        #: ledger rows the database refused (disk full), oldest first, and why
+        self.pending_rows: collections.deque[LedgerRow] = collections.deque()
+        self.ledger_error: str | None = None
+        self._flusher: asyncio.Task[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -98,6 +105,16 @@ class LimitsService:
     async def shutdown(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self.pending_rows:  # one last try, then say exactly what is lost
+            try:
+                while self.pending_rows:
+                    await self._write_row(self.pending_rows[0])
+                    self.pending_rows.popleft()
+            except (sqlite3.Error, OSError) as exc:
+                for row in self.pending_rows:
+                    log.error("adyton-limits: ledger row LOST at shutdown (%s): %s", exc,
+                              json.dumps(dataclasses.asdict(row)))
+                self.pending_rows.clear()
         if self.counters is not None:
             try:
                 await self.counters.close()
@@ -176,11 +193,57 @@ class LimitsService:
     # -- ledger + upgrades -------------------------------------------------------
 
     async def record(self, row: LedgerRow) -> None:
-        rule = self.settings.upgrade
-        upgrade = self._upgrade if rule.enabled else None
+        """Write ``row`` to the ledger. If the database cannot take it (disk
+        full, I/O error), the row is kept in memory (and logged) and written
+        by a background flush once the disk has room again; meanwhile
+        ``ledger_error`` is set and the limiter refuses new work with 503,
+        so the rows waiting are at most the requests that were in flight."""
+        if self.pending_rows:  # keep the order: behind the rows already waiting
+            self._keep(row, self.ledger_error or "the ledger is not writable")
+            return
+        try:
+            await self._write_row(row)
+        except (sqlite3.Error, OSError) as exc:
+            self._keep(row, f"{type(exc).__name__}: {exc}")
+
+    async def _write_row(self, row: LedgerRow) -> None:
+        upgrade = self._upgrade if self.settings.upgrade.enabled else None
         new_tier = await self.in_writer(self.store.record, row, upgrade)
         if new_tier is not None:
             log.info("adyton-limits: account %s promoted to tier %s by usage", row.account_id, new_tier)
+
+    def _keep(self, row: LedgerRow, error: str) -> None:
+        if self.ledger_error is None:
+            log.error("adyton-limits: the usage ledger %s cannot be written (%s): refusing new requests "
+                      "with 503 until it can; rows are kept in memory meanwhile", self.db_path, error)
+        self.ledger_error = error
+        if len(self.pending_rows) >= self.settings.ledger_buffer_rows:
+            log.error("adyton-limits: ledger row LOST (%d rows already wait): %s", len(self.pending_rows),
+                      json.dumps(dataclasses.asdict(row)))
+        else:
+            self.pending_rows.append(row)
+            log.warning("adyton-limits: ledger row kept in memory until the database takes it: %s",
+                        json.dumps(dataclasses.asdict(row)))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_pending())
+            self._background.add(self._flusher)
+            self._flusher.add_done_callback(self._background.discard)
+
+    async def _flush_pending(self) -> None:
+        """Write the kept rows, oldest first, retrying (0.5 s, backing off to
+        5 s) until the database takes them all; then admit work again."""
+        delay = 0.5
+        while self.pending_rows:
+            await asyncio.sleep(delay)
+            try:
+                while self.pending_rows:
+                    await self._write_row(self.pending_rows[0])
+                    self.pending_rows.popleft()
+            except (sqlite3.Error, OSError) as exc:
+                self.ledger_error = f"{type(exc).__name__}: {exc}"
+                delay = min(2 * delay, 5.0)
+        self.ledger_error = None
+        log.info("adyton-limits: the usage ledger is writable again; every kept row is written")
 
     def _upgrade(self, conn: sqlite3.Connection, account_id: str, day: str) -> int | None:
         """Inside the ledger transaction: promote ``account_id`` one tier if

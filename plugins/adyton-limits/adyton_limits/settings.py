@@ -88,6 +88,9 @@ class LimitsSettings(BaseModel):
     redis_timeout_s: float = Field(
         5.0, gt=0, description="How long a Redis command may take (a paused or unreachable Redis); then the "
                                "request is refused with 503.")
+    ledger_buffer_rows: int = Field(
+        10_000, ge=1, description="Ledger rows kept in memory while the database cannot be written (disk "
+                                  "full); new requests get 503 meanwhile, so only requests in flight add rows.")
     sqlite_synchronous: str = Field("NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$",
                                     description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
 
