@@ -143,6 +143,50 @@ def test_openai_agents_default_model(base_url):
     assert isinstance(result.final_output, str) and "paris" in result.final_output.lower()
 
 
+WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                                           "unit": {"type": "string", "enum": ["C", "F"]}},
+                          "required": ["city", "unit"], "additionalProperties": False}}
+
+
+def test_responses_required_tool_call_is_valid(client):
+    import jsonschema
+
+    for choice in ("required", {"type": "function", "name": "get_weather"}):
+        r = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=[WEATHER],
+                                    tool_choice=choice, parallel_tool_calls=False, temperature=0,
+                                    max_output_tokens=80)
+        # one call, complete (with parallel calls allowed this model goes on calling to the limit)
+        calls = [o for o in r.output if o.type == "function_call"]
+        assert r.status == "completed" and len(calls) == 1, r.output
+        for call in calls:
+            assert call.name == "get_weather" and call.call_id.startswith("call_")
+            jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
+
+
+def test_openai_agents_function_tool(base_url):
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    seen = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        seen.append(city)
+        return f"sunny in {city}"
+
+    model = agents.OpenAIResponsesModel(
+        model=MODEL, openai_client=openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="sk-test", max_retries=0))
+    agent = agents.Agent(name="weather", instructions="Use the tool.", model=model, tools=[get_weather],
+                         tool_use_behavior="stop_on_first_tool",
+                         model_settings=agents.ModelSettings(temperature=0, max_tokens=80, tool_choice="required",
+                                                             parallel_tool_calls=False))
+    result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?"))
+    # the SDK parsed our function_call, validated its arguments, ran the tool
+    assert len(seen) == 1 and isinstance(seen[0], str)
+    assert result.final_output == f"sunny in {seen[0]}"
+
+
 # -- embeddings -----------------------------------------------------------------
 
 TEXTS = ["The cat sat on the mat.", "A cat was sitting on the rug.", "Quarterly revenue grew by ten percent."]
