@@ -1,5 +1,6 @@
 # The two set-up commands: `make serve` and `make test`. Everything they need
-# is installed here, into .venv (and, for the tests, Debian's redis-server).
+# is installed here, into .venv (and, for the tests, Debian's redis-server and
+# chromium).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.t
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test model redis serve test bench clean
+.PHONY: install install-test model redis chromium serve test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +41,18 @@ redis:
 	  echo "installing redis-server (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# a headless browser for adyton-web's console tests, driven by Playwright's
+# Python client (its bundled browsers are never downloaded: Debian's is used)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 serve: install model
 	$(VENV)/bin/adyton serve
 
 # the real-model tests must run here: a missing model fails instead of skipping
-test: install-test model redis
+test: install-test model redis chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
 

@@ -1,0 +1,171 @@
+"""Fixtures for the browser tests (a module, not conftest.py: the kernel
+tests import their own ``conftest`` by name). Test modules import them with
+``from web_fixtures import ...``.
+
+* ``stack``: one real server for the module -- adyton-openai, adyton-llama
+  with the real default model, adyton-limits, adyton-guided and adyton-web --
+  on a loopback port, with its admin key and a first account.
+* ``browser``: Debian's chromium (``/usr/bin/chromium``, installed by
+  ``make chromium``) driven by Playwright's Python client, headless, with a
+  fresh profile directory. Playwright's own browser downloads are never
+  used (they cannot be fetched here).
+* ``page``: a new tab (its own sessionStorage: signed out) that records
+  Content-Security-Policy violations and console errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+import adyton_guided
+import adyton_openai
+import adyton_web
+from adyton import create_app
+from adyton.testing import ServerThread, link_model
+from adyton_limits import LimitsPlugin, service_for
+
+adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
+
+CHROMIUM = os.environ.get("ADYTON_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: screenshots of each page, for a person to look at (git-ignored)
+SHOTS = Path(__file__).resolve().parents[3] / ".artifacts" / "ui"
+#: the longest any one condition is waited for (the model decodes slowly on a busy machine)
+WAIT_MS = 90_000
+
+
+@dataclass
+class Stack:
+    base_url: str
+    admin_key: str
+    api_key: str
+    account_number: str
+    account_id: str
+    kernel: object = field(repr=False)
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.admin_key}"})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    models = link_model(tmp_path_factory.mktemp("models"))
+    home = tmp_path_factory.mktemp("home")
+    app = create_app(
+        settings={"home": str(home), "llama": {"models_dir": str(models)}},
+        plugins=[adyton_openai, adyton_llama, LimitsPlugin(), adyton_guided, adyton_web],
+        load_entrypoints=False)
+    kernel = app.extensions["adyton"]
+    server = ServerThread(app).start()
+    try:
+        admin_key = service_for(kernel).admin_key_path.read_text().strip()
+        r = httpx.post(server.base_url + "/admin/accounts", json={"name": "tester", "tier": 1},
+                       headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+        r.raise_for_status()
+        made = r.json()
+        yield Stack(server.base_url, admin_key, made["api_key"], made["account_number"], made["id"], kernel)
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
+        message = f"{CHROMIUM} not found (make chromium, or apt-get install chromium)"
+        if os.environ.get("ADYTON_REQUIRE_MODEL"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900}, service_workers="block")
+        context.set_default_timeout(WAIT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+CSP_PROBE = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+
+def wait_js(page, predicate: str, timeout_ms: int = WAIT_MS, interval_s: float = 0.05) -> None:
+    """Wait until the JavaScript function ``predicate`` returns true in the page.
+
+    Playwright's ``wait_for_function`` compiles its predicate with ``eval``
+    inside the page, which the console's Content-Security-Policy forbids (no
+    'unsafe-eval'); ``page.evaluate`` goes through the DevTools protocol
+    instead, so the predicate is polled from here."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        if page.evaluate(predicate):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_ms} ms waiting for: {predicate}")
+        time.sleep(interval_s)
+
+
+class Tab:
+    """A page plus what it reported: CSP violations and console errors."""
+
+    def __init__(self, page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.add_init_script(CSP_PROBE)
+
+    def open(self, fragment: str = "") -> None:
+        self.page.goto(self.base_url + "/ui/" + fragment)
+        self.page.wait_for_selector("#signin:not([hidden]), #nav:not([hidden])", state="attached")
+
+    def sign_in(self, key: str = "", admin: str = "") -> None:
+        page = self.page
+        if key:
+            page.fill("#signin-key", key)
+        if admin:
+            page.fill("#signin-admin", admin)
+        page.press("#signin-admin" if admin else "#signin-key", "Enter")
+        page.wait_for_selector("#nav:not([hidden])")
+
+    def shot(self, name: str) -> Path:
+        path = SHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def assert_clean(self) -> None:
+        violations = self.page.evaluate("window.__csp")
+        assert violations == [], f"Content-Security-Policy violations: {violations}"
+        # a refused credential is an expected 401/403 in the console; nothing else is
+        unexpected = [e for e in self.errors if "status of 401" not in e and "status of 403" not in e]
+        assert unexpected == [], f"errors in the browser console: {unexpected}"
+
+
+@pytest.fixture
+def tab(browser, stack):
+    page = browser.new_page()
+    t = Tab(page, stack.base_url)
+    yield t
+    page.close()
