@@ -202,3 +202,21 @@ def test_request_validation():
         EmbeddingRequest(inputs=["a", ""])
     with pytest.raises(ValueError):
         EmbeddingRequest(inputs=["a"], dimensions=0)
+
+
+async def test_the_documented_embedder_works(make_app):
+    """docs/plugin-authors.md's embeddings example, on its LookupBackend."""
+    import re
+    import types
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugin-authors.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    namespace = types.ModuleType("doc_embedder").__dict__
+    exec(compile(next(b for b in blocks if "class LookupBackend" in b), "plugin-authors.md", "exec"), namespace)
+    exec(compile(next(b for b in blocks if "class LookupEmbedder" in b), "plugin-authors.md", "exec"), namespace)
+    app = make_app(namespace["LookupEmbedder"]())
+    async with app.test_app():
+        result = await kernel_of(app).pipeline.embed(EmbeddingRequest(inputs=["a b", "c d e"]), KEY)
+    assert result.dimensions == 8 and [v.shape for v in result.vectors] == [(8,), (8,)]
+    assert result.usage.prompt_tokens == 5
