@@ -7,7 +7,7 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 
 from . import errors, tools, types
 from .chat_template import ChatTemplate, ChatTemplateError
-from .app import Kernel, create_app, current_kernel, default_error_response
+from .app import Kernel, create_app, current_kernel, default_error_response, require_access
 from .body import check_text, read_json_body
 from .errors import (
     AdytonError,
@@ -79,6 +79,7 @@ __all__ = [
     "check_text",
     "create_app",
     "current_kernel",
+    "require_access",
     "default_error_response",
     "errors",
     "hookimpl",

@@ -37,7 +37,7 @@ from .pipeline import Pipeline, resolve_all
 from .plugins import PluginManager, build_plugin_manager
 from .queue import EngineJob, EngineQueue
 from .settings import Settings, load_settings
-from .types import ModelInfo
+from .types import Credentials, ModelInfo, Principal
 
 log = logging.getLogger("adyton")
 
@@ -529,3 +529,19 @@ def _install_cors(app: Quart, origins: list[str]) -> None:
 def current_kernel() -> Kernel:
     """The kernel of the app handling the current request."""
     return current_app.extensions["adyton"]
+
+
+async def require_access(route: str, credentials: Credentials | None = None) -> Principal:
+    """For a read-only route: check that the caller has the access the
+    ``[access]`` setting ``route`` ("models", "server_info", "metrics")
+    demands, asking the authenticators (``Authenticator.authorize``).
+    ``credentials`` default to the request's API-key headers
+    (``Credentials.from_headers``); a wire format with its own way of reading
+    them passes its own. Returns the principal; raises ``Unauthorized`` /
+    ``Forbidden``, which the route's wire format renders."""
+    kernel = current_kernel()
+    access = getattr(kernel.settings.access, route)
+    if credentials is None:
+        credentials = Credentials.from_headers(request.headers, wire_format="",
+                                               client_address=request.remote_addr)
+    return await kernel.pipeline.authorize(credentials, access)

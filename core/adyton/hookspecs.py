@@ -287,6 +287,19 @@ class Authenticator(ABC):
         ``Unauthorized`` (with a message saying what is wrong) if they are
         yours but invalid, unknown or disabled."""
 
+    async def authorize(self, credentials: Credentials, access: str) -> Principal | None:
+        """May ``credentials`` call a read-only route that needs ``access``
+        (the ``[access]`` settings; see ``adyton.require_access``): "user"
+        (any caller you accept), "metrics" (a metrics scraper) or "admin".
+        Return a Principal if they are yours and grant it; None if they are
+        not your kind (the next authenticator is asked); raise
+        ``Unauthorized`` or ``Forbidden`` (saying what is missing) if they
+        are yours but do not grant it. The default grants "user" to whatever
+        ``authenticate`` accepts and nothing else."""
+        if access == "user":
+            return await self.authenticate(credentials)
+        return None
+
 
 class Limiter(ABC):
     """Admission control per principal. Register with ``register_limiters``.

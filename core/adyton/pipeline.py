@@ -30,6 +30,7 @@ from .errors import (
     AdytonError,
     BackendError,
     ContextTooLong,
+    Forbidden,
     InvalidRequest,
     RateLimited,
     ServerBusy,
@@ -181,6 +182,26 @@ class Pipeline:
         if credentials.kind == "none" or not credentials.secret:
             raise Unauthorized("missing credentials: send an API key", code="missing_api_key")
         raise Unauthorized("invalid credentials", code="invalid_api_key")
+
+    async def authorize(self, credentials: Credentials, access: str) -> Principal:
+        """The principal for a read-only route that needs ``access``
+        ("public", "user", "metrics", "admin"), asking each authenticator's
+        ``authorize``; open (anonymous) when no authenticator is installed.
+        Raises ``Unauthorized`` (no or unknown credentials) or ``Forbidden``
+        (valid, but not enough)."""
+        authenticators = self.kernel.authenticators
+        if access == "public" or not authenticators:
+            return ANONYMOUS
+        for authenticator in authenticators:
+            principal = await authenticator.authorize(credentials, access)
+            if principal is not None:
+                return principal
+        what = "an API key" if access == "user" else f"credentials with '{access}' access"
+        if credentials.kind == "none" or not credentials.secret:
+            raise Unauthorized(f"missing credentials: this route needs {what}", code="missing_api_key")
+        if access == "user":
+            raise Unauthorized("invalid credentials", code="invalid_api_key")
+        raise Forbidden(f"these credentials do not grant '{access}' access", code="insufficient_access")
 
     async def submit(self, request: GenerationRequest, credentials: Credentials) -> "Generation":
         kernel = self.kernel

@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -57,6 +57,21 @@ class ModelsSettings(_Section):
     aliases: dict[str, str] = Field(default_factory=dict, description='Extra names for models, e.g. {qwen3_4b = "smollm2-135m-instruct"}.')
 
 
+#: who may call a read-only route: anyone; any caller an authenticator accepts;
+#: a metrics scraper (or an admin); an admin. Authenticators decide what
+#: credentials grant "metrics" and "admin" (``Authenticator.authorize``).
+Access = Literal["public", "user", "metrics", "admin"]
+
+
+class AccessSettings(_Section):
+    """What credentials the read-only routes need while an auth plugin is
+    installed (without one every route is open); /health is always open."""
+
+    models: Access = Field("user", description='GET model lists of the wire formats (/v1/models, /v1/models/{id}, /api/models): "public", "user" (any valid API key), "metrics" or "admin".')
+    server_info: Access = Field("admin", description="GET /-/plugins and /-/models (plugin versions, model files on disk).")
+    metrics: Access = Field("metrics", description='GET /metrics; "metrics": the admin key or a metrics-only token (adyton-limits: limits.metrics_token_file).')
+
+
 class Settings(BaseSettings):
     """The kernel's settings. Plugin sections are added per app."""
 
@@ -72,6 +87,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
 
     @classmethod
     def settings_customise_sources(

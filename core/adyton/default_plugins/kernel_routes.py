@@ -1,5 +1,7 @@
 """The kernel's own HTTP surface: ``/health``, ``/metrics``, ``/-/plugins``,
-``/-/models``. Errors anywhere outside a wire format's prefixes are rendered
+``/-/models``. ``/health`` is open; the others need the access the
+``[access]`` settings name (``metrics``, ``server_info``) while an auth
+plugin is installed. Errors anywhere outside a wire format's prefixes are rendered
 in this surface's plain shape: ``{"error": {"message", "type", "code"}}``."""
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify
 
-from ..app import current_kernel, default_error_response
+from ..app import current_kernel, default_error_response, require_access
 from ..errors import AdytonError
 from ..hookspecs import WireFormat, hookimpl
 
@@ -47,14 +49,17 @@ class KernelRoutes(WireFormat):
         return jsonify(body)
 
     async def metrics(self) -> Response:
+        await require_access("metrics")
         kernel = current_kernel()
         kernel.metrics.refresh()
         return Response(generate_latest(kernel.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     async def plugins(self) -> Response:
+        await require_access("server_info")
         return jsonify({"plugins": current_kernel().pm.describe()})
 
     async def models(self) -> Response:
+        await require_access("server_info")
         kernel = current_kernel()
         return jsonify({"models": [info.model_dump() for _, info in kernel.models.list()]})
 
