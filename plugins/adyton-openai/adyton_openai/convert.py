@@ -245,8 +245,9 @@ def _tools(body: ChatCompletionRequest, kw: dict[str, Any], ignored: list[str]) 
     names = [t["name"] for t in kw["tools"]]
     if len(set(names)) != len(names):
         raise InvalidRequest("tool names must be unique", param="tools", code="invalid_value")
-    if body.parallel_tool_calls is not None:
-        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    # off unless asked for (as llama.cpp's server): small models asked for
+    # "one or more" calls repeat the first until max_tokens
+    kw["parallel_tool_calls"] = bool(body.parallel_tool_calls)
     if choice is None:
         return
     if isinstance(choice, str):
