@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 import adyton_openai
+from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, hookimpl
 from adyton.testing import LoopbackServers
 
 
@@ -36,3 +37,51 @@ def sdk():
         return cls(base_url=server.base_url + "/v1", api_key=api_key, **kwargs)
 
     return make
+
+
+
+class _Keys(Authenticator):
+    name = "keys"
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    async def authenticate(self, credentials):
+        if credentials.secret in self.keys:
+            return Principal(id=credentials.secret)
+        raise Unauthorized("unknown API key")
+
+
+class _Ledger(Limiter):
+    name = "ledger"
+
+    def __init__(self):
+        self.settled: list[tuple[str, int, int, str]] = []
+
+    async def reserve(self, principal, cost):
+        return Reservation(principal, cost, headers={"x-ratelimit-remaining-tokens": "1000"})
+
+    async def settle(self, reservation, usage, outcome):
+        self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
+
+
+class Accounts:
+    """A plugin with API keys (default ``sk-a``, ``sk-b``: principals of the
+    same ids; other keys are 401) and a limiter that admits everything and
+    records each settle in ``settled`` as (principal, prompt tokens,
+    completion tokens, outcome), as the limits plugin's ledger would."""
+
+    __name__ = "accounts"
+
+    def __init__(self, keys=("sk-a", "sk-b")):
+        self.keys = _Keys(keys)
+        self.ledger = _Ledger()
+        self.settled = self.ledger.settled
+
+    @hookimpl
+    def register_authenticators(self, register, kernel):
+        register(self.keys)
+
+    @hookimpl
+    def register_limiters(self, register, kernel):
+        register(self.ledger)

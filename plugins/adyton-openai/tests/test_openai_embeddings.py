@@ -12,46 +12,8 @@ import numpy as np
 import openai
 import pytest
 
-from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, hookimpl
 from adyton.testing import ScriptedBackend
-from openai_fixtures import sdk, serve  # noqa: F401 - fixtures
-
-
-class Ledger(Limiter):
-    name = "ledger"
-
-    def __init__(self):
-        self.settled = []
-
-    async def reserve(self, principal, cost):
-        return Reservation(principal, cost, headers={"x-ratelimit-remaining-tokens": "1000"})
-
-    async def settle(self, reservation, usage, outcome):
-        self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
-
-
-class Keys(Authenticator):
-    name = "keys"
-
-    async def authenticate(self, credentials):
-        if credentials.secret in ("sk-a", "sk-b"):
-            return Principal(id=credentials.secret)
-        raise Unauthorized("unknown API key")
-
-
-class Accounts:
-    __name__ = "accounts"
-
-    def __init__(self):
-        self.ledger = Ledger()
-
-    @hookimpl
-    def register_authenticators(self, register, kernel):
-        register(Keys())
-
-    @hookimpl
-    def register_limiters(self, register, kernel):
-        register(self.ledger)
+from openai_fixtures import Accounts, sdk, serve  # noqa: F401 - fixtures
 
 
 @pytest.fixture
@@ -84,7 +46,7 @@ def test_float_and_base64_agree(server, sdk, accounts):
     decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
     assert np.array_equal(decoded, vectors[0])
     assert raw.headers["x-ratelimit-remaining-tokens"] == "1000"
-    assert accounts.ledger.settled == [("sk-a", 10, 0, "ok"), ("sk-a", 10, 0, "ok"), ("sk-a", 3, 0, "ok")]
+    assert accounts.settled == [("sk-a", 10, 0, "ok"), ("sk-a", 10, 0, "ok"), ("sk-a", 3, 0, "ok")]
 
 
 def test_token_arrays_and_the_loaded_model(server, sdk):
@@ -120,7 +82,7 @@ def test_refusals_are_openai_errors(server, accounts, body, status, param, code)
         assert error["code"] == code
     if body.get("model") == "plain-model":
         assert "plain-model" in error["message"]
-    assert accounts.ledger.settled == []  # nothing reserved, nothing counted
+    assert accounts.settled == []  # nothing reserved, nothing counted
 
 
 def test_bad_key_is_401(server, sdk):

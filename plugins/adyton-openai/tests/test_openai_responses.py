@@ -11,9 +11,8 @@ import httpx
 import openai
 import pytest
 
-from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, hookimpl
 from adyton.testing import ScriptedBackend
-from openai_fixtures import sdk, serve  # noqa: F401 - fixtures
+from openai_fixtures import Accounts, sdk, serve  # noqa: F401 - fixtures
 
 STREAM_SEQUENCE = [
     "response.created", "response.in_progress", "response.output_item.added",
@@ -21,43 +20,6 @@ STREAM_SEQUENCE = [
     "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
     "response.content_part.done", "response.output_item.done", "response.completed",
 ]
-
-
-class Ledger(Limiter):
-    name = "ledger"
-
-    def __init__(self):
-        self.settled = []
-
-    async def reserve(self, principal, cost):
-        return Reservation(principal, cost)
-
-    async def settle(self, reservation, usage, outcome):
-        self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
-
-
-class Keys(Authenticator):
-    name = "keys"
-
-    async def authenticate(self, credentials):
-        if credentials.secret in ("sk-a", "sk-b"):
-            return Principal(id=credentials.secret)
-        raise Unauthorized("unknown API key")
-
-
-class Accounts:
-    __name__ = "accounts"
-
-    def __init__(self):
-        self.ledger = Ledger()
-
-    @hookimpl
-    def register_authenticators(self, register, kernel):
-        register(Keys())
-
-    @hookimpl
-    def register_limiters(self, register, kernel):
-        register(self.ledger)
 
 
 @pytest.fixture
@@ -86,7 +48,7 @@ def test_create_plain(server, sdk, accounts, backend):
     assert message.content[0].type == "output_text" and message.content[0].annotations == []
     assert r.usage.output_tokens == 4 and r.usage.total_tokens == r.usage.input_tokens + 4
     assert backend.prompts[-1] == "<system>Be brief.\n<user>hi there\n<assistant>"
-    assert accounts.ledger.settled == [("sk-a", r.usage.input_tokens, 4, "ok")]
+    assert accounts.settled == [("sk-a", r.usage.input_tokens, 4, "ok")]
 
 
 def test_max_output_tokens_is_incomplete(server, sdk):
@@ -211,7 +173,7 @@ def test_refusals_are_openai_errors(server, accounts, body, status, param, code)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["code"] == code and error["message"], error
-    assert accounts.ledger.settled == []  # refused before anything was counted
+    assert accounts.settled == []  # refused before anything was counted
 
 
 def test_bad_key_is_401(server):

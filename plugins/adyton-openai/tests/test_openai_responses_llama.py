@@ -23,8 +23,9 @@ import pytest
 from pydantic import BaseModel
 
 import adyton_openai
-from adyton import Limiter, Reservation, create_app, hookimpl
+from adyton import create_app
 from adyton.testing import ServerThread, link_model
+from openai_fixtures import Accounts
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")
@@ -34,35 +35,9 @@ MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France? Answer in one word."
 
 
-class Ledger(Limiter):
-    """Records every settle, as the limits plugin's ledger would."""
-
-    name = "ledger"
-
-    def __init__(self):
-        self.settled = []
-
-    async def reserve(self, principal, cost):
-        return Reservation(principal, cost)
-
-    async def settle(self, reservation, usage, outcome):
-        self.settled.append((reservation.cost.wire_format, usage.prompt_tokens, usage.completion_tokens, outcome))
-
-
-class LedgerPlugin:
-    __name__ = "ledger"
-
-    def __init__(self):
-        self.ledger = Ledger()
-
-    @hookimpl
-    def register_limiters(self, register, kernel):
-        register(self.ledger)
-
-
 @pytest.fixture(scope="module")
 def ledger():
-    return LedgerPlugin()
+    return Accounts(keys=("sk-test",))
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +173,7 @@ def _cos(a, b):
 
 
 def test_embeddings_float_and_base64(client, ledger):
-    before = len(ledger.ledger.settled)
+    before = len(ledger.settled)
     r = client.embeddings.create(model=MODEL, input=TEXTS + [TEXTS[0]], encoding_format="float")
     vectors = [np.array(d.embedding, dtype=np.float32) for d in r.data]
     assert [v.shape for v in vectors] == [(576,)] * 4
@@ -211,8 +186,8 @@ def test_embeddings_float_and_base64(client, ledger):
     b64 = client.embeddings.create(model=MODEL, input=TEXTS[0])  # the SDK asks for base64 by default
     assert np.array_equal(np.array(b64.data[0].embedding, dtype=np.float32), vectors[0])
     # counted once each in the limits ledger: input tokens, no completion
-    settled = ledger.ledger.settled[before:]
-    assert settled == [("openai", r.usage.prompt_tokens, 0, "ok"), ("openai", b64.usage.prompt_tokens, 0, "ok")]
+    settled = ledger.settled[before:]
+    assert settled == [("sk-test", r.usage.prompt_tokens, 0, "ok"), ("sk-test", b64.usage.prompt_tokens, 0, "ok")]
 
 
 def test_embeddings_do_not_disturb_generation(client):
@@ -254,6 +229,7 @@ def test_base64_is_little_endian_float32(base_url):
     import httpx
 
     r = httpx.post(base_url + "/v1/embeddings", json={"model": MODEL, "input": "hi", "encoding_format": "base64"},
-                   timeout=60)
+                   headers={"Authorization": "Bearer sk-test"}, timeout=60)
+    assert r.status_code == 200, r.text
     raw = base64.b64decode(r.json()["data"][0]["embedding"])
     assert len(raw) == 576 * 4
