@@ -27,6 +27,7 @@ from adyton import (
     WireFormat,
     current_kernel,
     read_json_body,
+    require_access,
 )
 
 from .parse import WIRE_FORMAT, parse_chat
@@ -111,7 +112,11 @@ class AxiomWireFormat(WireFormat):
         return _json_response({"message": result.choices[0].text}, headers=result.headers)
 
     async def models(self) -> Response:
-        """The names ``model`` accepts (ids and aliases)."""
+        """The names ``model`` accepts (ids and aliases). Needs the access
+        ``[access] models`` names: a GET has no body to carry a sessionId, so
+        the credentials come in headers (``Authorization: Bearer <account
+        number or API key>``, or ``x-api-key``)."""
+        await require_access("models")
         return _json_response({"models": current_kernel().models.names()})
 
     # -- helpers ------------------------------------------------------------------

@@ -39,6 +39,14 @@ class AccountAuthenticator(Authenticator):
             return None
         return self.service.authenticate(credentials.kind, credentials.secret)
 
+    async def authorize(self, credentials: Credentials, access: str) -> Principal | None:
+        """Read-only routes (``[access]``): the admin key grants every level,
+        the metrics token (``limits.metrics_token_file``) grants "metrics",
+        an account's key or number grants "user"."""
+        if credentials.kind not in ("bearer", "api_key", "account_number"):
+            return None
+        return self.service.authorize(credentials.kind, credentials.secret, access)
+
 
 class LimitsPlugin:
     """The plugin's hooks; state lives in one ``LimitsService`` per kernel."""

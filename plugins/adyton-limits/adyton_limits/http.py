@@ -85,6 +85,7 @@ class AdminApi(_JsonSurface):
         bp.add_url_rule("/accounts/<ref>/disable", "disable", self.disable, methods=["POST"])
         bp.add_url_rule("/accounts/<ref>/enable", "enable", self.enable, methods=["POST"])
         bp.add_url_rule("/usage", "usage", self.usage, methods=["GET"])
+        bp.add_url_rule("/tiers", "tiers", self.tiers, methods=["GET"])
         self._bp = bp
 
     @property
@@ -105,8 +106,9 @@ class AdminApi(_JsonSurface):
         if not presented and auth.lower().startswith("bearer "):
             presented = auth[7:]
         if not presented:
-            raise Unauthorized("the admin API needs the admin key (Authorization: Bearer <key>); "
-                               f"it is in {self.service.admin_key_path} on the server", code="missing_admin_key")
+            # (not where the key file is: that is for the operator's log, not for any caller)
+            raise Unauthorized("the admin API needs the admin key (Authorization: Bearer <key>)",
+                               code="missing_admin_key")
         if not self.service.check_admin_key(presented):
             raise Forbidden("wrong admin key", code="invalid_admin_key")
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -186,6 +188,11 @@ class AdminApi(_JsonSurface):
     async def enable(self, ref: str) -> Response:
         account = self._account(ref)
         return jsonify((await self.service.in_writer(self.service.store.set_enabled, account.id, True)).as_dict())
+
+    async def tiers(self) -> Response:
+        settings = self.service.settings
+        return jsonify({"default_tier": settings.default_tier,
+                        "tiers": {str(n): limits.model_dump() for n, limits in sorted(settings.tiers.items())}})
 
     async def usage(self) -> Response:
         ref = request.args.get("account")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from adyton import Principal, Unauthorized
+from adyton import Forbidden, Principal, Unauthorized
 
 from .limiter import AccountLimiter, Counters
 from .settings import LimitsSettings
@@ -44,6 +44,7 @@ class LimitsService:
         self._writer: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._admin_hash: str | None = None
+        self._metrics_hash: str | None = None
         self._opened = False
         #: names this process in its slot entries (host, pid, random)
         self.server_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
@@ -77,6 +78,7 @@ class LimitsService:
             today = utc_day(self.clock())
             await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
         self.ensure_admin_key()
+        self.load_metrics_token()
         log.info("adyton-limits: accounts in %s; counters in %s", self.db_path, self.settings.storage_uri)
         log.info("adyton-limits: admin API key is in %s (send 'Authorization: Bearer <key>' to /admin/...)",
                  self.admin_key_path)
@@ -153,6 +155,32 @@ class LimitsService:
             raise RuntimeError(f"the admin key file {path} is empty")
         self._admin_hash = hash_secret(key)
         return path
+
+    def load_metrics_token(self) -> None:
+        """The metrics-only token, if ``metrics_token_file`` is set (it must
+        exist and hold a token: a typo must not silently open nothing)."""
+        path = self.settings.metrics_token_file
+        if path is None:
+            return
+        token = Path(path).expanduser().read_text().strip()
+        if len(token) < 16:
+            raise RuntimeError(f"limits.metrics_token_file {path} must hold a token of 16 or more characters")
+        self._metrics_hash = hash_secret(token)
+
+    def authorize(self, kind: str, secret: str, access: str) -> Principal:
+        """Read-only access: "admin" needs the admin key, "metrics" the admin
+        key or the metrics token, "user" any valid account credential (or
+        either of those keys)."""
+        secret = secret.strip()
+        if kind != "account_number" and self.check_admin_key(secret):
+            return Principal(id="admin", display_name="admin key", attributes={"credential": "admin_key"})
+        if kind != "account_number" and self._metrics_hash is not None and access == "metrics" \
+                and hmac.compare_digest(hash_secret(secret), self._metrics_hash):
+            return Principal(id="metrics", display_name="metrics token", attributes={"credential": "metrics_token"})
+        if access == "user":
+            return self.authenticate(kind, secret)
+        needed = "the admin key" if access == "admin" else "the admin key or the metrics token"
+        raise Forbidden(f"this route needs {needed} (Authorization: Bearer ...)", code="insufficient_access")
 
     def check_admin_key(self, presented: str | None) -> bool:
         if not presented or self._admin_hash is None:

@@ -76,6 +76,9 @@ class LimitsSettings(BaseModel):
                                 "request is refused with 503.")
     db_path: Path | None = Field(None, description="Accounts + ledger SQLite file (default: $ADYTON_HOME/limits/accounts.sqlite3).")
     admin_key_file: Path | None = Field(None, description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, created 0600 at first start).")
+    metrics_token_file: Path | None = Field(
+        None, description="File holding a token that grants /metrics only (access level \"metrics\"), for a "
+                          "Prometheus scraper; the admin key always does. None: only the admin key.")
     default_tier: int = Field(1, ge=1, description="Tier of new accounts.")
     tiers: dict[int, TierLimits] = Field(default_factory=default_tiers, description="Tier number -> limits.")
     upgrade: UpgradeRule = Field(default_factory=UpgradeRule)

@@ -26,7 +26,9 @@ def test_admin_api_refuses_without_the_admin_key(make_app):
         r = httpx.post(url, json={})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "missing_admin_key"
-        assert "admin.key" in r.json()["error"]["message"]
+        # says what is needed, but not where the key file lives on the server
+        assert "admin key" in r.json()["error"]["message"]
+        assert "admin.key" not in r.json()["error"]["message"] and "/" not in r.json()["error"]["message"]
         r = httpx.post(url, json={}, headers={"Authorization": "Bearer adm-wrong"})
         assert r.status_code == 403
         assert httpx.get(url, headers={"x-admin-key": "nope"}).status_code == 403

@@ -25,6 +25,7 @@ from adyton import (
     current_kernel,
     tools,
     read_json_body,
+    require_access,
 )
 
 from . import convert, embeddings, render, responses
@@ -165,6 +166,7 @@ class OpenAIWire(WireFormat):
         return model_id
 
     async def list_models(self) -> Response:
+        await require_access("models", credentials_from_request(self.name))  # [access] models
         settings = _settings()
         data: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -180,6 +182,7 @@ class OpenAIWire(WireFormat):
         return jsonify({"object": "list", "data": data})
 
     async def retrieve_model(self, model: str) -> Response:
+        await require_access("models", credentials_from_request(self.name))
         _, info = current_kernel().models.resolve(model)
         settings = _settings()
         return jsonify(self._entry(model, settings.owned_by or info.owned_by, info.created))
