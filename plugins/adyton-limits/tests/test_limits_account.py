@@ -130,6 +130,9 @@ def test_admin_accounts_search_and_pages(make_app, clock):
         r = admin.get("/accounts", params={"limit": "zero"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
         assert admin.get("/accounts", params={"limit": 0}).status_code == 400
+        tiers = admin.get("/tiers").json()
+        assert tiers["default_tier"] == 1 and sorted(tiers["tiers"]) == ["1", "2", "3", "4", "5"]
+        assert tiers["tiers"]["2"]["requests_per_day"] == 4000
         # without paging parameters: every account, as before
         assert len(admin.get("/accounts").json()["accounts"]) == 7
         # state changes refuse form bodies (what a cross-site form would send)
