@@ -42,6 +42,14 @@ class EmbeddingListOut(BaseModel):
     usage: EmbeddingUsageOut
 
 
+#: the most inputs one request may carry (as OpenAI)
+MAX_INPUTS = 2048
+
+
+def _invalid(message: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid value for 'input': {message}", param="input", code="invalid_value")
+
+
 def kernel_request(body: EmbeddingsRequest) -> EmbeddingRequest:
     value = body.input
     if isinstance(value, str):
@@ -50,11 +58,16 @@ def kernel_request(body: EmbeddingsRequest) -> EmbeddingRequest:
         inputs = [value]  # one token array
     else:
         inputs = list(value)
+    if not inputs:
+        raise _invalid("send at least one input.")
+    if len(inputs) > MAX_INPUTS:
+        raise _invalid(f"at most {MAX_INPUTS} inputs per request (got {len(inputs)}).")
     for i, item in enumerate(inputs):
+        where = "" if len(inputs) == 1 else f"input {i}: "
         if len(item) == 0:
-            where = "'input'" if len(inputs) == 1 else f"'input[{i}]'"
-            raise InvalidRequest(f"Invalid value for {where}: an input must not be empty.",
-                                 param="input", code="invalid_value")
+            raise _invalid(f"{where}an input must not be empty.")
+        if not isinstance(item, str) and min(item) < 0:
+            raise _invalid(f"{where}token ids are non-negative integers.")
     try:
         return EmbeddingRequest(inputs=inputs, model=body.model or None, dimensions=body.dimensions,
                                 user=body.user)

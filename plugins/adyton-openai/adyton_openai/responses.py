@@ -64,6 +64,9 @@ MAX_STORED = 1024
 _IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
             "stream_options", "top_logprobs")
 
+#: kernel/chat parameter names in errors -> this endpoint's
+_KERNEL_PARAMS = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
+
 #: ``include`` values that are honoured by having nothing to include (no reasoning here)
 _VACUOUS_INCLUDES = frozenset({"reasoning.encrypted_content"})
 
@@ -568,7 +571,11 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     parsed = parse(body, history)
     wire._check_ignored(parsed.convert)
     wire._server_limits(parsed.convert)
-    generation = await wire._submitter(credentials)(parsed.convert)
+    try:
+        generation = await wire._submitter(credentials)(parsed.convert)
+    except AdytonError as exc:  # name this endpoint's fields, not chat's
+        exc.param = _KERNEL_PARAMS.get(exc.param, exc.param)  # type: ignore[arg-type]
+        raise
     headers = wire._headers(parsed.convert, generation)
     renderer = Renderer(parsed, generation, wire._model_name(generation.model))
     if parsed.convert.request.stream:

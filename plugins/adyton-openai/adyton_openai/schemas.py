@@ -209,10 +209,9 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = _STRICT
 
-    input: (str | Annotated[list[str], Field(min_length=1, max_length=2048)]
-            | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-            | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
-                        Field(min_length=1, max_length=2048)]) = Field(
+    # counts and ids are checked after validation (embeddings.kernel_request):
+    # pydantic would report a too-long list of texts against the wrong union member
+    input: str | list[str] | list[int] | list[list[int]] = Field(
         description="A text, a list of texts, a token array or a list of token arrays (up to 2048 inputs).")
     model: str | None = Field(None, description="A model id or alias; omitted or empty: the loaded model.")
     encoding_format: Literal["float", "base64"] | None = Field(

@@ -70,6 +70,9 @@ def test_token_arrays_and_the_loaded_model(server, sdk):
     ({"model": "scripted-model"}, 400, "input", "missing_required_parameter"),
     ({"model": "scripted-model", "input": 3}, 400, "input", "invalid_value"),
     ({"model": "scripted-model", "input": [[70000]]}, 400, "input", None),
+    ({"model": "scripted-model", "input": [[-1]]}, 400, "input", "invalid_value"),
+    ({"model": "scripted-model", "input": [[]]}, 400, "input", "invalid_value"),
+    ({"model": "scripted-model", "input": ["a"] * 2049}, 400, "input", "invalid_value"),
     ({"model": "scripted-model", "input": "x", "encoding_format": "int8"}, 400, "encoding_format", "invalid_value"),
     ({"model": "scripted-model", "input": "x", "bogus": 1}, 400, "bogus", "unknown_parameter"),
 ])

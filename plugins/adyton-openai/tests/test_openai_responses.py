@@ -160,6 +160,7 @@ def test_store_is_bounded(server, sdk):
     ({}, 400, "input", "missing_required_parameter"),
     ({"input": 5}, 400, "input", "invalid_value"),
     ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens", "invalid_value"),
+    ({"input": "x", "max_output_tokens": 10**6}, 400, "max_output_tokens", "context_length_exceeded"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}}, 400, "text.format.schema",
      "missing_required_parameter"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}},
