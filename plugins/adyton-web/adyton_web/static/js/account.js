@@ -85,8 +85,11 @@ export async function showAccount() {
     h("div", { class: "card" }, h("h2", {}, "Next tier"), upgrade),
     h("div", { class: "card wide" },
       h("h2", {}, "Last 30 days"),
-      barChart(history, { title: "Requests per day, last 30 days" }),
-      barChart(tokens, { title: "Tokens per day, last 30 days", unit: " tokens" })),
+      h("div", { class: "charts" },
+        h("figure", {}, h("figcaption", {}, "Requests per day"),
+          barChart(history, { title: "Requests per day, last 30 days" })),
+        h("figure", {}, h("figcaption", {}, "Tokens per day"),
+          barChart(tokens, { title: "Tokens per day, last 30 days", unit: " tokens" })))),
   );
 }
 

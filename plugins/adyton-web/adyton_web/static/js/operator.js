@@ -56,7 +56,8 @@ export function showOperator() {
   $("op-signin").hidden = admin;
   $("op-body").hidden = !admin;
   if (!admin) { $("op-admin-key").focus(); return; }
-  loadAccounts();
+  const ready = tiers.length ? Promise.resolve() : loadTiers();
+  ready.then(loadAccounts, fail);
   live();
 }
 
@@ -68,7 +69,7 @@ export function hideOperator() {
 
 export function resetOperator() {
   hideOperator();
-  offset = 0; total = 0; query = "";
+  offset = 0; total = 0; query = ""; tiers = [];
   $("op-search").value = "";
   $("op-accounts").tBodies[0].replaceChildren();
   $("op-live").replaceChildren();
@@ -111,17 +112,15 @@ async function loadAccounts() {
 }
 
 function tierSelect(account) {
+  const choices = tiers.includes(account.tier) ? tiers : [...tiers, account.tier].sort((x, y) => x - y);
   const select = h("select", { "aria-label": `Tier of ${account.name || account.id}` },
-    tiers.map((t) => h("option", { value: t, selected: t === account.tier }, `Tier ${t}`)));
+    choices.map((t) => h("option", { value: t, selected: t === account.tier }, `Tier ${t}`)));
   select.addEventListener("change", () =>
     act(`/admin/accounts/${account.id}/tier`, { tier: Number(select.value) }));
   return select;
 }
 
 function renderAccounts(accounts) {
-  const known = new Set(tiers);
-  accounts.forEach((a) => known.add(a.tier));
-  tiers = [...known].sort((x, y) => x - y);
   const rows = accounts.map((a) => {
     const who = a.name || a.id;
     return h("tr", { "data-id": a.id },
@@ -192,7 +191,6 @@ async function live() {
         call("/-/plugins", { admin: true }).then((r) => r.plugins),
       ]);
       slowAt = Date.now();
-      fillTierChoices();
     }
     renderLive(parseMetrics(text));
     $("op-updated").textContent = `· updated ${new Date().toLocaleTimeString()}`;
@@ -202,11 +200,12 @@ async function live() {
   if (visible) timer = setTimeout(live, LIVE_EVERY_MS);
 }
 
-function fillTierChoices() {
-  const select = $("op-create-tier");
-  if (select.options.length) return;
-  const choices = tiers.length ? tiers : [1, 2, 3, 4, 5];
-  select.replaceChildren(...choices.map((t) => h("option", { value: t }, `Tier ${t}`)));
+/** The tier table (GET /admin/tiers): the choices for new accounts and tier changes. */
+async function loadTiers() {
+  const table = await call("/admin/tiers", { admin: true });
+  tiers = Object.keys(table.tiers).map(Number).sort((x, y) => x - y);
+  $("op-create-tier").replaceChildren(...tiers.map((t) =>
+    h("option", { value: t, selected: t === table.default_tier }, `Tier ${t}`)));
 }
 
 function table(caption, rows, id) {

@@ -8,7 +8,11 @@ import { checkSchema } from "./schema.js";
 
 const EXAMPLE_SCHEMA = {
   type: "object",
-  properties: { city: { type: "string" }, country: { type: "string" }, population: { type: "integer" } },
+  properties: {
+    city: { type: "string", maxLength: 40 },
+    country: { type: "string", maxLength: 40 },
+    population: { type: "integer", minimum: 0, maximum: 100000000 },
+  },
   required: ["city", "country", "population"],
   additionalProperties: false,
 };
@@ -232,7 +236,8 @@ function checkJson(text, schema, guided, finish) {
   const check = $("pg-check");
   let value;
   try { value = JSON.parse(text); } catch (err) {
-    check.textContent = `Not valid JSON (finish: ${finish}): ${err.message}`;
+    check.textContent = `Not valid JSON (finish: ${finish}): ${err.message}` +
+      (finish === "length" ? " — the answer was cut by max tokens: raise it, or bound the schema's strings." : "");
     check.className = "check bad";
     return;
   }
