@@ -152,9 +152,7 @@ class AccountApi(_JsonSurface):
             base["reason"] = ("automatic upgrades are off" if not rule.enabled else
                               "no higher tier is reached automatically")
             return base
-        limits = tiers[tier]
-        req = math.ceil(rule.share * limits.requests_per_day) if limits.requests_per_day else None
-        tok = math.ceil(rule.share * limits.tokens_per_day) if limits.tokens_per_day else None
+        req, tok = rule.thresholds(tiers[tier])
         since = utc_day(account.tier_changed_at)
         counted = self.service.store.days_reaching(account.id, since, req, tok)
         base.update({"next_tier": higher[0], "days_counted": counted,

@@ -8,7 +8,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import math
 import os
 import secrets
 import socket
@@ -286,9 +285,7 @@ class LimitsService:
         higher = sorted(t for t in tiers if t > tier)
         if not higher or higher[0] > rule.max_tier or tier not in tiers:
             return None
-        limits = tiers[tier]
-        req = math.ceil(rule.share * limits.requests_per_day) if limits.requests_per_day else None
-        tok = math.ceil(rule.share * limits.tokens_per_day) if limits.tokens_per_day else None
+        req, tok = rule.thresholds(tiers[tier])
         if req is None and tok is None:
             return None
         today = conn.execute(
@@ -296,11 +293,7 @@ class LimitsService:
             (account_id, day)).fetchone()
         if today is None or not ((req is not None and today[0] >= req) or (tok is not None and today[1] >= tok)):
             return None  # today does not count (yet): nothing new to decide
-        n = conn.execute(
-            "SELECT count(*) FROM usage_daily WHERE account_id = ? AND day >= ? AND"
-            " (requests >= ? OR prompt_tokens + completion_tokens >= ?)",
-            (account_id, utc_day(changed_at), req if req is not None else 2**62,
-             tok if tok is not None else 2**62)).fetchone()[0]
+        n = self.store.days_reaching(account_id, utc_day(changed_at), req, tok, conn)
         if n < rule.days:
             return None
         new = higher[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,6 +61,13 @@ class UpgradeRule(BaseModel):
     share: float = Field(0.5, gt=0.0, le=1.0, description="Share of a daily quota that makes a day count.")
     days: int = Field(3, ge=1, description="Counting days needed for a promotion.")
     max_tier: int = Field(4, ge=1, description="Highest tier reached automatically (higher tiers: by hand).")
+
+    def thresholds(self, limits: TierLimits) -> tuple[int | None, int | None]:
+        """(requests, tokens) a day must reach under ``limits`` to count;
+        None for a dimension without a daily limit."""
+        req = math.ceil(self.share * limits.requests_per_day) if limits.requests_per_day else None
+        tok = math.ceil(self.share * limits.tokens_per_day) if limits.tokens_per_day else None
+        return req, tok
 
 
 class LimitsSettings(BaseModel):

@@ -396,12 +396,14 @@ class AccountStore:
             " WHERE account_id = ? AND day >= ? ORDER BY day", (account_id, since_day)).fetchall()
         return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
-    def days_reaching(self, account_id: str, since_day: str, requests: int | None, tokens: int | None) -> int:
+    def days_reaching(self, account_id: str, since_day: str, requests: int | None, tokens: int | None,
+                      conn: sqlite3.Connection | None = None) -> int:
         """How many days since ``since_day`` reached ``requests`` or ``tokens``
-        (None: that dimension does not count), as the upgrade rule counts them."""
+        (None: that dimension does not count), as the upgrade rule counts them.
+        ``conn``: the writer inside a transaction (to see its own rows)."""
         if requests is None and tokens is None:
             return 0
-        return int(self._reader().execute(
+        return int((conn or self._reader()).execute(
             "SELECT count(*) FROM usage_daily WHERE account_id = ? AND day >= ? AND"
             " (requests >= ? OR prompt_tokens + completion_tokens >= ?)",
             (account_id, since_day, requests if requests is not None else 2**62,
