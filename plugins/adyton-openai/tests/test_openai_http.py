@@ -140,7 +140,7 @@ def test_body_too_large_is_413(serve):
 
 
 def test_unknown_v1_route_is_openai_404(server):
-    r = httpx.get(server.base_url + "/v1/embeddings")
+    r = httpx.get(server.base_url + "/v1/no-such-endpoint")
     assert_openai_error(r, 404)
     r = httpx.get(server.base_url + "/v1/chat/completions")
     assert r.status_code == 405
