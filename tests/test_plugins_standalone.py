@@ -21,7 +21,7 @@ import pytest
 from adyton.testing import free_port, link_model
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ["llama", "openai", "axiom", "limits", "guided"]
+PLUGINS = ["llama", "openai", "axiom", "limits", "guided", "web"]
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +114,11 @@ def test_plugin_alone(venvs, plugin, tmp_path):
             r = httpx.post(base + "/sampling/generate", json={"prompt": "x", "method": "guided-generation",
                                                               "regex_pattern": "[0-9]+"})
             assert r.status_code in (404, 503), r.text  # no backend installed: refused cleanly
+        elif plugin == "web":  # the console's files are in the wheel (package data)
+            page = httpx.get(base + "/ui/")
+            assert page.status_code == 200 and 'src="js/main.js"' in page.text
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert httpx.get(base + "/ui/js/operator.js").status_code == 200
         headers = {}
         if plugin == "limits":  # with an auth plugin, /-/plugins needs the admin key ([access] server_info)
             assert httpx.get(base + "/-/plugins").status_code == 401
