@@ -100,3 +100,25 @@ def test_disk_full_keeps_rows_and_refuses_new_work_until_there_is_room(tmp_path)
             assert httpx.post(base + url, json={**chat, "max_tokens": 3}, headers=auth,
                               timeout=30).status_code == 200
         assert len(ledger(db, acct.account.id)) == 3  # every answer has its row; refusals cost nothing
+
+
+def test_rows_still_unwritable_at_shutdown_are_logged_in_full(tmp_path, caplog):
+    home = tmp_path / "home"
+    backend = ScriptedBackend(["a"] * 50, delay_s=0.01, eos_at_end=False)
+    with small_filesystem(home / "limits"):
+        app = limits_app(home, backend)
+        acct = new_account(app)
+        with serving(app) as server:
+            answer = {}
+            flight = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(
+                server.base_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 40},
+                headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=60)))
+            flight.start()
+            assert backend.running.wait(10)
+            fill(home / "limits")
+            flight.join(60)
+            assert answer["r"].status_code == 200
+        # stopped with the disk still full: the row is in the log, whole
+        lost = [r.getMessage() for r in caplog.records if "ledger row LOST" in r.getMessage()]
+        assert len(lost) == 1
+        assert acct.account.id in lost[0] and '"completion_tokens": 40' in lost[0]

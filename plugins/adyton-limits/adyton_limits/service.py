@@ -109,8 +109,7 @@ class LimitsService:
         if self.pending_rows:  # one last try, then say exactly what is lost
             try:
                 while self.pending_rows:
-                    await self._write_row(self.pending_rows[0])
-                    self.pending_rows.popleft()
+                    await self.in_writer(self._write_oldest_kept)
             except (sqlite3.Error, OSError) as exc:
                 for row in self.pending_rows:
                     log.error("adyton-limits: ledger row LOST at shutdown (%s): %s", exc,
@@ -234,10 +233,21 @@ class LimitsService:
             self._keep(row, f"{type(exc).__name__}: {exc}")
 
     async def _write_row(self, row: LedgerRow) -> None:
+        await self.in_writer(self._record_now, row)
+
+    def _record_now(self, row: LedgerRow) -> None:
+        """Writer thread: one ledger row (and a promotion it earns)."""
         upgrade = self._upgrade if self.settings.upgrade.enabled else None
-        new_tier = await self.in_writer(self.store.record, row, upgrade)
+        new_tier = self.store.record(row, upgrade)
         if new_tier is not None:
             log.info("adyton-limits: account %s promoted to tier %s by usage", row.account_id, new_tier)
+
+    def _write_oldest_kept(self) -> None:
+        """Writer thread: write the oldest kept row, then drop it — in the
+        writer thread, so a write that completes after its awaiting task was
+        cancelled (shutdown) is dropped too and never written twice."""
+        self._record_now(self.pending_rows[0])
+        self.pending_rows.popleft()
 
     def _keep(self, row: LedgerRow, error: str) -> None:
         if self.ledger_error is None:
@@ -264,8 +274,7 @@ class LimitsService:
             await asyncio.sleep(delay)
             try:
                 while self.pending_rows:
-                    await self._write_row(self.pending_rows[0])
-                    self.pending_rows.popleft()
+                    await self.in_writer(self._write_oldest_kept)
             except (sqlite3.Error, OSError) as exc:
                 self.ledger_error = f"{type(exc).__name__}: {exc}"
                 delay = min(2 * delay, 5.0)
