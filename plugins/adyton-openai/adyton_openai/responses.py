@@ -98,6 +98,8 @@ class Stored:
     owner: str
     #: the conversation so far, instructions excluded (they are not carried over)
     history: list[ChatMessage]
+    #: the response object as it was returned (GET /v1/responses/{id})
+    response: dict[str, Any] | None = None
 
 
 class ResponseStore:
@@ -115,13 +117,19 @@ class ResponseStore:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def get(self, response_id: str, owner: str) -> Stored:
+    def get(self, response_id: str, owner: str, *, param: str = "previous_response_id") -> Stored:
         stored = self._items.get(response_id)
         if stored is None or stored.owner != owner:  # another account's: not found either
-            raise NotFound(f"Previous response with id '{response_id}' not found.",
-                           param="previous_response_id", code="previous_response_not_found")
+            if param == "previous_response_id":
+                raise NotFound(f"Previous response with id '{response_id}' not found.",
+                               param=param, code="previous_response_not_found")
+            raise NotFound(f"Response with id '{response_id}' not found.", param=param)
         self._items.move_to_end(response_id)
         return stored
+
+    def delete(self, response_id: str, owner: str) -> None:
+        self.get(response_id, owner, param="response_id")
+        del self._items[response_id]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -496,11 +504,12 @@ class Output:
                            tool_calls=list(self.calls))
 
 
-def remember(store: ResponseStore, parsed: Parsed, generation: Generation, output: Output) -> None:
+def remember(store: ResponseStore, parsed: Parsed, generation: Generation, output: Output,
+             response: dict[str, Any]) -> None:
     if parsed.body.store is False:
         return
     history = [*parsed.turns, output.turn()]
-    store.put(f"resp_{generation.id}", Stored(owner=generation.principal.id, history=history))
+    store.put(response["id"], Stored(owner=generation.principal.id, history=history, response=response))
 
 
 class Events:
@@ -548,8 +557,8 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
         await generation.aclose()
     for kind, fields in output.finish(finish):
         yield event(kind, **fields)
-    remember(store, renderer.parsed, generation, output)
     final = renderer.final(output.items, finish)
+    remember(store, renderer.parsed, generation, output, final)
     yield event("response.completed" if final["status"] == "completed" else "response.incomplete",
                 response=final)
 
@@ -586,10 +595,24 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     output.start()
     output.feed(choice.text)
     output.finish(choice.finish_reason)
-    remember(store, parsed, generation, output)
-    response = jsonify(renderer.final(output.items, choice.finish_reason))
+    final = renderer.final(output.items, choice.finish_reason)
+    remember(store, parsed, generation, output, final)
+    response = jsonify(final)
     response.headers.update(headers)
     return response
+
+
+async def _owner(wire: Any) -> str:
+    from . import wire as wire_module
+
+    credentials = wire_module.credentials_from_request(wire.name)
+    return (await current_kernel().pipeline.authenticate(credentials)).id
+
+
+class DeletedOut(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: bool
 
 
 def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]]:
@@ -606,7 +629,24 @@ def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]
         the response.* server-sent events."""
         return await create(wire, store)
 
-    return [("/v1/responses", "responses", create_response, ResponsesRequest, ResponseOut, ["POST"])]
+    async def get_response(response_id: str) -> Response:
+        """Retrieve a stored response
+
+        The response object as it was returned; 404 for an unknown, evicted,
+        unstored or another account's response."""
+        stored = store.get(response_id, await _owner(wire), param="response_id")
+        return jsonify(stored.response)
+
+    async def delete_response(response_id: str) -> Response:
+        """Delete a stored response"""
+        store.delete(response_id, await _owner(wire))
+        return jsonify({"id": response_id, "object": "response.deleted", "deleted": True})
+
+    return [
+        ("/v1/responses", "responses", create_response, ResponsesRequest, ResponseOut, ["POST"]),
+        ("/v1/responses/<response_id>", "response", get_response, None, ResponseOut, ["GET"]),
+        ("/v1/responses/<response_id>", "response_delete", delete_response, None, DeletedOut, ["DELETE"]),
+    ]
 
 
 __all__ = ["ResponseStore", "input_messages", "parse", "routes"]

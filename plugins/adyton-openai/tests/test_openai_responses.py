@@ -276,3 +276,46 @@ def test_bad_tools_are_openai_errors(caller, body, param, code):
                    json={"input": "x", **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == code
+
+
+def test_retrieve_and_delete_stored_responses(server, sdk):
+    a, b = sdk(server, api_key="sk-a"), sdk(server, api_key="sk-b")
+    created = a.responses.create(model="scripted-model", input="hi", metadata={"k": "v"})
+    got = a.responses.retrieve(created.id)
+    assert got.id == created.id and got.output_text == "Hello, world!" and got.metadata == {"k": "v"}
+    streamed = list(a.responses.create(model="scripted-model", input="hi", stream=True))[-1].response
+    assert a.responses.retrieve(streamed.id).output_text == "Hello, world!"
+    with pytest.raises(openai.NotFoundError):
+        b.responses.retrieve(created.id)  # another account's
+    with pytest.raises(openai.NotFoundError):
+        b.responses.delete(created.id)
+    a.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        a.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        a.responses.create(model="scripted-model", input="x", previous_response_id=created.id)
+    unstored = a.responses.create(model="scripted-model", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        a.responses.retrieve(unstored.id)
+
+
+def test_openai_agents_against_the_scripted_model(server):
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)  # traces would go to api.openai.com
+    import asyncio
+
+    def agent():  # a client per event loop (httpx's async pool is bound to its loop)
+        model = agents.OpenAIResponsesModel(model="scripted-model", openai_client=openai.AsyncOpenAI(
+            base_url=server.base_url + "/v1", api_key="sk-a", max_retries=0))
+        return agents.Agent(name="a", instructions="Be brief.", model=model)
+
+    assert asyncio.run(agents.Runner.run(agent(), "hi")).final_output == "Hello, world!"
+
+    async def streamed():
+        run = agents.Runner.run_streamed(agent(), "hi")
+        deltas = [e.data.delta async for e in run.stream_events()
+                  if e.type == "raw_response_event" and e.data.type == "response.output_text.delta"]
+        return run.final_output, deltas
+
+    final, deltas = asyncio.run(streamed())
+    assert final == "Hello, world!" and "".join(deltas) == final
