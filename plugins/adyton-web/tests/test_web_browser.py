@@ -226,7 +226,7 @@ def test_my_account_usage_goes_up_and_a_rotated_key_is_refused(tab, stack: Stack
         return g && parseInt(g.querySelector('.gauge-text').textContent) === {before_requests + 1};
     }}""")
     assert account_figure(page, "Tokens today") > before_tokens
-    assert "Settled: 1 requests" in page.text_content("#acct-settled")
+    assert "Settled: 1 request," in page.text_content("#acct-settled")
     # today's bar is in the chart
     assert page.locator("svg.chart rect.bar").count() >= 1
     tab.shot("account")
@@ -255,7 +255,7 @@ def test_my_account_usage_goes_up_and_a_rotated_key_is_refused(tab, stack: Stack
     page.wait_for_selector("#acct-today")
     assert "signed in with the account number" in page.text_content("#acct-body")
     admin.close()
-    tab.assert_clean()
+    tab.assert_clean(key, new_key, number)
 
 
 def test_operator_creates_pages_and_watches_the_server(tab, stack: Stack):
@@ -301,13 +301,12 @@ def test_operator_creates_pages_and_watches_the_server(tab, stack: Stack):
     rows = page.locator("#op-accounts tbody tr")
     assert rows.count() == 1 and "needle-from-ui" in rows.first.text_content()
     account_id = rows.first.get_attribute("data-id")
-    rows.first.locator("select").select_option("3")
-    wait_js(page, f"""() => {{
-        const row = document.querySelector('tr[data-id="{account_id}"] select');
-        return row && row.value === '3';
-    }}""")
+    with page.expect_response(lambda r: r.url.endswith(f"/admin/accounts/{account_id}/tier")) as changed:
+        rows.first.locator("select").select_option("3")
+    assert changed.value.status == 200
     assert admin.get(f"/admin/accounts/{account_id}").json()["tier"] == 3
-    rows.first.get_by_role("button", name="Disable needle-from-ui").click()
+    with page.expect_response(lambda r: r.url.endswith(f"/admin/accounts/{account_id}/disable")):
+        rows.first.get_by_role("button", name="Disable needle-from-ui").click()
     page.wait_for_selector(f"tr[data-id='{account_id}']:has-text('disabled')")
     assert admin.get(f"/admin/accounts/{account_id}").json()["enabled"] is False
     assert httpx.get(stack.base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 401
@@ -333,4 +332,4 @@ def test_operator_creates_pages_and_watches_the_server(tab, stack: Stack):
     page.wait_for_selector("#op-accounts tbody tr >> nth=9")
     tab.shot("operator")
     admin.close()
-    tab.assert_clean()
+    tab.assert_clean(key, number)

@@ -127,9 +127,10 @@ def wait_js(page, predicate: str, timeout_ms: int = WAIT_MS, interval_s: float =
 class Tab:
     """A page plus what it reported: CSP violations and console errors."""
 
-    def __init__(self, page, base_url: str) -> None:
+    def __init__(self, page, base_url: str, secrets: tuple[str, ...] = ()) -> None:
         self.page = page
         self.base_url = base_url
+        self.secrets = secrets
         self.errors: list[str] = []
         self.requests: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
@@ -155,7 +156,11 @@ class Tab:
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
-    def assert_clean(self) -> None:
+    def assert_clean(self, *secrets: str) -> None:
+        """No CSP violation, no unexpected console error, and none of
+        ``secrets`` (plus the stack's keys) in any URL the page requested."""
+        leaked = [u for u in self.requests for s in (*secrets, *self.secrets) if s and s in u]
+        assert leaked == [], f"a credential appeared in a URL: {leaked}"
         violations = self.page.evaluate("window.__csp")
         assert violations == [], f"Content-Security-Policy violations: {violations}"
         # a refused credential is an expected 401/403 in the console; nothing else is
@@ -166,6 +171,6 @@ class Tab:
 @pytest.fixture
 def tab(browser, stack):
     page = browser.new_page()
-    t = Tab(page, stack.base_url)
+    t = Tab(page, stack.base_url, (stack.api_key, stack.admin_key, stack.account_number))
     yield t
     page.close()

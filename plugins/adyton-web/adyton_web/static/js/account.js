@@ -77,7 +77,8 @@ export async function showAccount() {
       gauge("Requests today", win("requests/day").used, win("requests/day").limit),
       gauge("Tokens today", win("tokens/day").used, win("tokens/day").limit),
       h("p", { class: "hint", id: "acct-settled" },
-        `Settled: ${number(a.today.requests)} requests, ${number(a.today.total_tokens)} tokens ` +
+        `Settled: ${number(a.today.requests)} request${a.today.requests === 1 ? "" : "s"}, ` +
+        `${number(a.today.total_tokens)} tokens ` +
         `(${number(a.today.prompt_tokens)} prompt + ${number(a.today.completion_tokens)} completion).`),
       h("h3", {}, "This minute"),
       h("ul", { id: "acct-minute" }, minute,
