@@ -91,3 +91,22 @@ def test_refusals_are_openai_errors(server, accounts, body, status, param, code)
 def test_bad_key_is_401(server, sdk):
     with pytest.raises(openai.AuthenticationError):
         sdk(server, api_key="sk-nope").embeddings.create(model="scripted-model", input="x")
+
+
+def test_usage_lands_in_the_real_limits_ledger(serve, sdk):
+    limits = pytest.importorskip("adyton_limits")
+    tier = {"requests_per_minute": 1000, "tokens_per_minute": 10, "requests_per_day": 1000,
+            "tokens_per_day": 1000, "concurrent_requests": 10}
+    server = serve(ScriptedBackend(embedding_dimensions=8), plugins=[limits.LimitsPlugin()],
+                   settings={"limits": {"upgrade": {"enabled": False}, "tiers": {1: tier}}})
+    service = limits.service_for(server.app.extensions["adyton"])
+    service.open_store()
+    account = service.store.create_account(1, "embedder")
+    client = sdk(server, api_key=account.api_key)
+    r = client.embeddings.create(model="scripted-model", input=["one two three", "four five six"])
+    assert r.usage.prompt_tokens == 6
+    with pytest.raises(openai.RateLimitError):  # 6 + 6 > 10 tokens per minute
+        client.embeddings.create(model="scripted-model", input=["one two three", "four five six"])
+    rows = service.store.ledger(account.account.id)
+    assert [(row["prompt_tokens"], row["completion_tokens"], row["outcome"], row["wire_format"])
+            for row in rows] == [(6, 0, "ok", "openai")]
