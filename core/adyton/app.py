@@ -33,7 +33,7 @@ from .errors import (
     ServiceUnavailable,
 )
 from .hookspecs import Authenticator, Backend, Limiter, WireFormat
-from .pipeline import Pipeline, resolve_all
+from .pipeline import Pipeline, close_orphans, resolve_all
 from .plugins import PluginManager, build_plugin_manager
 from .queue import EngineJob, EngineQueue
 from .settings import Settings, load_settings
@@ -408,6 +408,8 @@ def create_app(
     app.url_map.merge_slashes = False
     app.extensions["adyton"] = kernel
     kernel.app = app
+    # nothing keeps generating for a request the server is done with
+    app.asgi_app = close_orphans(app.asgi_app)  # type: ignore[method-assign]
 
     for wire in kernel.wire_formats.values():
         _mount(app, wire)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import logging
 import threading
@@ -72,6 +73,37 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("adyton.pipeline")
 
 _END = object()
+
+#: the generations started while serving one HTTP request (see
+#: ``close_orphans``); None outside a request
+_REQUEST_GENERATIONS: contextvars.ContextVar[list["Generation"] | None] = contextvars.ContextVar(
+    "adyton_request_generations", default=None)
+
+
+class close_orphans:
+    """ASGI middleware: when the server is done with an HTTP request — the
+    response was sent, or the client went away and the handler was
+    cancelled — close every generation the request started and left
+    running. A wire format that returned a streaming body whose iterator
+    never started (the client left between the handler's return and the
+    first chunk), or that stopped iterating outside its ``finally``, would
+    otherwise leave a generation running for nobody and holding its
+    reservation. Closing a finished generation costs nothing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        started: list[Generation] = []
+        token = _REQUEST_GENERATIONS.set(started)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _REQUEST_GENERATIONS.reset(token)
+            for generation in started:
+                await asyncio.shield(generation.aclose())
 
 
 class _Channel:
@@ -583,6 +615,9 @@ class Generation:
         self._cancelled = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumed = False
+        owner = _REQUEST_GENERATIONS.get()
+        if owner is not None:  # closed when its HTTP request is over
+            owner.append(self)
 
     # -- running --------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Axiom)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -19,7 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from adyton.testing import ScriptedBackend  # noqa: E402
+from quart import Blueprint, Response  # noqa: E402
+
+from adyton import (  # noqa: E402
+    Credentials, GenerationRequest, WireFormat, create_app, current_kernel, default_error_response, hookimpl,
+)
+from adyton.testing import BackendPlugin, ScriptedBackend  # noqa: E402
 from faults_helpers import (  # noqa: E402
     kernel_of, ledger, limits_app, new_account, raw_post, serving, tier, wait_for,
 )
@@ -106,3 +112,59 @@ def test_client_leaving_mid_stream_stops_and_is_charged_what_was_produced(tmp_pa
         r = httpx.post(server.base_url + "/v1/completions", json={"prompt": "next", "max_tokens": 1},
                        headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=30)
         assert r.status_code == 200, r.text
+
+
+class _CarelessWire(WireFormat):
+    """A wire format whose stream forgets its generation (it streams ticks
+    and never closes it): the kernel must still stop that generation once
+    the server is done with the request."""
+
+    name = "careless"
+    url_prefixes = ("/careless/",)
+
+    def __init__(self):
+        self._bp = Blueprint("careless", __name__)
+        self._bp.add_url_rule("/careless/stream", "stream", self.stream, methods=["POST"])
+
+    @property
+    def blueprint(self):
+        return self._bp
+
+    def render_error(self, error):
+        return default_error_response(error)
+
+    async def stream(self):
+        request = GenerationRequest(prompt="hi", max_tokens=300, stream=True)
+        generation = await current_kernel().pipeline.submit(request, Credentials(wire_format=self.name))
+        await generation.wait_started()
+
+        async def ticks():
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.05)
+
+        return Response(ticks(), content_type="text/plain")
+
+
+class _CarelessPlugin:
+    __name__ = "careless-wire"
+
+    @hookimpl
+    def register_wire_formats(self, register, kernel):
+        register(_CarelessWire())
+
+
+def test_kernel_stops_a_generation_its_finished_request_left_running(tmp_path):
+    backend = ScriptedBackend(["a"] * 400, delay_s=STEP, eos_at_end=False)
+    app = create_app(settings={"home": str(tmp_path / "home")}, load_entrypoints=False,
+                     plugins=[_CarelessPlugin(), BackendPlugin(backend)])
+    with serving(app) as server:
+        sock = raw_post(server.port, "/careless/stream", {})
+        received = b""
+        while b"tick" not in received:
+            received += sock.recv(65536)
+        assert backend.running.is_set()
+        sock.close()
+        gone = time.monotonic()
+        wait_for(lambda: not backend.running.is_set(), timeout=5, what="the orphaned generation to stop")
+        assert time.monotonic() - gone < 2.0  # not the 6 s its 300 tokens take
