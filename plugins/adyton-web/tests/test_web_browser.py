@@ -239,6 +239,7 @@ def test_my_account_usage_goes_up_and_a_rotated_key_is_refused(tab, stack: Stack
     new_key = page.input_value("#acct-newkey-value")
     assert new_key.startswith("sk-") and new_key != key
     assert page.evaluate("sessionStorage.getItem('adyton.key')") == new_key
+    assert new_key[:6] in page.text_content("#who")
     tab.shot("account-rotated")
     old = httpx.get(stack.base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_api_key"

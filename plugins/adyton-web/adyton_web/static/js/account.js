@@ -100,7 +100,10 @@ async function rotate() {
   try {
     const { api_key: key } = await call("/v1/account/rotate-key", { method: "POST" });
     // keep working in this tab: the old key no longer does
-    if (signedInWith !== "account_number") session.setKey(key);
+    if (signedInWith !== "account_number") {
+      session.setKey(key);
+      window.dispatchEvent(new Event("adyton:session"));
+    }
     $("acct-newkey-value").value = key;
     $("acct-newkey").hidden = false;
     $("acct-newkey-value").focus();

@@ -108,4 +108,5 @@ initOperator((key) => { sessionStorage.setItem("adyton.admin", key); route(); })
 $("signin-form").addEventListener("submit", signIn);
 $("signout").addEventListener("click", signOut);
 window.addEventListener("hashchange", route);
+window.addEventListener("adyton:session", () => { $("who").textContent = describeSession(); });
 route();
