@@ -16,11 +16,17 @@ from openai_fixtures import serve, server  # noqa: F401 - fixtures
 JS_DIR = Path(__file__).parent / "js"
 
 
+def _installed() -> bool:
+    """Every dependency of package.json is in node_modules."""
+    deps = json.loads((JS_DIR / "package.json").read_text())["dependencies"]
+    return all((JS_DIR / "node_modules" / name).is_dir() for name in deps)
+
+
 def _node_ready() -> bool:
     node = shutil.which("node")
     if node is None:
         return False
-    if (JS_DIR / "node_modules" / "openai").is_dir():
+    if _installed():
         return True
     npm = shutil.which("npm")
     if npm is None:
@@ -28,13 +34,13 @@ def _node_ready() -> bool:
     # install exactly what package-lock.json pins (node_modules is not committed)
     result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
                             capture_output=True, text=True, timeout=300)
-    return result.returncode == 0 and (JS_DIR / "node_modules" / "openai").is_dir()
+    return result.returncode == 0 and _installed()
 
 
 @pytest.fixture(scope="module")
 def node_sdk():
     if not _node_ready():
-        pytest.skip("node, npm or the npm package 'openai' is not available")
+        pytest.skip("node, npm or the npm packages of tests/js are not available")
     return shutil.which("node")
 
 
