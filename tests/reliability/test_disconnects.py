@@ -26,6 +26,7 @@ from adyton import (  # noqa: E402
     Credentials, GenerationRequest, WireFormat, create_app, current_kernel, default_error_response, hookimpl,
 )
 from adyton.testing import BackendPlugin, ScriptedBackend  # noqa: E402
+from adyton_limits import service_for  # noqa: E402
 from faults_helpers import (  # noqa: E402
     kernel_of, ledger, limits_app, new_account, raw_post, serving, tier, wait_for,
 )
@@ -168,3 +169,45 @@ def test_kernel_stops_a_generation_its_finished_request_left_running(tmp_path):
         gone = time.monotonic()
         wait_for(lambda: not backend.running.is_set(), timeout=5, what="the orphaned generation to stop")
         assert time.monotonic() - gone < 2.0  # not the 6 s its 300 tokens take
+
+
+@pytest.mark.slow
+def test_real_model_abandoned_streams_do_not_lock_a_tier_1_account_out(tmp_path):
+    """The issue's own scenario, on the real default model: keep the engine
+    busy, queue three ``stream: true, max_tokens: 300`` requests of a tier-1
+    account (4 concurrent slots: all taken now) and close their sockets
+    before any header arrives. They leave the queue, are charged nothing,
+    and the account's next request is admitted (before the fix: 429
+    concurrency_limit_exceeded until all three had run for nobody)."""
+    from hostile_helpers import full_app, start_stack
+
+    stack = start_stack(full_app(tmp_path / "home"), tier=1)
+    try:
+        acct_id = service_for(stack.kernel).store.by_api_key(stack.api_key).id
+        db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+        queue = next(iter(stack.kernel.queues.values()))
+        chat = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
+        busy = {}
+        hold = threading.Thread(target=lambda: busy.setdefault("r", httpx.post(
+            stack.url + "/v1/chat/completions", headers=stack.auth(), timeout=300,
+            json={"messages": chat, "max_tokens": 120, "min_tokens": 120, "temperature": 0})))
+        hold.start()
+        wait_for(lambda: queue.running == 1, timeout=60, what="the busy request to start")
+        socks = [raw_post(stack.server.port, "/v1/chat/completions",
+                          {"messages": chat, "max_tokens": 300, "stream": True}, stack.auth())
+                 for _ in range(3)]
+        wait_for(lambda: queue.waiting == 3, timeout=30, what="three streams to queue")
+        for sock in socks:
+            sock.close()
+        wait_for(lambda: queue.waiting == 0, timeout=10, what="the abandoned streams to leave the queue")
+        wait_for(lambda: len(ledger(db, acct_id)) == 3, timeout=10, what="their ledger rows")
+        assert all(row["outcome"] == "cancelled" and row["completion_tokens"] == 0
+                   for row in ledger(db, acct_id))
+        r = httpx.post(stack.url + "/v1/chat/completions", headers=stack.auth(), timeout=300,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        hold.join(300)
+        assert busy["r"].status_code == 200
+        assert busy["r"].json()["usage"]["completion_tokens"] == 120
+    finally:
+        stack.server.stop()
