@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from adyton import (
     Backend,
     BackendError,
+    ContextTooLong,
     FinishReason,
     GenerationRequest,
     InvalidRequest,
@@ -38,7 +39,7 @@ from adyton import (
 from adyton import ChatTemplate, ChatTemplateError
 from .engine import EngineError, LlamaEngine
 from .gguf_compat import GGUFError, GGUFFile, check_legacy_support, read_gguf
-from .tokenizer import GGUFTokenizer, TokenizerError
+from .tokenizer import GGUFTokenizer, TokenizerError, TooManyTokens
 
 log = logging.getLogger("adyton.llama")
 
@@ -241,13 +242,19 @@ class LlamaBackend(Backend):
         else:
             text = request.prompt or ""  # a raw prompt is the caller's own markup
             segments = [(text, True)]
+        context = entry.info.context_length or self.settings.max_context
         ids = tokenizer.encode("", add_bos=tokenizer.add_bos_token)
         for piece, special in segments:
-            ids += tokenizer.encode(piece, parse_special=special)
+            try:
+                ids += tokenizer.encode(piece, parse_special=special, limit=context - len(ids))
+            except TooManyTokens as exc:  # far over the context: no need for the ids
+                raise ContextTooLong(
+                    f"the prompt is at least {len(ids) + exc.count} tokens; the context of model "
+                    f"'{model.id}' is {context} tokens",
+                    param="messages" if request.messages is not None else "prompt") from None
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
-        return PreparedPrompt(model=model, token_ids=ids, text=text,
-                              context_length=entry.info.context_length or self.settings.max_context)
+        return PreparedPrompt(model=model, token_ids=ids, text=text, context_length=context)
 
     def vocabulary(self, model: ModelInfo) -> Vocabulary:
         entry = self._model(model.id)

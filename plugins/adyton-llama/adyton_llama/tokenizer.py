@@ -85,6 +85,14 @@ class TokenizerError(Exception):
     """The GGUF's tokenizer cannot be built (unsupported or malformed)."""
 
 
+class TooManyTokens(Exception):
+    """``encode(..., limit=)``: the text is ``count`` tokens (at least), more than the limit."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} tokens")
+        self.count = count
+
+
 @lru_cache(maxsize=1)
 def gpt2_bytes_to_unicode() -> tuple[str, ...]:
     """GPT-2's byte-level alphabet, the one every byte-level BPE vocabulary
@@ -211,6 +219,9 @@ class GGUFTokenizer:
         self.control_texts: tuple[str, ...] = tuple(t for _, t, control in self._special_split if control)
 
         self._token_bytes: list[bytes] = self._build_token_bytes()
+        #: no token covers more bytes than this (so a text of N characters is
+        #: at least N / max_token_bytes tokens)
+        self.max_token_bytes = max(1, max((len(b) for b in self._token_bytes), default=1))
         self._hf: Tokenizer = self._build_spm() if spm else self._build_bpe(meta)
 
     # ------------------------------------------------------------------ build
@@ -343,14 +354,21 @@ class GGUFTokenizer:
             frags = new
         return frags
 
-    def encode(self, text: str, parse_special: bool = True, add_bos: bool = False) -> list[int]:
+    def encode(self, text: str, parse_special: bool = True, add_bos: bool = False,
+               limit: int | None = None) -> list[int]:
         """Token ids of ``text``. ``parse_special``: control tokens written in the
-        text (``<|im_start|>``) become single tokens. ``add_bos``: prepend BOS."""
+        text (``<|im_start|>``) become single tokens. ``add_bos``: prepend BOS.
+        ``limit``: raise ``TooManyTokens`` (with the count so far) instead of
+        returning more ids than this, so a prompt far over the context is not
+        turned into a list of a million ids (which holds the GIL)."""
         ids: list[int] = []
         if add_bos and self.bos_id is not None:
             ids.append(self.bos_id)
         if not text:
             return ids
+        if limit is not None and len(text) > limit * self.max_token_bytes:
+            # certainly over the limit: say so without tokenizing megabytes
+            raise TooManyTokens(len(ids) + -(-len(text) // self.max_token_bytes))
         hf = self._hf
         for frag in self._partition(text, parse_special):
             if isinstance(frag, int):
@@ -361,7 +379,12 @@ class GGUFTokenizer:
                 # encode_batch lets go of the GIL while it works (encode does
                 # not): the server keeps answering while a huge prompt is
                 # tokenized on a worker thread
-                ids.extend(hf.encode_batch([frag], add_special_tokens=False)[0].ids)
+                encoding = hf.encode_batch([frag], add_special_tokens=False)[0]
+                if limit is not None and len(ids) + len(encoding) > limit:
+                    raise TooManyTokens(len(ids) + len(encoding))
+                ids.extend(encoding.ids)
+        if limit is not None and len(ids) > limit:
+            raise TooManyTokens(len(ids))
         return ids
 
     def decode_bytes(self, ids: Iterable[int], skip_special: bool = True) -> bytes:
