@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -141,17 +142,22 @@ def test_playground_streams_token_by_token_and_copies_a_working_call(tab, stack:
     page.fill("#pg-max-tokens", "8")
     curl = page.input_value("#pg-snippet")
     assert stack.api_key not in curl and "$ADYTON_API_KEY" in curl
+    snippets = {}
     for lang in ("python", "js"):
         page.select_option("#pg-lang", lang)
-        text = page.input_value("#pg-snippet")
-        assert stack.api_key not in text and "ADYTON_API_KEY" in text, text
-    if shutil.which("curl") is None:
-        pytest.skip("no curl to run the copied call with")
-    result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "ADYTON_API_KEY": stack.api_key})
-    assert result.returncode == 0, result.stderr
-    body = json.loads(result.stdout)
-    assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 8
+        snippets[lang] = page.input_value("#pg-snippet")
+        assert stack.api_key not in snippets[lang] and "ADYTON_API_KEY" in snippets[lang], snippets[lang]
+    env = {**os.environ, "ADYTON_API_KEY": stack.api_key}
+    # each copied call works as it is: curl, the openai SDK, node's fetch
+    runs = [["bash", "-c", curl], [sys.executable, "-c", snippets["python"]]]
+    if shutil.which("node"):
+        runs.append(["node", "--input-type=module", "-e", snippets["js"]])
+    for argv in runs:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0 and result.stdout.strip(), (argv[0], result.stderr)
+        if argv[0] == "bash":  # the others print the answer's text, and exit 1 on an error
+            body = json.loads(result.stdout)
+            assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 8
     # the whole conversation (with the first answer) is in the call
     assert [m["role"] for m in json.loads(curl.split("-d '", 1)[1].rsplit("'", 1)[0])["messages"]] == \
         ["user", "assistant", "user"]

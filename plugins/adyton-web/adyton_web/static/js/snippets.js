@@ -40,7 +40,11 @@ export function snippet(lang, origin, body) {
       `  body: JSON.stringify(${indent(json, 2)}),`,
       "});",
       "const data = await response.json();",
-      "console.log(response.ok ? data.choices[0].message.content : data.error);",
+      "if (!response.ok) {",
+      "  console.error(data.error);",
+      "  process.exit(1);",
+      "}",
+      "console.log(data.choices[0].message.content);",
     ].join("\n");
   }
   // curl: single-quoted body; a ' inside it is closed, escaped and reopened
