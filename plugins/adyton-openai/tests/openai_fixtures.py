@@ -6,11 +6,13 @@ on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import adyton_openai
-from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, hookimpl
-from adyton.testing import LoopbackServers
+from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, create_app, hookimpl
+from adyton.testing import LoopbackServers, ServerThread, link_model
 
 
 @pytest.fixture
@@ -39,6 +41,27 @@ def sdk():
     return make
 
 
+
+
+@contextlib.contextmanager
+def real_model_server(tmp_path_factory, *plugins, llama=None):
+    """adyton-openai and adyton-llama over the real default model (offered
+    through ``[llama] models_dir``), plus ``plugins``, on a loopback hypercorn
+    server; yields its base URL. For module-scoped fixtures of real-model
+    tests: ``with real_model_server(tmp_path_factory, adyton_guided) as url:
+    yield url``. ``llama``: more ``[llama]`` settings."""
+    import adyton_llama
+
+    models = link_model(tmp_path_factory.mktemp("models"))
+    settings = {"home": str(tmp_path_factory.mktemp("home")),
+                "llama": {"models_dir": str(models), **(llama or {})}}
+    app = create_app(settings=settings, plugins=[adyton_openai, adyton_llama, *plugins], load_entrypoints=False)
+    server = ServerThread(app).start()
+    try:
+        yield server.base_url
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
 
 class _Keys(Authenticator):
     name = "keys"

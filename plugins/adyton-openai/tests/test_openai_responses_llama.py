@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 
 import numpy as np
@@ -22,10 +21,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-import adyton_openai
-from adyton import create_app
-from adyton.testing import ServerThread, link_model
-from openai_fixtures import Accounts
+from openai_fixtures import Accounts, real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")
@@ -42,16 +38,8 @@ def ledger():
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory, ledger):
-    models = link_model(tmp_path_factory.mktemp("models"))
-    home = tmp_path_factory.mktemp("home")
-    app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models), "max_context": 1024}},
-                     plugins=[adyton_openai, adyton_llama, adyton_guided, ledger], load_entrypoints=False)
-    server = ServerThread(app).start()
-    try:
-        yield server.base_url
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
+    with real_model_server(tmp_path_factory, adyton_guided, ledger, llama={"max_context": 1024}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
