@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from adyton import (
-    Authenticator,
     BackendError,
     ContextTooLong,
     Credentials,
@@ -17,25 +16,15 @@ from adyton import (
     InvalidRequest,
     Limiter,
     ModelNotFound,
-    Principal,
     RateLimited,
     Reservation,
     ServerBusy,
     Unauthorized,
-    hookimpl,
 )
 from adyton.testing import ScriptedBackend
+from test_pipeline import AuthLimitPlugin  # its KeyAuth: key "good" is principal "acct-1"
 
 KEY = Credentials(kind="api_key", secret="good", wire_format="test")
-
-
-class KeyAuth(Authenticator):
-    name = "keys"
-
-    async def authenticate(self, credentials):
-        if credentials.secret == "good":
-            return Principal(id="acct-1")
-        raise Unauthorized("unknown key")
 
 
 class LedgerLimiter(Limiter):
@@ -56,21 +45,6 @@ class LedgerLimiter(Limiter):
         self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
 
 
-class Plugin:
-    __name__ = "embed-test"
-
-    def __init__(self, limiter):
-        self.limiter = limiter
-
-    @hookimpl
-    def register_authenticators(self, register, kernel):
-        register(KeyAuth())
-
-    @hookimpl
-    def register_limiters(self, register, kernel):
-        register(self.limiter)
-
-
 def kernel_of(app):
     return app.extensions["adyton"]
 
@@ -78,7 +52,7 @@ def kernel_of(app):
 async def test_vectors_usage_and_one_settle(make_app):
     limiter = LedgerLimiter()
     backend = ScriptedBackend(embedding_dimensions=16)
-    app = make_app(backend, plugins=[Plugin(limiter)])
+    app = make_app(backend, plugins=[AuthLimitPlugin(limiter)])
     async with app.test_app():
         kernel = kernel_of(app)
         result = await kernel.pipeline.embed(
@@ -108,7 +82,7 @@ async def test_refusals_happen_before_anything_is_reserved(make_app):
     limiter = LedgerLimiter()
     plain = ScriptedBackend(name="plain", models=("plain-model",))
     embedder = ScriptedBackend(name="emb", models=("emb-model",), embedding_dimensions=8, context_length=3)
-    app = make_app(plain, embedder, plugins=[Plugin(limiter)])
+    app = make_app(plain, embedder, plugins=[AuthLimitPlugin(limiter)])
     async with app.test_app():
         pipeline = kernel_of(app).pipeline
         with pytest.raises(Unauthorized):
@@ -134,7 +108,7 @@ async def test_refusals_happen_before_anything_is_reserved(make_app):
 
 async def test_rate_limited_is_raised_and_nothing_runs(make_app):
     backend = ScriptedBackend(embedding_dimensions=8)
-    app = make_app(backend, plugins=[Plugin(LedgerLimiter(refuse=True))])
+    app = make_app(backend, plugins=[AuthLimitPlugin(LedgerLimiter(refuse=True))])
     async with app.test_app():
         with pytest.raises(RateLimited):
             await kernel_of(app).pipeline.embed(EmbeddingRequest(inputs=["x"]), KEY)
@@ -144,7 +118,7 @@ async def test_rate_limited_is_raised_and_nothing_runs(make_app):
 async def test_busy_queue_is_429_and_settled_rejected(make_app):
     limiter = LedgerLimiter()
     backend = ScriptedBackend(["a"] * 40, delay_s=0.02, embedding_dimensions=8)
-    app = make_app(backend, plugins=[Plugin(limiter)], settings={"queue": {"max_waiting": 0}})
+    app = make_app(backend, plugins=[AuthLimitPlugin(limiter)], settings={"queue": {"max_waiting": 0}})
     async with app.test_app() as test_app:
         kernel = kernel_of(app)
         while kernel.models.loading:
@@ -166,7 +140,7 @@ async def test_busy_queue_is_429_and_settled_rejected(make_app):
 async def test_cancelled_while_running_stops_between_inputs_and_settles_once(make_app):
     limiter = LedgerLimiter()
     backend = ScriptedBackend(delay_s=0.05, embedding_dimensions=8)
-    app = make_app(backend, plugins=[Plugin(limiter)])
+    app = make_app(backend, plugins=[AuthLimitPlugin(limiter)])
     async with app.test_app():
         kernel = kernel_of(app)
         task = asyncio.ensure_future(kernel.pipeline.embed(EmbeddingRequest(inputs=["x"] * 40), KEY))
@@ -188,7 +162,7 @@ async def test_backend_bug_is_a_clean_backend_error(make_app):
             raise RuntimeError("boom")
 
     limiter = LedgerLimiter()
-    app = make_app(Broken(embedding_dimensions=8), plugins=[Plugin(limiter)])
+    app = make_app(Broken(embedding_dimensions=8), plugins=[AuthLimitPlugin(limiter)])
     async with app.test_app():
         with pytest.raises(BackendError, match="boom"):
             await kernel_of(app).pipeline.embed(EmbeddingRequest(inputs=["x"]), KEY)
