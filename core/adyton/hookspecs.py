@@ -99,11 +99,33 @@ class Backend(ABC):
     runs: it must be thread-safe and must not load weights. ``load_model``
     and ``generate`` are blocking and run in an engine thread, never two at
     once on one backend unless ``max_concurrency > 1``.
+
+    Concurrency: the kernel gives each backend one engine queue with
+    ``max_concurrency`` engine threads (read once, when the app is built).
+    With 1 (ctransformers), jobs run one after the other. With N > 1 (a
+    batching engine with N sequence slots), up to N jobs run at once, each
+    on its own engine thread: each job calls ``load_model`` if
+    ``loaded_model()`` is not its model, then ``generate`` — so N
+    ``generate`` calls (and ``load_model`` calls) may overlap, and the
+    backend must make that safe: a switch must wait until the sequences of
+    the old model are done, and a ``generate`` must never run ``prompt`` on
+    other weights than ``prompt.model``'s (adyton-llamacpp leases the
+    loaded model per generation; see its backend module). Typically each
+    ``generate`` joins a shared batch and yields its own sequence's pieces;
+    ``step`` is that request's own sampler chain (not thread-safe across
+    requests, but only ever called from its own ``generate``). The queue's
+    promises hold for every N: with N running and ``queue.max_waiting``
+    waiting, the next request gets 429; one that cannot start within
+    ``queue.max_wait_s`` gets 503 with a Retry-After of (position + running)
+    / N x the mean job time; a cancelled generation (``cancelled`` set, or
+    the generator closed) must leave its slot within one step, so the next
+    waiting job starts at once.
     """
 
     #: unique name, e.g. "llama"
     name: str = ""
-    #: how many requests may run on this backend at once (its queue's slots)
+    #: how many requests may run on this backend at once: its queue's engine
+    #: threads (a batching engine: its sequence slots); see the class docstring
     max_concurrency: int = 1
     #: False for engines that sample themselves and cannot hand logits to the
     #: kernel (remote OpenAI-compatible engines): a *self-sampling* backend.
