@@ -120,7 +120,12 @@ class AccountApi(_JsonSurface):
         probe = RequestCost(model="", prompt_tokens=1, max_completion_tokens=0)
         out: dict[str, Any] = {}
         for c in limiter._counters(account.id, limits, probe, now):
-            used = max(0, await counts.get(c.key)) if counts is not None else 0
+            if counts is None:
+                used = 0
+            elif c.dimension == "concurrency":  # leased in-flight slots, not a counter
+                used = await counts.slot_count(c.key)
+            else:
+                used = max(0, await counts.get(c.key))
             entry: dict[str, Any] = {"used": used, "limit": c.limit, "remaining": max(0, c.limit - used)}
             if c.period:
                 entry["resets_in_s"] = max(0, math.ceil(c.reset_at - now))

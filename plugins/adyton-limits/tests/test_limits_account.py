@@ -4,11 +4,12 @@ real sockets with a scripted backend and a fake clock."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 
 import httpx
 
-from adyton.testing import ServerThread
+from adyton.testing import ScriptedBackend, ServerThread
 from limits_helpers import body, new_account, service, tier
 
 
@@ -140,3 +141,36 @@ def test_admin_accounts_search_and_pages(make_app, clock):
         assert r.status_code == 415
         assert admin.get("/accounts", params={"limit": 1}).json()["total"] == 7
         admin.close()
+
+
+def test_account_on_redis_counts_a_running_request(make_app, redis_limits):
+    """On Redis too (counters and leased in-flight slots), the account's
+    windows are read without changing them, a running request included."""
+    backend = ScriptedBackend(delay_s=0.2)
+    app = make_app(backend, limits=redis_limits)
+    new = new_account(app)
+    with ServerThread(app) as server:
+        url = server.base_url + "/v1/account"
+        idle = httpx.get(url, headers=bearer(new.api_key)).json()
+        assert idle["windows"]["concurrent requests"]["used"] == 0
+        done = threading.Event()
+
+        def run():
+            httpx.post(server.base_url + "/t/generate", json=body(max_tokens=10),
+                       headers={"x-api-key": new.api_key}, timeout=30)
+            done.set()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert backend.running.wait(10)
+        busy = httpx.get(url, headers=bearer(new.api_key)).json()
+        assert busy["windows"]["concurrent requests"]["used"] == 1
+        assert busy["windows"]["requests/day"]["used"] == 1
+        assert busy["windows"]["tokens/day"]["used"] > 0      # the reservation, before settling
+        assert busy["today"]["requests"] == 0                 # the ledger: not settled yet
+        worker.join(30)
+        assert done.is_set()
+        after = httpx.get(url, headers=bearer(new.api_key)).json()
+        assert after["windows"]["concurrent requests"]["used"] == 0
+        assert after["today"]["requests"] == 1
+        assert after["windows"]["tokens/day"]["used"] == after["today"]["total_tokens"]
