@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -95,3 +95,24 @@ def test_redis_killed_and_restarted(tmp_path):
             _both_admitted(base, acct.api_key, backend)
             wait_for(lambda: live_slots(redis, f"adyton/{acct.account.id}/slots") == 0, timeout=5,
                      what="every slot to be released")
+
+
+def test_a_running_request_keeps_its_slot_past_the_lease(tmp_path):
+    """Leases are renewed while the request runs: a request that outlives
+    ``slot_lease_s`` still holds its slot (no over-admission)."""
+    backend = ScriptedBackend(["a"] * 400, delay_s=0.02, max_concurrency=2, eos_at_end=False)
+    with redis_server() as redis:
+        app = _app(tmp_path, redis, backend, concurrent=1)
+        acct = new_account(app)
+        slots_key = f"adyton/{acct.account.id}/slots"
+        with serving(app) as server:
+            base = server.base_url
+            with ThreadPoolExecutor(1) as pool:
+                long = pool.submit(_post, base, acct.api_key, 250)  # ~5 s, 2.5 leases
+                assert backend.running.wait(10)
+                time.sleep(2.5 * LEASE * 0.8)
+                assert backend.running.is_set() and live_slots(redis, slots_key) == 1
+                r = _post(base, acct.api_key)
+                assert r.status_code == 429 and r.json()["error"]["code"] == "concurrency_limit_exceeded"
+                assert long.result().status_code == 200
+            wait_for(lambda: live_slots(redis, slots_key) == 0, timeout=5, what="the slot to be released")
