@@ -57,8 +57,11 @@ from .schemas import ResponsesRequest
 
 log = logging.getLogger("adyton.openai.responses")
 
-#: stored responses kept per app (least recently used out first)
+#: stored responses kept per app (least recently used out first) ...
 MAX_STORED = 1024
+#: ... and the characters they may hold together (a conversation's turns are
+#: counted in every response of it: a long chain is evicted sooner)
+MAX_STORED_CHARS = 32 * 2**20
 
 #: accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
 _IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
@@ -101,24 +104,44 @@ class Stored:
     #: the response object as it was returned (GET /v1/responses/{id})
     response: dict[str, Any] | None = None
 
+    @property
+    def chars(self) -> int:
+        """What it holds, roughly: the text of its turns and of its response."""
+        turns = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in self.history)
+        response = self.response or {}
+        tools = response.get("tools")
+        return turns + len(response.get("instructions") or "") + (len(json.dumps(tools)) if tools else 0)
+
 
 class ResponseStore:
-    """Responses kept for ``previous_response_id``: bounded, least recently
-    used out first, each readable by its owner only. One per app (the event
-    loop is its only user)."""
+    """Responses kept for ``previous_response_id``: bounded in number and in
+    characters, least recently used out first, each readable by its owner
+    only. One per app (the event loop is its only user)."""
 
-    def __init__(self, capacity: int = MAX_STORED) -> None:
+    def __init__(self, capacity: int = MAX_STORED, max_chars: int = MAX_STORED_CHARS) -> None:
         self.capacity = capacity
-        self._items: collections.OrderedDict[str, Stored] = collections.OrderedDict()
+        self.max_chars = max_chars
+        self.chars = 0
+        self._items: collections.OrderedDict[str, tuple[Stored, int]] = collections.OrderedDict()
 
     def put(self, response_id: str, stored: Stored) -> None:
-        self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self._drop(response_id)
+        size = stored.chars
+        if size > self.max_chars:
+            return  # too big to keep at all: continuing it is a 404, like an evicted one
+        self._items[response_id] = (stored, size)
+        self.chars += size
+        while len(self._items) > self.capacity or self.chars > self.max_chars:
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, response_id: str) -> None:
+        entry = self._items.pop(response_id, None)
+        if entry is not None:
+            self.chars -= entry[1]
 
     def get(self, response_id: str, owner: str, *, param: str = "previous_response_id") -> Stored:
-        stored = self._items.get(response_id)
+        entry = self._items.get(response_id)
+        stored = entry[0] if entry is not None else None
         if stored is None or stored.owner != owner:  # another account's: not found either
             if param == "previous_response_id":
                 raise NotFound(f"Previous response with id '{response_id}' not found.",
@@ -129,7 +152,7 @@ class ResponseStore:
 
     def delete(self, response_id: str, owner: str) -> None:
         self.get(response_id, owner, param="response_id")
-        del self._items[response_id]
+        self._drop(response_id)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -146,6 +146,25 @@ def test_store_is_bounded(server, sdk):
         store.get("r2", "a")
 
 
+def test_store_is_bounded_in_characters():
+    from adyton import ChatMessage
+    from adyton_openai.responses import ResponseStore, Stored
+
+    def stored(n):
+        return Stored(owner="a", history=[ChatMessage(role="user", content="x" * n)])
+
+    store = ResponseStore(capacity=100, max_chars=1000)
+    store.put("big", stored(1001))  # never kept
+    assert len(store) == 0 and store.chars == 0
+    for i in range(4):
+        store.put(f"r{i}", stored(300))
+    assert len(store) == 3 and store.chars == 900  # r0 went to make room
+    store.put("r1", stored(100))  # replacing an entry counts once
+    assert store.chars == 700
+    store.delete("r2", "a")
+    assert store.chars == 400 and len(store) == 2
+
+
 @pytest.mark.parametrize("body, status, param, code", [
     ({"input": "x", "tools": [{"type": "web_search_preview"}]}, 400, "tools[0].type", "unsupported_parameter"),
     ({"input": "x", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, 400, "tools[0].type",
