@@ -90,6 +90,12 @@ def test_disk_full_keeps_rows_and_refuses_new_work_until_there_is_room(tmp_path)
                 "model": "scripted-model", "sessionId": acct.account_number, "system_prompt": "",
                 "messages": chat["messages"]})
             assert axiom.status_code == 503 and axiom.json()["code"] == "ledger_unavailable"
+            # the admin API's writes: 503 too, not a 500
+            admin = svc.admin_key_path.read_text().strip()
+            created = httpx.post(base + "/admin/accounts", json={"tier": 1, "name": "late"}, timeout=30,
+                                 headers={"Authorization": f"Bearer {admin}"})
+            assert created.status_code == 503, created.text
+            assert created.json()["error"]["code"] == "accounts_db_unavailable"
 
             filler.unlink()  # room again: the kept row is written, work resumes
             wait_for(lambda: not svc.pending_rows and svc.ledger_error is None, timeout=15,

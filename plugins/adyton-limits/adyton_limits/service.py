@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from adyton import Forbidden, Principal, Unauthorized
+from adyton import Forbidden, Principal, ServiceUnavailable, Unauthorized
 
 from .limiter import AccountLimiter, Counters
 from .settings import LimitsSettings
@@ -109,7 +109,7 @@ class LimitsService:
         if self.pending_rows:  # one last try, then say exactly what is lost
             try:
                 while self.pending_rows:
-                    await self.in_writer(self._write_oldest_kept)
+                    await self._in_writer(self._write_oldest_kept)
             except (sqlite3.Error, OSError) as exc:
                 for row in self.pending_rows:
                     log.error("adyton-limits: ledger row LOST at shutdown (%s): %s", exc,
@@ -127,7 +127,17 @@ class LimitsService:
         self._opened = False
 
     async def in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a database write in the one writer thread."""
+        """Run a database write in the one writer thread. A database that
+        cannot be written (disk full, I/O error, locked too long) is a 503
+        naming the reason, not a 500."""
+        try:
+            return await self._in_writer(fn, *args)
+        except (sqlite3.OperationalError, OSError) as exc:
+            log.error("adyton-limits: writing %s failed: %s", self.db_path, exc)
+            raise ServiceUnavailable(f"the accounts database cannot be written ({exc}); try again later",
+                                     code="accounts_db_unavailable", retry_after=10.0) from None
+
+    async def _in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._writer is None:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
@@ -233,7 +243,7 @@ class LimitsService:
             self._keep(row, f"{type(exc).__name__}: {exc}")
 
     async def _write_row(self, row: LedgerRow) -> None:
-        await self.in_writer(self._record_now, row)
+        await self._in_writer(self._record_now, row)
 
     def _record_now(self, row: LedgerRow) -> None:
         """Writer thread: one ledger row (and a promotion it earns)."""
@@ -274,7 +284,7 @@ class LimitsService:
             await asyncio.sleep(delay)
             try:
                 while self.pending_rows:
-                    await self.in_writer(self._write_oldest_kept)
+                    await self._in_writer(self._write_oldest_kept)
             except (sqlite3.Error, OSError) as exc:
                 self.ledger_error = f"{type(exc).__name__}: {exc}"
                 delay = min(2 * delay, 5.0)
