@@ -6,12 +6,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# every first-party plugin: each directory under plugins/ with a pyproject.toml
-PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.toml))
+# every first-party plugin: each directory under plugins/ with a pyproject.toml,
+# but adyton-llamacpp, whose engine builds from source (minutes): `make llamacpp`
+PLUGINS := $(filter-out plugins/adyton-llamacpp,$(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.toml)))
+# llama-cpp-python is source-only on the index: a portable CPU build (the VM
+# advertises AVX-512 it cannot run), built once, then pip's wheel cache keeps it
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test model redis chromium serve test bench clean
+.PHONY: install install-test llamacpp model test-models redis chromium serve test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +30,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $@
 
+# the second local engine (adyton-llamacpp, with its test dependencies)
+$(VENV)/.installed-llamacpp: $(VENV)/.installed plugins/adyton-llamacpp/pyproject.toml
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e 'plugins/adyton-llamacpp[test]'
+	touch $@
+
 install: $(VENV)/.installed
+
+llamacpp: $(VENV)/.installed-llamacpp
 
 install-test: $(VENV)/.installed-test
 
@@ -34,6 +45,10 @@ install-test: $(VENV)/.installed-test
 model: install
 	@if $(VENV)/bin/adyton pull --help >/dev/null 2>&1; then $(VENV)/bin/adyton pull smollm2; \
 	else echo "no backend with 'adyton pull' is installed: skipping the model"; fi
+
+# a second architecture for adyton-llamacpp's tests (Gemma 3 270M, ~253 MB)
+test-models: $(VENV)/.installed-llamacpp
+	$(VENV)/bin/adyton llamacpp pull gemma3 --models-dir $(ADYTON_HOME)/test-models --quiet
 
 # a Redis server for the limits tests (they start their own instances)
 redis:
@@ -52,7 +67,7 @@ serve: install model
 	$(VENV)/bin/adyton serve
 
 # the real-model tests must run here: a missing model fails instead of skipping
-test: install-test model redis chromium
+test: install-test llamacpp model test-models redis chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
 

@@ -297,8 +297,7 @@ class LlamaCppBackend(Backend):
         vocab = model.vocab
         if request.messages is not None:
             try:
-                rendered = model.template.render_protected([m.model_dump() for m in request.messages],
-                                                           model.control_texts, **request.template_kwargs)
+                rendered = model.template.render_request(request, model.control_texts)
             except ChatTemplateError as exc:
                 raise InvalidRequest(f"the chat template of '{model.info.id}' rejected these messages: {exc}",
                                      param="messages") from None
