@@ -215,6 +215,20 @@ def _json_schema(schema: dict[str, Any], declared_keys: bool) -> dict[str, Any]:
     return schema
 
 
+def _check_tool_schema(name: str, params: dict[str, Any], source: str, declared_keys: bool) -> None:
+    """Refuse a tool whose parameters schema cannot be enforced, naming the
+    tool (the combined grammar's error would only give a position)."""
+    try:
+        grammar = llg.LLMatcher.grammar_from_json_schema(_json_schema(params, declared_keys), defaults=JSON_OPTIONS)
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, None)
+    except (ValueError, TypeError) as exc:
+        is_error, messages = True, [str(exc)]
+    if is_error:
+        raise UnsupportedConstraint(
+            f"the parameters schema of tool '{name}' from '{source}' cannot be enforced: "
+            f"{_clean(messages[0] if messages else '')}", param=source)
+
+
 def tool_calls_lark(value: Any, source: str, declared_keys: bool) -> str:
     """The grammar of a ``tool_calls`` constraint: ``<tool_call>`` JSON
     ``</tool_call>`` blocks (one, or several on their own lines when
@@ -234,6 +248,7 @@ def tool_calls_lark(value: Any, source: str, declared_keys: bool) -> str:
             raise UnsupportedConstraint(f"tool {i} from '{source}' has no name", param=source)
         where = f"{source} (tool '{name}')"
         check_schema(params, where)
+        _check_tool_schema(name, params, source, declared_keys)
         params = dict(params)
         defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
         call = {

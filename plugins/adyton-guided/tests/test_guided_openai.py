@@ -60,3 +60,66 @@ async def test_openai_refusals_use_no_quota(tmp_path, extra, needle):
     assert status == 400, body
     assert needle in body["error"]["message"]
     assert limiter.reserved == 0
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+TOOL_VOCAB = JSON_VOCAB + ["<tool_call>", "</tool_call>", "<", "tool", "_call", ">", "/", "add", "arguments",
+                           "It", " is", " sunny"]
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+
+
+def tool_app(tmp_path, limiter, script):
+    return create_app(settings={"home": str(tmp_path / "home")},
+                      plugins=[adyton_guided, adyton_openai, LimiterPlugin(limiter),
+                               BackendPlugin(ScriptedBackend(script, extra_vocab=TOOL_VOCAB))],
+                      load_entrypoints=False)
+
+
+async def test_required_forces_a_valid_call_whatever_the_model_prefers(tmp_path):
+    """The scripted 'model' wants to answer in text: the constraint makes it call."""
+    limiter = CountingLimiter()
+    app = tool_app(tmp_path, limiter, ["It", " is", " sunny"])
+    for choice in ("required", {"type": "function", "function": {"name": "add"}}):
+        status, body, headers = await post(app, {"model": "scripted-model", "messages": USER, "tools": [ADD],
+                                                 "tool_choice": choice, "max_tokens": 40, "temperature": 0})
+        assert status == 200, body
+        c = body["choices"][0]
+        assert c["finish_reason"] == "tool_calls", c
+        (call,) = c["message"]["tool_calls"]
+        assert call["function"]["name"] == "add"
+        assert isinstance(json.loads(call["function"]["arguments"])["a"], int)
+        assert headers["x-adyton-guided"] == "enforced"
+
+
+async def test_auto_leaves_text_free_and_adds_nothing_to_the_response(tmp_path):
+    limiter = CountingLimiter()
+    app = tool_app(tmp_path, limiter, ["It", " is", " sunny"])
+    status, body, headers = await post(app, {"model": "scripted-model", "messages": USER, "tools": [ADD],
+                                             "max_tokens": 10, "temperature": 0})
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == "It is sunny"
+    assert "reports" not in body["choices"][0] and "x-adyton-guided" not in headers
+
+
+@pytest.mark.parametrize("tool_choice", ["required", "auto"])
+async def test_an_unenforceable_tool_schema_uses_no_quota(tmp_path, tool_choice):
+    limiter = CountingLimiter()
+    bad = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}}}
+    status, body, _ = await post(tool_app(tmp_path, limiter, ["It"]),
+                                 {"model": "scripted-model", "messages": USER, "tools": [bad],
+                                  "tool_choice": tool_choice})
+    assert status == 400, body
+    assert "tool 'f'" in body["error"]["message"] and "uniqueItems" in body["error"]["message"]
+    assert limiter.reserved == 0
+
+
+async def test_required_and_a_response_format_are_refused_together(tmp_path):
+    limiter = CountingLimiter()
+    status, body, _ = await post(tool_app(tmp_path, limiter, ["It"]), {
+        "model": "scripted-model", "messages": USER, "tools": [ADD], "tool_choice": "required",
+        "response_format": {"type": "json_object"}})
+    assert status == 400 and "one constraint per request" in body["error"]["message"]
+    assert limiter.reserved == 0
