@@ -311,12 +311,19 @@ class LlamaBackend(Backend):
         return entry.embedding_length or None
 
     def prepare_embeddings(self, inputs, model: ModelInfo) -> list[list[int]]:
-        tokenizer, _ = self._tokenizer(self._model(model.id))
+        entry = self._model(model.id)
+        tokenizer, _ = self._tokenizer(entry)
         vocab = tokenizer.vocab_size
+        context = entry.info.context_length or self.settings.max_context
         out: list[list[int]] = []
         for i, item in enumerate(inputs):
             if isinstance(item, str):  # text as text: no control tokens, no chat template
-                out.append(tokenizer.encode(item, parse_special=False, add_bos=tokenizer.add_bos_token))
+                try:
+                    out.append(tokenizer.encode(item, parse_special=False, add_bos=tokenizer.add_bos_token,
+                                                limit=context))
+                except TooManyTokens as exc:  # far over the context: no need for the ids
+                    raise ContextTooLong(f"input {i} is at least {exc.count} tokens; the context of model "
+                                         f"'{model.id}' is {context} tokens", param="input") from None
                 continue
             bad = next((t for t in item if not 0 <= t < vocab), None)
             if bad is not None:

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from adyton import InvalidRequest, ModelInfo
+from adyton import ContextTooLong, InvalidRequest, ModelInfo
 from adyton_llama.backend import LlamaBackend, LlamaSettings
 from adyton_llama.engine import greedy
 
@@ -83,6 +83,8 @@ def test_backend_vectors_are_unit_length_and_tell_texts_apart(backend):
     assert np.array_equal(d, a)
     with pytest.raises(InvalidRequest, match="outside the vocabulary"):
         backend.prepare_embeddings([[1, 10**7]], model)
+    with pytest.raises(ContextTooLong, match="input 1 is at least"):  # not tokenized to the end
+        backend.prepare_embeddings(["fine", "word " * 100_000], model)
     # stopped before the first input: nothing
     stopped = threading.Event()
     stopped.set()
