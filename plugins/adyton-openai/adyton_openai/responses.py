@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Literal, Sequence
 
 from pydantic import BaseModel, ValidationError
 from quart import Response, jsonify
@@ -45,6 +45,7 @@ from adyton import (
     InvalidRequest,
     NotFound,
     TextDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
     Waiting,
@@ -65,13 +66,15 @@ MAX_STORED_CHARS = 32 * 2**20
 
 #: accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
 _IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
-            "stream_options", "top_logprobs")
+            "stream_options")
 
 #: kernel/chat parameter names in errors -> this endpoint's
 _KERNEL_PARAMS = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
 
 #: ``include`` values that are honoured by having nothing to include (no reasoning here)
 _VACUOUS_INCLUDES = frozenset({"reasoning.encrypted_content"})
+#: the ``include`` value that asks for the output text's logprobs
+_LOGPROBS = "message.output_text.logprobs"
 
 
 class Unsupported(convert.Unsupported):
@@ -311,7 +314,7 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
     if any(v is not None for v in reasoning.values()):
         raise Unsupported("'reasoning' cannot be honoured: the models served here do not reason "
                           "separately (leave it out)", param="reasoning")
-    extra = [x for x in (body.include or []) if x not in _VACUOUS_INCLUDES]
+    extra = [x for x in (body.include or []) if x not in _VACUOUS_INCLUDES and x != _LOGPROBS]
     if extra:
         raise Unsupported(f"'include' value {extra[0]!r} is not supported", param="include")
     if body.background:
@@ -325,6 +328,9 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
 def parse(body: ResponsesRequest, history: list[ChatMessage]) -> Parsed:
     _refuse_unsupported(body)
     ignored = [name for name in _IGNORED if getattr(body, name) is not None]
+    want_logprobs = _LOGPROBS in (body.include or [])
+    if body.top_logprobs is not None and not want_logprobs:
+        ignored.append("top_logprobs")  # OpenAI sends logprobs only when include asks for them
     if body.truncation == "auto":
         ignored.append("truncation")  # a too-long conversation is a 400, never cut
     if body.text is not None and body.text.verbosity is not None:
@@ -353,8 +359,13 @@ def parse(body: ResponsesRequest, history: list[ChatMessage]) -> Parsed:
         kw["seed"] = body.seed % (2**64)
     if body.user is not None:
         kw["user"] = body.user
+    if want_logprobs:
+        kw["logprobs"] = body.top_logprobs or 0
     _tools(body, kw)
     request = convert._build(kw)
+    if want_logprobs and request.tools and request.tool_choice != "none":
+        raise Unsupported(f"'include' {_LOGPROBS!r} together with function tools is not supported",
+                          param="include")
     call_constraint = tools.tool_call_constraint(request)
     if call_constraint is not None:
         request.constraints.append(call_constraint)
@@ -374,8 +385,8 @@ def _usage(generation: Generation) -> dict[str, Any]:
             "total_tokens": u.total_tokens}
 
 
-def _part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def _message(item_id: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -445,6 +456,7 @@ class Output:
                         if request.tools and request.tool_choice != "none" else None)
         self._open: dict[str, Any] | None = None  # the message being written
         self._parts: list[str] = []
+        self._logprobs: list[dict[str, Any]] = []
 
     def start(self) -> list[tuple[str, dict[str, Any]]]:
         # without tools the answer is a message from the start (as OpenAI streams it)
@@ -454,6 +466,7 @@ class Output:
         suffix = "" if not self.items else f"_{len(self.items)}"
         self._open = _message(f"msg_{self.gen_id}{suffix}", "in_progress", [])
         self._parts = []
+        self._logprobs = []
         index = len(self.items)
         return [("response.output_item.added", {"output_index": index, "item": self._open}),
                 ("response.content_part.added", {"item_id": self._open["id"], "output_index": index,
@@ -464,16 +477,19 @@ class Output:
         if item is None:
             return []
         text = "".join(self._parts)
-        done = {**item, "status": status, "content": [_part(text)]}
+        done = {**item, "status": status, "content": [_part(text, self._logprobs)]}
         index = len(self.items)
         self.items.append(done)
         where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        return [("response.output_text.done", {**where, "text": text, "logprobs": []}),
-                ("response.content_part.done", {**where, "part": _part(text)}),
+        return [("response.output_text.done", {**where, "text": text, "logprobs": self._logprobs}),
+                ("response.content_part.done", {**where, "part": done["content"][0]}),
                 ("response.output_item.done", {"output_index": index, "item": done})]
 
-    def _text(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+    def _text(self, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        rendered = render.chat_logprobs(logprobs)["content"] if logprobs else []  # type: ignore[index]
         if not text:
+            if rendered and self._open is not None:  # tokens of a stop string: no text, still tokens
+                self._logprobs.extend(rendered)
             return []
         if self._open is None and self._reader is not None and not text.strip():
             self.texts.append(text)  # whitespace around calls opens no message
@@ -481,9 +497,10 @@ class Output:
         events = self._open_message() if self._open is None else []
         self._parts.append(text)
         self.texts.append(text)
+        self._logprobs.extend(rendered)
         events.append(("response.output_text.delta", {"item_id": self._open["id"],  # type: ignore[index]
                                                       "output_index": len(self.items), "content_index": 0,
-                                                      "delta": text, "logprobs": []}))
+                                                      "delta": text, "logprobs": rendered}))
         return events
 
     def _call(self, call: ToolCall) -> list[tuple[str, dict[str, Any]]]:
@@ -502,9 +519,9 @@ class Output:
             ("response.output_item.done", {"output_index": index, "item": item}),
         ]
 
-    def feed(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+    def feed(self, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> list[tuple[str, dict[str, Any]]]:
         if self._reader is None:
-            return self._text(text)
+            return self._text(text, logprobs)
         events: list[tuple[str, dict[str, Any]]] = []
         for piece in self._reader.feed(text):
             events += self._call(piece.call) if isinstance(piece, tools.CallPiece) else self._text(piece.text)
@@ -561,7 +578,7 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
     try:
         async for ev in events:
             if type(ev) is TextDelta:
-                for kind, fields in output.feed(ev.text):
+                for kind, fields in output.feed(ev.text, ev.logprobs):
                     yield event(kind, **fields)
             elif type(ev) is ChoiceFinished:
                 finish = ev.finish_reason
@@ -616,7 +633,7 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     choice = result.choices[0]
     output = Output(renderer)
     output.start()
-    output.feed(choice.text)
+    output.feed(choice.text, choice.logprobs)
     output.finish(choice.finish_reason)
     final = renderer.final(output.items, choice.finish_reason)
     remember(store, parsed, generation, output, final)

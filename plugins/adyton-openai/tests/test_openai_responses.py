@@ -288,6 +288,7 @@ def test_required_tool_choice_needs_guided_decoding(caller):
     ({"tools": [{**WEATHER, "name": "bad name!"}]}, "tools[0].name", "invalid_value"),
     ({"tools": [{"type": "function"}]}, "tools[0].name", "missing_required_parameter"),
     ({"tools": [{**WEATHER, "bogus": 1}]}, "tools[0].bogus", "unknown_parameter"),
+    ({"tools": [WEATHER], "include": ["message.output_text.logprobs"]}, "include", "unsupported_parameter"),
 ])
 def test_bad_tools_are_openai_errors(caller, body, param, code):
     server, _ = caller
@@ -338,3 +339,23 @@ def test_openai_agents_against_the_scripted_model(server):
 
     final, deltas = asyncio.run(streamed())
     assert final == "Hello, world!" and "".join(deltas) == final
+
+
+def test_logprobs_when_included(server, sdk):
+    client = sdk(server, api_key="sk-a")
+    r = client.responses.create(model="scripted-model", input="hi", include=["message.output_text.logprobs"],
+                                top_logprobs=2)
+    part = r.output[0].content[0]
+    assert [lp.token for lp in part.logprobs] == ["Hello", ",", " world", "!"]
+    assert all(lp.logprob <= 0 and len(lp.top_logprobs) == 2 for lp in part.logprobs)
+    events = list(client.responses.create(model="scripted-model", input="hi", stream=True,
+                                          include=["message.output_text.logprobs"]))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [lp.token for e in deltas for lp in e.logprobs] == ["Hello", ",", " world", "!"]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert len(done.logprobs) == 4
+    # without include: none, and top_logprobs alone is listed as ignored
+    raw = httpx.post(server.base_url + "/v1/responses", headers={"Authorization": "Bearer sk-a"},
+                     json={"input": "hi", "top_logprobs": 2})
+    assert raw.json()["output"][0]["content"][0]["logprobs"] == []
+    assert raw.headers["x-adyton-ignored-params"] == "top_logprobs"
