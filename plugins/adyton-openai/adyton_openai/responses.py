@@ -285,8 +285,10 @@ def _tools(body: ResponsesRequest, kw: dict[str, Any]) -> None:
             functions.append(Tool(name=name, description=tool.get("description"),
                                   parameters=parameters or {"type": "object", "properties": {}}))
         except ValidationError as exc:
-            raise InvalidRequest(f"Invalid value for 'tools[{j}]': {exc.errors(include_url=False)[0]['msg']}",
-                                 param=f"tools[{j}].name", code="invalid_value") from None
+            err = exc.errors(include_url=False)[0]
+            where = f"tools[{j}]." + ".".join(str(p) for p in err["loc"])
+            raise InvalidRequest(f"Invalid value for '{where}': {err['msg']}", param=where,
+                                 code="invalid_value") from None
     choice = body.tool_choice
     if not functions:
         if choice not in (None, "none"):

@@ -286,6 +286,7 @@ def test_required_tool_choice_needs_guided_decoding(caller):
     ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice",
      "unsupported_parameter"),
     ({"tools": [{**WEATHER, "name": "bad name!"}]}, "tools[0].name", "invalid_value"),
+    ({"tools": [{**WEATHER, "description": 5}]}, "tools[0].description", "invalid_value"),
     ({"tools": [{"type": "function"}]}, "tools[0].name", "missing_required_parameter"),
     ({"tools": [{**WEATHER, "bogus": 1}]}, "tools[0].bogus", "unknown_parameter"),
     ({"tools": [WEATHER], "include": ["message.output_text.logprobs"]}, "include", "unsupported_parameter"),
