@@ -123,3 +123,33 @@ def test_reader_keeps_what_is_not_a_valid_call_as_content():
                  'a < b and <tool is not a marker'):
         content, calls = split_tool_calls(text, known)
         assert calls == [] and content == text
+
+
+def test_reader_streams_arguments_of_constrained_calls():
+    text = ('<tool_call>{"name": "get_weather", "arguments": {"city": "Pa}ris \\"</tool_call>\\""}}</tool_call>\n'
+            '<tool_call>{"name": "add", "arguments": {"a": [1, {"b": 2}]}}</tool_call>')
+    known = GenerationRequest(messages=HISTORY[:1], tools=[WEATHER, ADD]).tools
+    for size in (1, 3, 11, len(text)):
+        reader = ToolCallReader(known, stream_arguments=True)
+        pieces = []
+        for i in range(0, len(text), size):
+            pieces += reader.feed(text[i:i + size])
+        pieces += reader.finish()
+        starts = [p for p in pieces if isinstance(p, tools.CallStart)]
+        assert [p.name for p in starts] == ["get_weather", "add"] and starts[0].id.startswith("call_")
+        assert not [p for p in pieces if isinstance(p, (ContentPiece, CallPiece))], pieces
+        args, current = [], None
+        for p in pieces:
+            if isinstance(p, tools.CallStart):
+                args.append("")
+            elif isinstance(p, tools.ArgumentsPiece):
+                args[-1] += p.text
+        assert [json.loads(a) for a in args] == [{"city": 'Pa}ris "</tool_call>"'}, {"a": [1, {"b": 2}]}]
+        assert reader.calls == 2
+    # cut short: what came stays, nothing more; a block of another shape is read whole
+    reader = ToolCallReader(known, stream_arguments=True)
+    pieces = reader.feed('<tool_call>{"name": "add", "arguments": {"a": ') + reader.finish()
+    assert [type(p).__name__ for p in pieces] == ["CallStart", "ArgumentsPiece"]
+    reader = ToolCallReader(known, stream_arguments=True)
+    pieces = reader.feed('<tool_call>{"arguments": {"a": 1}, "name": "add"}</tool_call>') + reader.finish()
+    assert [type(p).__name__ for p in pieces] == ["CallPiece"]

@@ -29,6 +29,7 @@ generated text, incrementally for streams.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
@@ -213,7 +214,62 @@ class ContentPiece:
 
 @dataclass(slots=True)
 class CallPiece:
+    """A complete call (not streamed)."""
+
     call: ToolCall
+
+
+@dataclass(slots=True)
+class CallStart:
+    """A streamed call begins: its id and name are known, its arguments follow
+    as ``ArgumentsPiece`` texts."""
+
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ArgumentsPiece:
+    """More of the streamed call's arguments (JSON text, as generated)."""
+
+    text: str
+
+
+Piece = ContentPiece | CallPiece | CallStart | ArgumentsPiece
+
+_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_.-]{1,64})"\s*,\s*"arguments"\s*:\s*')
+#: what a call's head may start with (anything else is not streamed)
+_HEAD_START = '{"name": "'
+
+
+class _JsonDepth:
+    """Where a JSON value stands, fed character by character: done once the
+    first object or array it opened is closed."""
+
+    __slots__ = ("depth", "in_string", "escape", "started")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = self.escape = self.started = False
+
+    def feed(self, ch: str) -> bool:
+        """True when ``ch`` completes the value."""
+        if self.in_string:
+            if self.escape:
+                self.escape = False
+            elif ch == "\\":
+                self.escape = True
+            elif ch == '"':
+                self.in_string = False
+        elif ch == '"':
+            self.in_string = True
+        elif ch in "{[":
+            self.depth += 1
+            self.started = True
+        elif ch in "}]":
+            self.depth -= 1
+            return self.started and self.depth == 0
+        return False
 
 
 def parse_call(body: str, tools: dict[str, Tool] | None = None) -> ToolCall | None:
@@ -246,21 +302,65 @@ class ToolCallReader:
     text (text that could begin ``<tool_call>`` is held back until it is
     known not to) and a ``CallPiece`` per complete, valid call. A block that
     does not parse as a call of a known tool is content, as written.
-    ``finish()`` returns what is left (an unclosed call: content)."""
+    ``finish()`` returns what is left (an unclosed call: content).
 
-    __slots__ = ("tools", "_buffer", "_in_call", "calls")
+    ``stream_arguments=True`` is for output a constraint keeps to valid calls
+    (the ``tool_calls`` constraint writes ``{"name": …, "arguments": …}`` in
+    that order): a call is then announced (``CallStart``) as soon as its name
+    is written and its arguments follow as they are generated
+    (``ArgumentsPiece``); a call cut short (``max_tokens``) stays as far as it
+    got. A block that does not start that way is read whole, as above."""
 
-    def __init__(self, tools: list[Tool] | None = None) -> None:
+    __slots__ = ("tools", "stream_arguments", "_buffer", "_in_call", "calls", "_args", "_args_done")
+
+    def __init__(self, tools: list[Tool] | None = None, stream_arguments: bool = False) -> None:
         self.tools = {t.name: t for t in tools} if tools is not None else None
+        self.stream_arguments = stream_arguments
         self._buffer = ""
         self._in_call = False
         self.calls = 0
+        self._args: _JsonDepth | None = None  #: a streamed call's arguments, while they come
+        self._args_done = False
 
-    def feed(self, text: str) -> list[ContentPiece | CallPiece]:
+    def _stream(self, out: list[Piece]) -> bool:
+        """Streamed-call progress; False when this call is not streamed."""
+        if self._args is None:
+            head = _CALL_HEAD.match(self._buffer)
+            if head is None:  # the head is not whole yet: wait, unless the call closed
+                return TOOL_CALL_CLOSE not in self._buffer
+            name = head.group(1)
+            if self.tools is not None and name not in self.tools:
+                return False
+            self._buffer = self._buffer[head.end():]
+            self._args, self._args_done = _JsonDepth(), False
+            self.calls += 1
+            out.append(CallStart(new_call_id(), name))
+        if not self._args_done:  # (the arguments' own JSON says where they end)
+            taken = 0
+            for i in range(len(self._buffer)):
+                taken = i + 1
+                if self._args.feed(self._buffer[i]):
+                    self._args_done = True
+                    break
+            if taken:
+                out.append(ArgumentsPiece(self._buffer[:taken]))
+                self._buffer = self._buffer[taken:]
+        end = self._buffer.find(TOOL_CALL_CLOSE)
+        if end >= 0:  # the call's closing brace, then the marker
+            self._buffer = self._buffer[end + len(TOOL_CALL_CLOSE):]
+            self._in_call, self._args = False, None
+        return True
+
+    def feed(self, text: str) -> list[Piece]:
         self._buffer += text
-        out: list[ContentPiece | CallPiece] = []
+        out: list[Piece] = []
         while True:
             if self._in_call:
+                if self.stream_arguments and (self._args is not None or self._stream_head_possible()):
+                    if self._stream(out):
+                        if self._in_call:
+                            return out
+                        continue
                 end = self._buffer.find(TOOL_CALL_CLOSE)
                 if end < 0:
                     return out
@@ -287,14 +387,21 @@ class ToolCallReader:
             self._content(out, ready)
             return out
 
-    def _content(self, out: list[ContentPiece | CallPiece], text: str) -> None:
+    def _stream_head_possible(self) -> bool:
+        head = self._buffer.lstrip()
+        return head.startswith(_HEAD_START) or _HEAD_START.startswith(head)
+
+    def _content(self, out: list[Piece], text: str) -> None:
         if self.calls and not text.strip():
             return  # the separator between calls
         if text:
             out.append(ContentPiece(text))
 
-    def finish(self) -> list[ContentPiece | CallPiece]:
-        out: list[ContentPiece | CallPiece] = []
+    def finish(self) -> list[Piece]:
+        out: list[Piece] = []
+        if self._args is not None:  # a streamed call cut short: it stays as far as it got
+            self._buffer, self._in_call, self._args = "", False, None
+            return out
         rest = (TOOL_CALL_OPEN if self._in_call else "") + self._buffer
         self._buffer, self._in_call = "", False
         self._content(out, rest)
@@ -325,7 +432,9 @@ def split_tool_calls(text: str, tools: list[Tool] | None = None) -> tuple[str, l
 __all__ = [
     "CONVENTION_PROMPT",
     "RESERVED_TEMPLATE_VARIABLES",
+    "ArgumentsPiece",
     "CallPiece",
+    "CallStart",
     "ContentPiece",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",

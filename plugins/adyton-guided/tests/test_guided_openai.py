@@ -123,3 +123,22 @@ async def test_required_and_a_response_format_are_refused_together(tmp_path):
         "response_format": {"type": "json_object"}})
     assert status == 400 and "one constraint per request" in body["error"]["message"]
     assert limiter.reserved == 0
+
+
+async def test_a_constrained_call_streams_its_arguments(tmp_path):
+    app = tool_app(tmp_path, CountingLimiter(), ["It", " is", " sunny"])
+    async with app.test_app() as test_app:
+        r = await test_app.test_client().post("/v1/chat/completions", json={
+            "model": "scripted-model", "messages": USER, "tools": [ADD], "tool_choice": "required",
+            "max_tokens": 40, "temperature": 0, "stream": True})
+        assert r.status_code == 200
+        text = (await r.get_data()).decode()
+    chunks = [json.loads(line[6:]) for line in text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+             if c["choices"] and "tool_calls" in c["choices"][0]["delta"]]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"] == {"name": "add", "arguments": ""}
+    fragments = [c["function"]["arguments"] for c in calls[1:]]
+    assert len(fragments) > 1 and all(c["index"] == 0 and set(c) == {"index", "function"} for c in calls[1:])
+    assert isinstance(json.loads("".join(fragments))["a"], int)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

@@ -112,17 +112,24 @@ class ChatChunks:
     def finish(self, index: int, reason: str) -> str:
         return f'{self._head}{{"index":{index},"delta":{{}},"logprobs":null,"finish_reason":"{reason}"}}{self._tail}'
 
+    def _tool_delta(self, index: int, delta: dict[str, Any]) -> str:
+        return (f'{self._head}{{"index":{index},"delta":{{"tool_calls":[{_dumps(delta)}]}},'
+                f'"logprobs":null,"finish_reason":null}}{self._tail}')
+
+    def tool_call_start(self, index: int, position: int, id: str, name: str) -> str:
+        """A call's first chunk, as the SDKs assemble them: its id, type and
+        name, arguments ""."""
+        return self._tool_delta(index, {"index": position, "id": id, "type": "function",
+                                        "function": {"name": name, "arguments": ""}})
+
+    def tool_call_arguments(self, index: int, position: int, text: str) -> str:
+        """More of a call's arguments."""
+        return self._tool_delta(index, {"index": position, "function": {"arguments": text}})
+
     def tool_call(self, index: int, position: int, call: ToolCall) -> str:
-        """Two chunks, as the SDKs assemble them: the call's id, type and
-        name (arguments ""), then its arguments."""
-        head = {"index": position, "id": call.id, "type": "function",
-                "function": {"name": call.name, "arguments": ""}}
-        args = {"index": position, "function": {"arguments": call.arguments}}
-        return "".join(
-            f'{self._head}{{"index":{index},"delta":{{"tool_calls":[{_dumps(delta)}]}},'
-            f'"logprobs":null,"finish_reason":null}}{self._tail}'
-            for delta in (head, args)
-        )
+        """A whole call: its first chunk, then its arguments."""
+        return (self.tool_call_start(index, position, call.id, call.name)
+                + self.tool_call_arguments(index, position, call.arguments))
 
     def usage(self, usage: dict[str, int]) -> str:
         return f'{self._head}],"usage":{_dumps(usage)}}}\n\n'

@@ -295,7 +295,9 @@ class OpenAIWire(WireFormat):
         # runs after the handler returned: no request or app context here
         want_logprobs = parsed.logprobs is not None
         request = parsed.request
-        readers = ([tools.ToolCallReader(request.tools) for _ in range(request.n)]
+        # calls a constraint keeps valid stream their arguments as they come
+        constrained = any(c.kind == "tool_calls" for p in generation.processors for c in p.handles)
+        readers = ([tools.ToolCallReader(request.tools, stream_arguments=constrained) for _ in range(request.n)]
                    if request.tools and request.tool_choice != "none" else None)
         sent = [0] * request.n  # tool calls sent per choice
         for index in range(request.n):
@@ -336,6 +338,11 @@ class OpenAIWire(WireFormat):
 
     @staticmethod
     def _tool_piece(chunks: render.ChatChunks, index: int, piece: Any, sent: list[int]) -> str:
+        if isinstance(piece, tools.ArgumentsPiece):
+            return chunks.tool_call_arguments(index, sent[index] - 1, piece.text)
+        if isinstance(piece, tools.CallStart):
+            sent[index] += 1
+            return chunks.tool_call_start(index, sent[index] - 1, piece.id, piece.name)
         if isinstance(piece, tools.CallPiece):
             sent[index] += 1
             return chunks.tool_call(index, sent[index] - 1, piece.call)
