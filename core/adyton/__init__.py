@@ -7,7 +7,7 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 
 from . import errors, tools, types
 from .chat_template import ChatTemplate, ChatTemplateError
-from .app import Kernel, create_app, current_kernel, default_error_response, require_access
+from .app import DEFAULT_ERROR_SCHEMA, Kernel, create_app, current_kernel, default_error_response, require_access
 from .body import check_text, read_json_body
 from .errors import (
     AdytonError,
@@ -45,6 +45,7 @@ from .settings import Settings, load_settings
 from .types import *  # noqa: F403
 
 __all__ = [
+    "DEFAULT_ERROR_SCHEMA",
     "AdytonError",
     "Authenticator",
     "Backend",

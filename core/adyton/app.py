@@ -256,6 +256,44 @@ class Kernel:
                 max_wait_s=self.settings.queue.max_wait_s,
             )
 
+    def wire_format_for(self, path: str) -> WireFormat | None:
+        """The surface whose ``url_prefixes`` match ``path`` longest (its
+        slashes merged), else the kernel's own routes: the one that renders
+        errors for that path."""
+        path = re.sub("/{2,}", "/", path)
+        best: WireFormat | None = None
+        best_len = -1
+        for wire in self.wire_formats.values():
+            for prefix in wire.url_prefixes:
+                if path.startswith(prefix) and len(prefix) > best_len:
+                    best, best_len = wire, len(prefix)
+        return best if best is not None else self.wire_formats.get("kernel")
+
+    def complete_openapi(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Fill in what an OpenAPI ``document`` leaves out: every operation
+        gets the error statuses (``WireFormat.error_statuses``, with the
+        surface's ``error_schema``) of the surface that owns its path, and a
+        ``2XX`` success if it documents none. Whichever plugin serves the
+        document calls this, so clients see every status a route answers."""
+        for path, operations in document.get("paths", {}).items():
+            wire = self.wire_format_for(path)
+            for operation in operations.values():
+                if not isinstance(operation, dict):
+                    continue
+                # OpenAPI keys are strings ("200", "2XX"); some generators write ints
+                responses = {str(code): value for code, value in operation.get("responses", {}).items()}
+                operation["responses"] = responses
+                if not any(str(code).startswith("2") for code in responses):
+                    responses["2XX"] = {"description": "Success"}
+                for status in (wire.error_statuses if wire is not None else ()):
+                    if str(status) in responses:
+                        continue
+                    entry: dict[str, Any] = {"description": _STATUS_PHRASES.get(status, "Error")}
+                    if wire is not None and wire.error_schema is not None:
+                        entry["content"] = {"application/json": {"schema": wire.error_schema}}
+                    responses[str(status)] = entry
+        return document
+
     def queue_for(self, backend: Backend) -> EngineQueue:
         return self.queues[backend.name]
 
@@ -336,6 +374,14 @@ class Kernel:
         if self._workers is not None:
             self._workers.shutdown(wait=False, cancel_futures=True)
             self._workers = None
+
+
+_STATUS_PHRASES = {
+    400: "Invalid request", 401: "Missing or invalid credentials", 403: "Not allowed",
+    404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+    415: "Unsupported media type", 429: "Rate limited or server busy (Retry-After)",
+    500: "The engine failed", 503: "Could not start in time, or no model loaded (Retry-After)",
+}
 
 
 def _is_loopback(host: str) -> bool:
@@ -461,18 +507,23 @@ def _mount(app: Quart, wire: WireFormat) -> None:
 
 
 def _render_for_path(kernel: Kernel, error: AdytonError) -> Response:
-    path = re.sub("/{2,}", "/", request.path) if request else "/"
-    best: WireFormat | None = None
-    best_len = -1
-    for wire in kernel.wire_formats.values():
-        for prefix in wire.url_prefixes:
-            if path.startswith(prefix) and len(prefix) > best_len:
-                best, best_len = wire, len(prefix)
-    if best is None:
-        best = kernel.wire_formats.get("kernel")
+    best = kernel.wire_format_for(request.path if request else "/")
     if best is None:  # pragma: no cover - the kernel routes are always registered
         return default_error_response(error)
     return best.render_error(error)
+
+
+#: JSON schema of ``default_error_response``'s body (``WireFormat.error_schema``)
+DEFAULT_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}},
+    }},
+}
 
 
 def default_error_response(error: AdytonError) -> Response:

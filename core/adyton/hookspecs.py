@@ -275,6 +275,12 @@ class WireFormat(ABC):
 
     name: str = ""
     url_prefixes: Sequence[str] = ()
+    #: the error statuses this surface's routes may answer, for the OpenAPI
+    #: document: ``Kernel.complete_openapi`` adds each (with ``error_schema``)
+    #: to every operation of this surface that does not document it itself
+    error_statuses: Sequence[int] = (400, 401, 403, 404, 405, 413, 429, 500, 503)
+    #: JSON schema of this surface's error body (None: not described)
+    error_schema: dict[str, Any] | None = None
 
     @property
     @abstractmethod

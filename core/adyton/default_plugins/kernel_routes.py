@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify
 
-from ..app import current_kernel, default_error_response, require_access
+from ..app import DEFAULT_ERROR_SCHEMA, current_kernel, default_error_response, require_access
 from ..errors import AdytonError
 from ..hookspecs import WireFormat, hookimpl
 
@@ -17,6 +17,7 @@ from ..hookspecs import WireFormat, hookimpl
 class KernelRoutes(WireFormat):
     name = "kernel"
     url_prefixes = ("/-/",)
+    error_schema = DEFAULT_ERROR_SCHEMA
 
     def __init__(self) -> None:
         bp = Blueprint("adyton_kernel", __name__)

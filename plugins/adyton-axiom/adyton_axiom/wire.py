@@ -47,6 +47,13 @@ def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None 
 class AxiomWireFormat(WireFormat):
     name = WIRE_FORMAT
     url_prefixes = ("/api/",)
+    error_schema = {
+        "type": "object",
+        "required": ["error", "code", "field"],
+        "properties": {"error": {"type": "string"}, "code": {"type": "string"},
+                       "field": {"type": ["string", "null"]},
+                       "available": {"type": "array", "items": {"type": "string"}}},
+    }
 
     def __init__(self, kernel: Any = None) -> None:
         self.kernel = kernel

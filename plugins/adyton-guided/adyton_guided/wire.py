@@ -21,6 +21,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
+    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     ChatMessage,
     Credentials,
@@ -47,6 +48,11 @@ def credentials_from_headers(wire: str) -> Credentials:
 class AxionicGuided(WireFormat):
     name = "guided"
     url_prefixes = ("/v1/policies", "/sampling/")
+    error_schema = {
+        "type": "object",
+        "required": ["detail", "error"],
+        "properties": {"detail": {"type": "string"}, "error": DEFAULT_ERROR_SCHEMA["properties"]["error"]},
+    }
 
     def __init__(self) -> None:
         bp = Blueprint("adyton_guided", __name__)

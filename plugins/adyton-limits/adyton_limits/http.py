@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
+    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     Forbidden,
     InvalidRequest,
@@ -63,6 +64,8 @@ def refuse_form_posts() -> None:
 
 
 class _JsonSurface(WireFormat):
+    error_schema = DEFAULT_ERROR_SCHEMA
+
     def render_error(self, error: AdytonError) -> Response:
         return default_error_response(error)
 

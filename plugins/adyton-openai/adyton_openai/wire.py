@@ -9,8 +9,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from quart import Blueprint, Quart, Response, jsonify, request
 from quart_schema import QuartSchema, document_request, document_response
+from quart_schema.openapi import OpenAPIProvider
 
 from adyton import (
+    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     BackendError,
     ChoiceFinished,
@@ -70,9 +72,19 @@ def credentials_from_request(wire_name: str) -> Credentials:
     return found
 
 
+class _CompleteOpenAPI(OpenAPIProvider):
+    """quart-schema's document, completed by the kernel with every surface's
+    error statuses (``Kernel.complete_openapi``): the one OpenAPI document of
+    the app lists what every route may answer, not only the OpenAI ones."""
+
+    def schema(self) -> dict[str, Any]:
+        return current_kernel().complete_openapi(super().schema())
+
+
 class OpenAIWire(WireFormat):
     name = "openai"
     url_prefixes = ("/v1/",)
+    error_schema = DEFAULT_ERROR_SCHEMA  # {"error": {"message", "type", "param", "code"}}
 
     def __init__(self) -> None:
         self.started = int(time.time())
@@ -128,6 +140,7 @@ class OpenAIWire(WireFormat):
                     "apiKey": {"type": "apiKey", "in_": "header", "name": "x-api-key"},
                 },
                 security=[{"bearer": []}, {"apiKey": []}],
+                openapi_provider_class=_CompleteOpenAPI,
             )
 
     def render_error(self, error: AdytonError) -> Response:
