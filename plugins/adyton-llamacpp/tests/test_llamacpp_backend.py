@@ -22,7 +22,7 @@ import pytest
 from adyton import DefaultSampler, hookimpl
 from adyton_llamacpp.backend import SHARED_SUFFIX, LlamaCppBackend, LlamaCppSettings
 
-from conftest import SMOL, chat, generate, start_server, stream
+from llamacpp_helpers import SMOL, chat, generate, start_server, stream
 
 pytestmark = pytest.mark.slow
 

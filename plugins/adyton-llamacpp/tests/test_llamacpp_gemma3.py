@@ -9,7 +9,7 @@ import concurrent.futures as cf
 
 import pytest
 
-from conftest import GEMMA, SMOL, chat, generate, require_gemma, start_server, stream
+from llamacpp_helpers import GEMMA, SMOL, chat, generate, require_gemma, start_server, stream
 
 pytestmark = pytest.mark.slow
 
