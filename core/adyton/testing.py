@@ -452,15 +452,17 @@ def model_path() -> Path:
     return home / "models" / DEFAULT_MODEL_FILE
 
 
-def require_model() -> Path:
-    """``model_path()`` if that file exists; else skip the calling test, or
-    fail it when ``ADYTON_REQUIRE_MODEL`` is set (``make test``, CI): there
-    the real-model tests must run."""
+def require_model(path: Path | None = None,
+                  how: str = "set ADYTON_TEST_MODEL, or run: adyton pull smollm2") -> Path:
+    """``path`` (default: ``model_path()``) if that file exists; else skip the
+    calling test, or fail it when ``ADYTON_REQUIRE_MODEL`` is set (``make
+    test``, CI): there the real-model tests must run. ``how`` tells how to
+    get the file."""
     import pytest
 
-    path = model_path()
+    path = path or model_path()
     if not path.is_file():
-        message = f"model file {path} not found (set ADYTON_TEST_MODEL, or run: adyton pull smollm2)"
+        message = f"model file {path} not found ({how})"
         if os.environ.get("ADYTON_REQUIRE_MODEL"):
             pytest.fail(f"ADYTON_REQUIRE_MODEL is set but {message}", pytrace=False)
         pytest.skip(message)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 import adyton_llamacpp
 from adyton import create_app
@@ -36,13 +35,8 @@ def gemma_path() -> Path:
 
 def require_gemma() -> Path:
     path = gemma_path()
-    if not path.is_file():
-        message = (f"model file {path} not found (set ADYTON_TEST_MODEL_GEMMA3, or run: "
-                   f"adyton llamacpp pull gemma3 --models-dir {path.parent})")
-        if os.environ.get("ADYTON_REQUIRE_MODEL"):
-            pytest.fail(f"ADYTON_REQUIRE_MODEL is set but {message}", pytrace=False)
-        pytest.skip(message)
-    return path
+    return require_model(path, f"set ADYTON_TEST_MODEL_GEMMA3, or run: adyton llamacpp pull gemma3 "
+                               f"--models-dir {path.parent}")
 
 
 def start_server(home: Path, models_dir: Path, *, plugins=(), **llamacpp) -> ServerThread:

@@ -15,7 +15,6 @@ import json
 import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 
