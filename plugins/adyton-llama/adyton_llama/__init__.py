@@ -38,7 +38,7 @@ def register_backends(register, kernel):
 @hookimpl
 def prepare_request(request, principal, kernel):
     """The first request for a model reads its tokenizer (~0.5 s for a 49k
-    vocabulary). The kernel calls ``prepare`` on the event loop, so read it
+    vocabulary). The kernel calls ``prepare`` on the event loop for small prompts, so read it
     here first, in a worker thread: other requests go on meanwhile."""
     try:
         backend, info = kernel.models.resolve(request.model)
