@@ -232,9 +232,11 @@ class UpstreamBackend(Backend):
                         raise _garbage(model_id, replica, str(exc)) from None
                     if chunk is None:
                         continue
-                    if chunk is _DONE:
+                    if chunk is _DONE:  # (read on to the end: the connection goes back to the pool)
                         done = True
-                        break
+                        continue
+                    if done:
+                        continue
                     if not isinstance(chunk, dict):
                         raise _garbage(model_id, replica, f"an event that is not a JSON object: {line[:80]!r}")
                     if "error" in chunk:
