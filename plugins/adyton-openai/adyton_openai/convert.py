@@ -74,6 +74,7 @@ def validation_error(exc: ValidationError, known: set[str]) -> InvalidRequest:
     if best["type"] == "missing":
         message = f"Missing required parameter: '{param}'."
     elif best["type"] == "extra_forbidden":
+        param = f"{param}.{best['loc'][-1]}" if best["loc"] and isinstance(best["loc"][-1], str) else param
         message = f"Unrecognized argument supplied: '{param}'."
     else:
         got = json_type_name(best.get("input"))
@@ -195,7 +196,8 @@ def _arguments(value: str | dict[str, Any]) -> str:
 
 
 #: response-message fields a client echoes back with model_dump(): empty ones
-#: are accepted silently, others listed as ignored
+#: are accepted silently, others listed as ignored. (``parsed``, which the
+#: SDKs' parse() helpers add, is the content itself: always silent.)
 _ECHOED = ("refusal", "function_call", "audio", "annotations", "reasoning_content")
 
 

@@ -75,6 +75,8 @@ class ChatMessageIn(BaseModel):
     audio: dict[str, Any] | None = None
     annotations: list[Any] | None = None
     reasoning_content: str | None = None
+    #: what the SDKs' parse() helpers add to a message (the parsed object)
+    parsed: Any = None
 
 
 class FunctionIn(BaseModel):

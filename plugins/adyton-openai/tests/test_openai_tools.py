@@ -127,6 +127,13 @@ def test_echoing_the_response_message_back_is_accepted(serve, sdk):
     messages[1] = {**echoed, "annotations": [{"type": "url_citation"}]}
     r = post(server, {"messages": messages, "tools": [WEATHER]})
     assert r.status_code == 200 and r.headers["x-adyton-ignored-params"] == "messages.annotations"
+    # what parse() adds is the content itself: accepted silently
+    parsed = USER + [{"role": "assistant", "content": '{"a": 1}', "parsed": {"a": 1}, "refusal": None}]
+    r = post(server, {"messages": parsed})
+    assert r.status_code == 200 and "x-adyton-ignored-params" not in r.headers
+    # an unknown key is named in full
+    r = post(server, {"messages": USER + [{"role": "assistant", "content": "x", "mood": "happy"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].mood"
 
 
 def test_strict_refuses_a_non_empty_echoed_field(serve):
@@ -210,3 +217,30 @@ def test_min_tokens_bans_end_of_sequence(serve):
     assert r.json()["usage"]["completion_tokens"] >= 4
     r = post(server, {"messages": USER, "max_tokens": 6})
     assert r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_js_sdk_tool_calls(serve):
+    """The OpenAI JavaScript SDK: a forced call (adyton-guided spells it out of
+    a character vocabulary), its stream assembled by the SDK's
+    ChatCompletionStream, and the call sent back with its result."""
+    import os
+    import subprocess
+
+    from test_openai_js import JS_DIR, _node_ready
+
+    if not _node_ready():
+        pytest.skip("node, npm or the npm packages of tests/js are not available")
+    chars = [chr(c) for c in range(32, 127)]
+    server = serve(TemplateBackend(["It", " is", " 42"], extra_vocab=chars), plugins=[adyton_guided])
+    result = subprocess.run(["node", "tools_check.mjs"], cwd=JS_DIR, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, ADYTON_BASE_URL=server.base_url))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for seen in (out["chat"], out["stream"]):
+        assert seen["finish_reason"] == "tool_calls"
+        (call,) = seen["tool_calls"]
+        assert call["id"].startswith("call_") and call["type"] == "function" and call["function"]["name"] == "add"
+        args = json.loads(call["function"]["arguments"])
+        assert set(args) == {"a", "b"} and all(isinstance(v, int) for v in args.values())
+    assert out["stream"]["argument_deltas"] > 1  # the arguments came in fragments
+    assert out["follow_up"]["finish_reason"] in ("stop", "length")
