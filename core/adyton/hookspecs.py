@@ -39,6 +39,12 @@ Embeddings take the same path without the sampler: ``kernel.pipeline.embed``
 -> ``Limiter.reserve`` (input tokens, no completion) -> engine queue ->
 ``Backend.embed`` -> ``Limiter.settle``.
 
+Hidden states (``kernel.pipeline.hidden_states``) take the embeddings path
+with ``Backend.hidden_layers`` / ``hidden_states``. A request's ``steering``
+and ``observer`` (set by a plugin's ``prepare_request``) are checked against
+``Backend.steering_layers`` / ``hidden_layers`` right after
+``Backend.prepare``: 400 naming the model if the backend cannot honour them.
+
 Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract.
 """
 
@@ -257,6 +263,39 @@ class Backend(ABC):
         inputs and return early when it is set (the result is then
         discarded). Raise ``BackendError`` on failure."""
         raise NotImplementedError(f"backend '{self.name}' declares no embeddings")
+
+    # -- optional ability: hidden states and steering -----------------------------
+    #
+    # A backend that can read a model's hidden states (the residual stream at
+    # the output of each layer, 0-based) overrides ``hidden_layers`` and
+    # ``hidden_states``; one that can also add vectors to them while
+    # generating overrides ``steering_layers``. The kernel refuses a request
+    # whose ``steering`` or ``observer`` the backend does not declare for its
+    # model (400 naming the model), so neither is ever silently ignored; it
+    # copies them to ``PreparedPrompt.steering`` / ``.observer`` for
+    # ``generate``, which must honour both (see ``adyton.types.Steering`` and
+    # ``HiddenStateObserver``), and must leave every other request's output
+    # unchanged, even one running at the same time.
+
+    def hidden_layers(self, model: ModelInfo) -> tuple[int, int] | None:
+        """``(n_layers, hidden_size)`` when this backend can read ``model``'s
+        hidden states (layers ``0 .. n_layers - 1``; ``hidden_states`` and a
+        request's ``observer``), else None (the default). Quick; on the
+        event loop."""
+        return None
+
+    def steering_layers(self, model: ModelInfo) -> Sequence[int] | None:
+        """The layers a ``Steering`` vector may target for ``model``, or None
+        (the default) when this backend cannot steer it. Quick."""
+        return None
+
+    def hidden_states(self, model: ModelInfo, inputs: list[list[int]], layers: Sequence[int],
+                      cancelled: threading.Event) -> list[dict[int, np.ndarray]]:
+        """For each input (token ids of ``model``, which is loaded), the hidden
+        states at ``layers``: ``{layer: float32 array [n_tokens, hidden_size]}``,
+        without steering. Blocking; runs in an engine thread like ``embed``
+        (``kernel.pipeline.hidden_states``), with the same duties."""
+        raise NotImplementedError(f"backend '{self.name}' declares no hidden states")
 
     def close(self) -> None:
         """Free resources at shutdown."""

@@ -252,6 +252,8 @@ class Pipeline:
                 )
             backend, model = kernel.models.resolve(request.model)
             prepared = await self._prepare(backend, request, model)
+            if request.steering is not None or request.observer is not None:
+                self._check_hidden(request, backend, model, prepared)
             max_tokens = self._max_tokens(request, prepared)
             processors, sampler, vocabulary = await self._sampler_chain(request, backend, prepared)
             queue = kernel.queue_for(backend)
@@ -356,6 +358,78 @@ class Pipeline:
         return EmbeddingResult(id=uuid.uuid4().hex, model=model.id, created=int(time.time()),
                                vectors=vectors, dimensions=dimensions, usage=run.usage, headers=headers)
 
+    @staticmethod
+    def _check_hidden(request: GenerationRequest, backend: Backend, model: Any,
+                      prepared: PreparedPrompt) -> None:
+        """A request's ``steering`` / ``observer`` must be honoured by its
+        backend (400 naming the model otherwise), then travel with the prompt."""
+        steering, observer = request.steering, request.observer
+        if steering is not None:
+            allowed = backend.steering_layers(model)
+            if allowed is None:
+                raise InvalidRequest(f"model '{model.id}' (backend '{backend.name}') cannot be steered",
+                                     param=steering.source, code="model_not_supported")
+            if steering.model != model.id:
+                raise InvalidRequest(f"this steering vector was made for model '{steering.model}', "
+                                     f"not '{model.id}'", param=steering.source, code="invalid_value")
+            bad = sorted(set(steering.vectors) - set(allowed))
+            if bad:
+                raise InvalidRequest(f"model '{model.id}' cannot be steered at layer(s) "
+                                     f"{', '.join(map(str, bad))}", param=steering.source, code="invalid_value")
+        if observer is not None:
+            shape = backend.hidden_layers(model)
+            if shape is None:
+                raise InvalidRequest(f"model '{model.id}' (backend '{backend.name}') does not expose "
+                                     f"hidden states", param="model", code="model_not_supported")
+            bad = sorted(layer for layer in observer.layers if not 0 <= layer < shape[0])
+            if bad:
+                raise InvalidRequest(f"model '{model.id}' has {shape[0]} layers; layer(s) "
+                                     f"{', '.join(map(str, bad))} do not exist", code="invalid_value")
+        prepared.steering, prepared.observer = steering, observer
+
+    async def hidden_states(self, inputs: list[str], layers: Sequence[int], model_name: str | None,
+                            credentials: Credentials) -> tuple[Any, list[dict[int, np.ndarray]], Usage]:
+        """The hidden states of ``inputs`` (texts, tokenized by the model's
+        backend as raw prompts) at ``layers``, through the same admission,
+        limits and engine queue as ``embed``: the input tokens are the usage.
+        Returns (the ModelInfo, one ``{layer: array[n_tokens, hidden]}`` per
+        input, the usage). 400 naming the model if its backend cannot read
+        hidden states or the layers do not exist."""
+        kernel = self.kernel
+        wire = credentials.wire_format
+        try:
+            principal = await self.authenticate(credentials)
+            backend, model = kernel.models.resolve(model_name)
+            shape = backend.hidden_layers(model)
+            if shape is None:
+                raise InvalidRequest(f"model '{model.id}' (backend '{backend.name}') does not expose "
+                                     f"hidden states", param="model", code="model_not_supported")
+            bad = sorted(layer for layer in layers if not 0 <= layer < shape[0])
+            if bad:
+                raise InvalidRequest(f"model '{model.id}' has {shape[0]} layers (0 to {shape[0] - 1}); "
+                                     f"layer(s) {', '.join(map(str, bad))} do not exist",
+                                     param="layers", code="invalid_value")
+            token_ids = []
+            for text in inputs:
+                prepared = await self._prepare(backend, GenerationRequest(prompt=text, model=model.id), model)
+                if prepared.n_tokens > prepared.context_length:
+                    raise ContextTooLong(f"an input is {prepared.n_tokens} tokens; the context of model "
+                                         f"'{model.id}' is {prepared.context_length} tokens")
+                token_ids.append(prepared.token_ids)
+            queue = kernel.queue_for(backend)
+            queue.check_admission()
+        except AdytonError as exc:
+            kernel.metrics.rejected(exc, wire)
+            raise
+        wanted = tuple(layers)
+        run = _EmbeddingRun(self, backend, model, token_ids, wire,
+                            work=lambda cancelled: backend.hidden_states(model, token_ids, wanted, cancelled))
+        run.reservations = await self._reserve(
+            principal, RequestCost(model=model.id, prompt_tokens=run.n_tokens, max_completion_tokens=0,
+                                   wire_format=wire), wire)
+        states = await run.run()
+        return model, states, run.usage
+
     def _max_tokens(self, request: GenerationRequest, prepared: PreparedPrompt) -> int:
         room = prepared.context_length - prepared.n_tokens
         if room <= 0:
@@ -455,10 +529,12 @@ class Pipeline:
 
 
 class _EmbeddingRun:
-    """One admitted embedding request on the engine queue (``Pipeline.embed``)."""
+    """One admitted embedding request on the engine queue (``Pipeline.embed``;
+    ``work(cancelled)`` replaces ``Backend.embed`` for ``hidden_states``)."""
 
     def __init__(self, pipeline: Pipeline, backend: Backend, model: Any,
-                 token_ids: list[list[int]], wire_format: str) -> None:
+                 token_ids: list[list[int]], wire_format: str, work: Any = None) -> None:
+        self.work = work
         self.pipeline = pipeline
         self.backend = backend
         self.model = model
@@ -472,6 +548,8 @@ class _EmbeddingRun:
     def _work(self) -> list[np.ndarray]:
         """Engine thread."""
         self.pipeline.kernel.models.load_blocking(self.backend, self.model.id)
+        if self.work is not None:
+            return self.work(self.cancelled)
         return self.backend.embed(self.model, self.token_ids, self.cancelled)
 
     async def run(self) -> list[np.ndarray]:

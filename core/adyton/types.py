@@ -12,7 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 
 class FinishReason(str, enum.Enum):
@@ -160,6 +161,13 @@ class GenerationRequest(BaseModel):
     #: extension parameters for plugins (e.g. an Axionic "policy"); a plugin
     #: that handles one pops it in ``prepare_request``; leftovers are a 400
     extra: dict[str, Any] = Field(default_factory=dict)
+    #: add a vector to the model's hidden states while generating (set by a
+    #: plugin in ``prepare_request``, never from JSON); a backend that cannot
+    #: steer ``model`` makes the kernel refuse the request with 400
+    steering: SkipJsonSchema[InstanceOf["Steering"] | None] = Field(default=None, exclude=True)
+    #: read the hidden states of each generated token (set by a plugin, never
+    #: from JSON); refused with 400 like ``steering`` on a backend that cannot
+    observer: SkipJsonSchema[InstanceOf["HiddenStateObserver"] | None] = Field(default=None, exclude=True)
 
     def shapes_output(self) -> bool:
         """True when the caller asked for something that shapes the output
@@ -346,6 +354,36 @@ class EmbeddingRequest(BaseModel):
 # --------------------------------------------------------------------------
 
 
+@dataclass(slots=True, eq=False)
+class Steering:
+    """Activation steering of one generation: at each layer ``l`` of
+    ``vectors``, ``strength * vectors[l]`` is added to the hidden state (the
+    residual stream at the output of layer ``l``, 0-based) of every position,
+    prompt included. ``model`` is the model id the vectors were made for: the
+    kernel refuses them for another model. Strength 0 is no steering."""
+
+    model: str
+    #: layer -> float32 numpy vector of the model's hidden size
+    vectors: dict[int, Any]
+    strength: float = 1.0
+    #: the request field it came from, for error messages
+    source: str = "steering"
+
+
+@dataclass(slots=True, eq=False)
+class HiddenStateObserver:
+    """Reads the hidden states of a generation, token by token: the backend
+    calls ``callback(token_index, {layer: float32 vector})`` on the engine
+    thread for each generated token (index 0 = the first), with the hidden
+    state at the output of each of ``layers`` (0-based) at the position whose
+    logits chose that token (so token 0 is observed at the prompt's last
+    position). Called before the token's piece is yielded; keep it quick.
+    With ``n > 1`` each choice calls it in turn, its index starting at 0."""
+
+    layers: tuple[int, ...]
+    callback: Callable[[int, dict[int, Any]], None]
+
+
 @dataclass(slots=True)
 class PreparedPrompt:
     """A request turned into tokens by its backend, before it is queued.
@@ -358,6 +396,10 @@ class PreparedPrompt:
     token_ids: list[int]
     text: str
     context_length: int
+    #: the request's ``steering`` / ``observer``, set by the kernel after
+    #: ``Backend.prepare`` once the backend declared it can honour them
+    steering: Steering | None = None
+    observer: HiddenStateObserver | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -525,6 +567,9 @@ class EmbeddingResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+GenerationRequest.model_rebuild()
+
+
 __all__ = [
     "ANONYMOUS",
     "ChatMessage",
@@ -538,6 +583,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationRequest",
     "GenerationResult",
+    "HiddenStateObserver",
     "ModelInfo",
     "PreparedPrompt",
     "Principal",
@@ -545,6 +591,7 @@ __all__ = [
     "Reservation",
     "SamplingParams",
     "Started",
+    "Steering",
     "TextDelta",
     "TokenLogprob",
     "Tool",
