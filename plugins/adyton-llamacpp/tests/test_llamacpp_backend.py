@@ -260,21 +260,32 @@ def test_bad_files_are_skipped_with_one_line_and_not_found(tmp_path, models_dir,
     (d / "junk.gguf").write_bytes(b"this is not a GGUF file" * 10)
     with open(next(models_dir.iterdir()).resolve(), "rb") as src:
         (d / "truncated.gguf").write_bytes(src.read(3 << 20))
+    import gguf
+
+    writer = gguf.GGUFWriter(str(d / "unknown-arch.gguf"), "nonsense-arch")  # a GGUF of no known family
+    writer.add_uint32("nonsense-arch.context_length", 128)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     caplog.set_level(logging.WARNING, logger="adyton.llamacpp")
     backend = LlamaCppBackend(LlamaCppSettings(models_dir=d), tmp_path)
     try:
         assert [m.id for m in backend.list_models()] == [SMOL]
         backend.list_models()
         lines = [r.getMessage() for r in caplog.records if r.name == "adyton.llamacpp"]
-        assert len(lines) == 2, lines  # one per file, not one per scan
+        assert len(lines) == 3, lines  # one per file, not one per scan
         assert any("junk.gguf" in x and "magic" in x for x in lines), lines
         assert any("truncated.gguf" in x and "file bounds" in x for x in lines), lines
+        assert any("unknown-arch.gguf" in x and "unknown model architecture" in x for x in lines), lines
     finally:
         backend.close()
     srv = start_server(tmp_path / "home", d, slots=2, slot_context=512)
     try:
-        r = generate(srv, {"model": "truncated", "messages": chat("hi"), "max_tokens": 2})
-        assert r["status"] == 404 and r["err"]["code"] == "model_not_found"
+        for name in ("truncated", "junk", "unknown-arch"):
+            r = generate(srv, {"model": name, "messages": chat("hi"), "max_tokens": 2})
+            assert r["status"] == 404 and r["err"]["code"] == "model_not_found", r
     finally:
         srv.stop()
 
