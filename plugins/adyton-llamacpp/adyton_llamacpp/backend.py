@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from adyton import (
@@ -365,6 +366,45 @@ class LlamaCppBackend(Backend):
                     yield TokenPiece(token, text, FinishReason.LENGTH if last else None)
             finally:
                 seq.release()
+
+    # -- embeddings -------------------------------------------------------------------
+
+    def embedding_dimensions(self, model: ModelInfo) -> int | None:
+        entry = self._scan().get(model.id)
+        return entry.vocab.embedding_length if entry is not None else None
+
+    def prepare_embeddings(self, inputs, model: ModelInfo) -> list[list[int]]:
+        vocab = self._model(model.id).vocab
+        out: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                ids = vocab.tokenize(item, parse_special=False)
+                if vocab.add_bos and vocab.bos_id >= 0:
+                    ids.insert(0, vocab.bos_id)
+                out.append(ids)
+            else:
+                bad = next((t for t in item if not 0 <= t < vocab.n_vocab), None)
+                if bad is not None:
+                    raise InvalidRequest(f"input[{i}] holds the token id {bad}, outside the vocabulary "
+                                         f"(0..{vocab.n_vocab - 1}) of model '{model.id}'", param="input")
+                out.append(list(item))
+        return out
+
+    def embed(self, model: ModelInfo, inputs: list[list[int]], cancelled: threading.Event) -> list[np.ndarray]:
+        """Mean pooling of the last hidden state over each input's tokens
+        (text inputs start with the model's BOS when it adds one),
+        L2-normalised, in a context of its own: the generation slots and
+        their prefix caches are not touched."""
+        vectors: list[np.ndarray] = []
+        with self._lease(model.id) as engine:
+            for ids in inputs:
+                if cancelled.is_set():
+                    break
+                try:
+                    vectors.append(engine.embed(ids))
+                except EngineError as exc:
+                    raise BackendError(f"model '{model.id}': {exc}") from exc
+        return vectors
 
     # -- introspection for tests and benchmarks ---------------------------------------
 

@@ -144,6 +144,8 @@ class GGUFVocab:
         self.context_length = int(ctx) if ctx and ctx.isdigit() else None
         ftype = self.meta("general.file_type")
         self.quantization = _FTYPES.get(int(ftype)) if ftype and ftype.isdigit() else None
+        embd = self.meta(f"{self.architecture}.embedding_length")
+        self.embedding_length = int(embd) if embd and embd.isdigit() else None
         template = L.llama_model_chat_template(self._model, None)
         self.chat_template = template.decode("utf-8", errors="replace") if template else None
         self._token_bytes: list[bytes] | None = None
@@ -278,6 +280,10 @@ class BatchEngine:
         self.slots_n = slots
         self.slot_context = slot_context
         self.prefill_chunk = prefill_chunk
+        self.threads = threads
+        self._embed_lock = threading.Lock()
+        self._embed_ctx: Any = None
+        self._embed_batch: Any = None
         self._model = _load_model(path, vocab_only=False)
         params = L.llama_context_default_params()
         params.n_ctx = slot_context * slots
@@ -495,6 +501,51 @@ class BatchEngine:
                 ptr = L.llama_get_logits_ith(self._ctx, n - 1)
                 seq.logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
+    # -- embeddings ----------------------------------------------------------------------
+
+    def embed(self, tokens: list[int]) -> np.ndarray:
+        """The mean of the last hidden state over ``tokens``, L2-normalised
+        (float32). A context of its own (``embeddings=True``, mean pooling,
+        one sequence of up to ``slot_context`` tokens), made on first use:
+        the batch's KV cache and prefix reuse are never touched. Blocking;
+        one input at a time."""
+        if not tokens or len(tokens) > self.slot_context:
+            raise EngineError(f"an input of {len(tokens)} tokens does not fit {self.slot_context}")
+        with self._embed_lock:
+            if self._embed_ctx is None:
+                params = L.llama_context_default_params()
+                params.n_ctx = params.n_batch = params.n_ubatch = self.slot_context
+                params.n_seq_max = 1
+                params.embeddings = True
+                params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+                params.n_threads = params.n_threads_batch = self.threads
+                with _ErrorLines() as errors:
+                    ctx = L.llama_init_from_model(self._model, params)
+                if not ctx:
+                    raise EngineError(errors.reason("llama.cpp could not create an embeddings context"))
+                self._embed_ctx = ctx
+                self._embed_batch = L.llama_batch_init(self.slot_context, 0, 1)
+            ctx, batch = self._embed_ctx, self._embed_batch
+            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+            batch.n_tokens = len(tokens)
+            with _ErrorLines():
+                code = int(L.llama_decode(ctx, batch))
+            if code != 0:
+                raise EngineError(f"llama.cpp failed to embed: {_decode_error(code)}")
+            ptr = L.llama_get_embeddings_seq(ctx, 0)
+            if not ptr:
+                raise EngineError("llama.cpp returned no pooled embedding")
+            n = int(L.llama_model_n_embd(self._model))
+            vector = np.ctypeslib.as_array(ptr, shape=(n,)).astype(np.float32, copy=True)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm else vector
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -502,6 +553,10 @@ class BatchEngine:
             self._closing = True
             self._cv.notify_all()
         self._thread.join(timeout=30)
+        if self._embed_ctx is not None:
+            L.llama_batch_free(self._embed_batch)
+            L.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._batch is not None:
             L.llama_batch_free(self._batch)
             self._batch = None

@@ -305,3 +305,32 @@ def test_a_model_another_backend_serves_gets_a_suffixed_id(tmp_path, models_dir)
         assert all(a.endswith(SHARED_SUFFIX) for a in info.aliases)
     finally:
         backend.close()
+
+
+# -- embeddings ----------------------------------------------------------------------
+
+
+def test_embeddings_through_the_kernel(server):
+    import asyncio
+
+    from adyton import Credentials, EmbeddingRequest
+
+    texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly revenue grew by five percent."]
+    engine = server.backend.engine
+    history = [list(s.history) for s in engine._slots]
+
+    async def run(inputs):
+        return await server.kernel.pipeline.embed(EmbeddingRequest(inputs=inputs, model=SMOL), Credentials())
+
+    result = asyncio.run_coroutine_threadsafe(run(texts), server._loop).result(120)
+    vectors = result.vectors
+    assert result.dimensions == 576 and [v.shape for v in vectors] == [(576,)] * 3
+    assert all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-4 for v in vectors)
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])  # paraphrases are closer
+    vocab = server.backend._model(SMOL).vocab
+    assert result.usage.prompt_tokens == sum(len(vocab.tokenize(t, parse_special=False)) for t in texts)
+    again = asyncio.run_coroutine_threadsafe(run(texts[:1]), server._loop).result(120)
+    assert np.array_equal(again.vectors[0], vectors[0])  # deterministic, alone or in a list
+    assert [list(s.history) for s in engine._slots] == history  # the generation caches are untouched
+    with pytest.raises(Exception, match="outside the vocabulary"):
+        asyncio.run_coroutine_threadsafe(run([[1, 2, 10**6]]), server._loop).result(60)
