@@ -373,7 +373,7 @@ class Steering:
 @dataclass(slots=True, eq=False)
 class HiddenStateObserver:
     """Reads the hidden states of a generation, token by token: the backend
-    calls ``callback(token_index, {layer: float32 vector})`` on the engine
+    calls ``callback(token_index, token_id, {layer: float32 vector})`` on the engine
     thread for each generated token (index 0 = the first), with the hidden
     state at the output of each of ``layers`` (0-based) at the position whose
     logits chose that token (so token 0 is observed at the prompt's last
@@ -381,7 +381,7 @@ class HiddenStateObserver:
     With ``n > 1`` each choice calls it in turn, its index starting at 0."""
 
     layers: tuple[int, ...]
-    callback: Callable[[int, dict[int, Any]], None]
+    callback: Callable[[int, int, dict[int, Any]], None]
 
 
 @dataclass(slots=True)

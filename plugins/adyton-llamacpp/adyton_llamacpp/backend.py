@@ -57,6 +57,7 @@ from adyton import (
     Vocabulary,
 )
 
+from . import steering
 from .engine import BatchEngine, EngineError, GGUFVocab
 
 log = logging.getLogger("adyton.llamacpp")
@@ -248,11 +249,15 @@ class LlamaCppBackend(Backend):
             self._loading = False
             self._switch.notify_all()
 
+    def threads(self) -> int:
+        return self.settings.threads or max(1, _usable_cores() // 2)
+
     def _swap(self, model: _Model) -> None:
         old, self._engine, self._loaded = self._engine, None, None
         if old is not None:
+            steering.close_side_context(old)
             old.close()
-        threads = self.settings.threads or max(1, _usable_cores() // 2)
+        threads = self.threads()
         slot_context = model.info.context_length or self.settings.slot_context
         try:
             engine = BatchEngine(str(model.path), slots=self.max_concurrency, slot_context=slot_context,
@@ -284,6 +289,7 @@ class LlamaCppBackend(Backend):
         with self._switch:
             engine, self._engine, self._loaded = self._engine, None, None
         if engine is not None:
+            steering.close_side_context(engine)
             engine.close()
         with self._lock:
             for model in self._by_path.values():
@@ -322,6 +328,11 @@ class LlamaCppBackend(Backend):
         return PreparedPrompt(model=model, token_ids=ids, text=text,
                               context_length=entry.info.context_length or self.settings.slot_context)
 
+    def has_vocabulary(self, model_id: str) -> bool:
+        """True when ``vocabulary`` for this model is quick (built already)."""
+        entry = self._models.get(model_id)
+        return entry is not None and entry.vocabulary is not None
+
     def vocabulary(self, model: ModelInfo) -> Vocabulary:
         entry = self._model(model.id)
         with self._lock:
@@ -337,8 +348,23 @@ class LlamaCppBackend(Backend):
                 )
             return entry.vocabulary
 
+    # -- hidden states and steering: on a side context (see ``steering``) -------------------
+
+    def hidden_layers(self, model: ModelInfo) -> tuple[int, int] | None:
+        return steering.model_shape(self._model(model.id).vocab)
+
+    def steering_layers(self, model: ModelInfo) -> range | None:
+        shape = self.hidden_layers(model)
+        return None if shape is None else range(1, shape[0])  # llama.cpp: layer 0 has no control vector
+
+    def hidden_states(self, model: ModelInfo, inputs: list[list[int]], layers, cancelled: threading.Event):
+        return steering.read_hidden_states(self, model.id, inputs, layers, cancelled)
+
     def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
                  cancelled: threading.Event) -> Iterator[TokenPiece]:
+        if prompt.steering is not None or prompt.observer is not None:
+            yield from steering.generate_apart(self, prompt, step, max_tokens, cancelled)
+            return
         entry = self._model(prompt.model.id)
         vocab = entry.vocab
         with self._lease(prompt.model.id) as engine:
@@ -347,6 +373,9 @@ class LlamaCppBackend(Backend):
             except EngineError as exc:
                 raise BackendError(str(exc)) from exc
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            # the kernel keeps prompt + max_tokens within the context; a logits
+            # processor's extra (repair) tokens must still fit the slot
+            max_tokens = min(max_tokens, engine.slot_context - len(prompt.token_ids))
             try:
                 for n in range(max_tokens):
                     try:
