@@ -9,7 +9,6 @@ schema, not the model's judgement."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import jsonschema
@@ -18,9 +17,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import adyton_guided
-import adyton_openai
-from adyton import create_app
-from adyton.testing import ServerThread, link_model
+from openai_fixtures import real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 pytestmark = pytest.mark.slow
@@ -40,16 +37,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    models = link_model(tmp_path_factory.mktemp("models"))
-    home = tmp_path_factory.mktemp("home")
-    app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
-                     plugins=[adyton_openai, adyton_llama, adyton_guided], load_entrypoints=False)
-    server = ServerThread(app).start()
-    try:
-        yield server.base_url
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
+    with real_model_server(tmp_path_factory, adyton_guided) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
