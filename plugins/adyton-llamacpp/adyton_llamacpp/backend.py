@@ -9,7 +9,7 @@ log line naming it and the reason, and is not listed (requests for it get
 Which backend serves a file when adyton-llama is installed too: model ids
 must be unique across backends (the kernel resolves the first match), so a
 file whose id another installed backend already lists is listed here as
-``<id>-llamacpp`` (with its file-name aliases suffixed the same way). Files
+``<id>-llamacpp`` (its file-stem alias suffixed the same way). Files
 only llama.cpp can run (Gemma 3, Qwen ...) keep their plain id. Point
 ``[llamacpp] models_dir`` elsewhere to keep the two sets apart.
 
@@ -175,7 +175,7 @@ class LlamaCppBackend(Backend):
                 aliases = [path.name, path.name[: -len(".gguf")]]
                 if model_id in taken:  # another backend serves this id: stay apart
                     model_id += SHARED_SUFFIX
-                    aliases = [a + SHARED_SUFFIX for a in aliases]
+                    aliases = [aliases[1] + SHARED_SUFFIX]
                 if model_id in models:  # two quantizations of one model
                     model_id = path.name[: -len(".gguf")].lower()
                 known.info = known.info.model_copy(update={"id": model_id, "aliases": aliases})
