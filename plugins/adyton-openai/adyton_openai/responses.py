@@ -296,8 +296,9 @@ def _tools(body: ResponsesRequest, kw: dict[str, Any]) -> None:
                                  param="tool_choice", code="invalid_value")
         return
     kw["tools"] = functions
-    if body.parallel_tool_calls is not None:
-        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    # off unless asked for, as on chat completions (small models asked for
+    # "one or more" calls repeat the first until max_output_tokens)
+    kw["parallel_tool_calls"] = bool(body.parallel_tool_calls)
     if choice is None or choice in ("none", "auto", "required"):
         kw["tool_choice"] = choice or "auto"
         return
@@ -420,7 +421,7 @@ class Renderer:
             "max_output_tokens": body.max_output_tokens,
             "model": self.model,
             "output": output,
-            "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
+            "parallel_tool_calls": bool(body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": None, "summary": None},
             "store": body.store is not False,
