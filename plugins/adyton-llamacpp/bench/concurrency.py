@@ -187,7 +187,9 @@ def main() -> None:
             "llama_cpp.server",
             [str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
              "--port", str(port), "--n_threads", str(args.threads), "--n_ctx", "2048",
-             "--model_alias", args.model_id],
+             "--model_alias", args.model_id,
+             # its default cuts a running stream off when another request arrives
+             "--interrupt_requests", "False"],
             {}, port, args.model_id)
     results: dict[str, dict] = {}
     for name, server in servers.items():
@@ -196,6 +198,9 @@ def main() -> None:
             rows = {}
             for i, clients in enumerate(levels):
                 rows[clients] = asyncio.run(round_of(server, clients, args.max_tokens, args.eos, 100 * i))
+                if rows[clients]["tokens"] != clients * args.max_tokens:
+                    print(f"  WARNING {name}: {clients} clients streamed {rows[clients]['tokens']} tokens, "
+                          f"not {clients * args.max_tokens}", file=sys.stderr)
                 print(f"  {name}: {clients} clients: {rows[clients]['tokens_per_s']:.1f} tok/s, "
                       f"TTFT p50 {rows[clients]['ttft_p50']:.3f} s p95 {rows[clients]['ttft_p95']:.3f} s",
                       file=sys.stderr, flush=True)
