@@ -140,6 +140,41 @@ def test_prompt_longer_than_a_slot_is_400_before_anything(server):
 # -- cancellation -----------------------------------------------------------------
 
 
+def test_a_long_prompt_is_read_in_chunks_beside_the_running_sequences(server):
+    """While a 450-token prompt is read (``prefill_chunk`` 128: 4 steps), a
+    running sequence keeps getting a token every step."""
+    backend: LlamaCppBackend = server.backend
+    from adyton import GenerationRequest
+
+    info = backend.list_models()[0]
+    running = backend.prepare(GenerationRequest(messages=chat(PROMPTS[0])), info)
+    long = backend.prepare(GenerationRequest(prompt="one two three four five " * 90), info)
+    assert len(long.token_ids) > 3 * backend.settings.prefill_chunk
+    greedy = lambda logits: int(np.argmax(logits))  # noqa: E731
+    ticks: list[str] = []
+    lock = threading.Lock()
+
+    def consume(prepared, tag, n):
+        for _ in backend.generate(prepared, greedy, n, threading.Event()):
+            with lock:
+                ticks.append(tag)
+
+    first = threading.Thread(target=consume, args=(running, "a", 60))
+    first.start()
+    while not ticks:
+        time.sleep(0.001)
+    second = threading.Thread(target=consume, args=(long, "b", 2))
+    with lock:
+        joined = len(ticks)
+    second.start()
+    second.join(120)
+    first.join(120)
+    answered = ticks.index("b")
+    # from the moment the long prompt joined until its first token, "a" went on
+    assert ticks[joined:answered].count("a") >= 3, (joined, ticks)
+    assert backend.engine.wait_idle(10)
+
+
 def _raw_stream(port: int, body: dict) -> socket.socket:
     payload = json.dumps({"temperature": 0, "stream": True, **body}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
