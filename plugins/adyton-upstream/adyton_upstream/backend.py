@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -60,6 +61,52 @@ class _ReplicaFailed(Exception):
         self.unreachable = unreachable
 
 
+class _Hangups:
+    """Closes the upstream connection of a request whose client left, also
+    while its engine thread is blocked reading it (an engine that queues or
+    prefills sends nothing meanwhile): one watcher thread polls the requests
+    in flight every ``interval_s`` and shuts the socket of a cancelled one,
+    which ends the blocked read at once. The thread runs only while there
+    are requests to watch."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self._watched: dict[int, tuple[threading.Event, httpx.Response]] = {}
+        self._lock = threading.Lock()
+        self._running = False
+
+    def watch(self, cancelled: threading.Event, response: httpx.Response) -> int:
+        key = id(response)
+        with self._lock:
+            self._watched[key] = (cancelled, response)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="adyton-upstream-hangups", daemon=True).start()
+        return key
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._watched:
+                    self._running = False
+                    return
+                hung_up = [k for k, (cancelled, _) in self._watched.items() if cancelled.is_set()]
+                responses = [self._watched.pop(k)[1] for k in hung_up]
+            for response in responses:
+                stream = response.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed
+            time.sleep(self.interval_s)
+
+
 class UpstreamBackend(Backend):
     name = "upstream"
     exposes_logits = False
@@ -80,6 +127,7 @@ class UpstreamBackend(Backend):
         self.errors: dict[tuple[str, str, str], int] = {}
         self.retries: dict[str, int] = {}
         self._count_lock = threading.Lock()
+        self._hangups = _Hangups()
 
     # -- catalog ------------------------------------------------------------------
 
@@ -217,11 +265,13 @@ class UpstreamBackend(Backend):
         finish: FinishReason | None = None
         usage: Usage | None = None
         done = False
+        watch: int | None = None
         try:
             with self.client().stream("POST", replica.url + path, json=payload,
                                       headers=replica.headers()) as response:
                 if response.status_code != 200:
                     raise self._refusal(response, replica, model_id)
+                watch = self._hangups.watch(cancelled, response)
                 lines = response.iter_lines()
                 for line in lines:
                     if cancelled.is_set():
@@ -267,6 +317,8 @@ class UpstreamBackend(Backend):
                     raise BadGateway(f"the upstream of model '{model_id}' ({replica.url}) cut its stream "
                                      f"after {delivered} pieces")
         except httpx.TimeoutException as exc:
+            if cancelled.is_set():
+                return  # (the client left: not the replica's failure)
             error = GatewayTimeout(f"the upstream of model '{model_id}' ({replica.url}) did not answer "
                                    f"in time ({type(exc).__name__})")
             if delivered:
@@ -276,15 +328,22 @@ class UpstreamBackend(Backend):
             raise _ReplicaFailed(BadGateway(f"cannot connect to the upstream of model '{model_id}' "
                                             f"({replica.url}): {exc}"), unreachable=True) from None
         except httpx.TransportError as exc:  # reset, protocol error ...
+            if cancelled.is_set():
+                return  # (we hung up: the client left)
             error = BadGateway(f"the upstream of model '{model_id}' ({replica.url}) cut the connection "
                                f"after {delivered} pieces: {type(exc).__name__}: {exc}")
             if delivered:
                 raise error from None
             raise _ReplicaFailed(error) from None
         except BadGateway as exc:
+            if cancelled.is_set():
+                return  # (we hung up: the client left)
             if delivered:
                 raise
             raise _ReplicaFailed(exc) from None
+        finally:
+            if watch is not None:
+                self._hangups.forget(watch)
         if not delivered and finish is None:
             raise _ReplicaFailed(BadGateway(f"the upstream of model '{model_id}' ({replica.url}) "
                                             f"answered with no choice"))

@@ -113,6 +113,23 @@ def test_cancellation_reaches_the_upstream(upstreams, front):
     assert not engine.running.is_set()
 
 
+def test_a_client_leaving_before_the_first_token_hangs_up_on_a_stalled_upstream(front):
+    # an engine that queues or prefills sends its headers, then nothing: the
+    # proxy's read is blocked, and must still be ended when the client leaves
+    with FaultServer("stalled", silence_s=20) as engine:
+        proxy = front(_models(engine.url), read_timeout_s=30, health_interval_s=60)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(proxy.base_url + "/v1/chat/completions", json=chat(stream=True), timeout=httpx.Timeout(
+                10, read=1))
+        deadline = time.monotonic() + 10
+        while engine.hangups < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.hangups == 1 and len(engine.bodies) == 1
+        # the client left: that is no failure of the replica
+        assert metric(proxy.base_url, "adyton_upstream_replica_up", replica=engine.url) == 1
+        assert metric(proxy.base_url, "adyton_upstream_errors_total", replica=engine.url) == 0
+
+
 def _limits(front_factory, tmp_path, *urls, **opts):
     proxy = front_factory(_models(*urls, **opts), plugins=[adyton_limits])
     key = (tmp_path / f"front-0" / "limits" / "admin.key").read_text().strip()

@@ -16,6 +16,8 @@ conftest.py, so it never shadows another test directory's conftest).
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,7 +90,9 @@ class FaultServer:
       then finish "stop" and usage ``(prompt, completion)``;
     * ``"garbage"``: 200 with an HTML page;
     * ``"cut"``: two deltas, then the connection is closed;
-    * ``"silent"``: accepts, then sends nothing for ``silence_s``;
+    * ``"silent"``: accepts, then sends nothing for ``silence_s`` (counting
+      in ``hangups`` a client that closes the connection meanwhile);
+    * ``"stalled"``: sends the response headers of a stream, then is silent;
     * ``"429"``: 429 with ``Retry-After: 17``;
     * ``"500"``: 500 with an OpenAI error body.
 
@@ -102,6 +106,8 @@ class FaultServer:
         self.usage = usage
         self.silence_s = silence_s
         self.healthy = True
+        #: connections whose client hung up while ``"silent"`` waited
+        self.hangups = 0
         self.bodies: list[dict[str, Any]] = []
         fault = self
 
@@ -168,8 +174,19 @@ class FaultServer:
                 self._event(self._delta("lo"))
                 self.wfile.flush()
 
+            def _stalled(self) -> None:
+                self._start_stream()  # headers at once (as vLLM and llama-server send them) ...
+                self.wfile.flush()
+                self._silent()  # ... then nothing: a queued or prefilling engine
+
             def _silent(self) -> None:
-                time.sleep(fault.silence_s)
+                # send nothing; notice the client hanging up (EOF on the socket)
+                deadline = time.monotonic() + fault.silence_s
+                while time.monotonic() < deadline:
+                    ready, _, _ = select.select([self.connection], [], [], 0.05)
+                    if ready and not self.connection.recv(1, socket.MSG_PEEK):
+                        fault.hangups += 1
+                        break
                 self.close_connection = True
 
             def _limited(self) -> None:
