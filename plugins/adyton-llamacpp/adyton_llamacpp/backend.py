@@ -232,7 +232,9 @@ class LlamaCppBackend(Backend):
         model = self._model(model_id)
         self._switching += 1
         try:
-            while self._leases or self._loading:
+            # (the model may be loaded already, by another engine thread: then
+            # its running sequences need not drain)
+            while self._loading or (self._leases and self._loaded != model_id):
                 self._switch.wait()
             if self._loaded == model_id:
                 return
@@ -362,7 +364,8 @@ class LlamaCppBackend(Backend):
 
     def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
                  cancelled: threading.Event) -> Iterator[TokenPiece]:
-        if prompt.steering is not None or prompt.observer is not None:
+        steered = prompt.steering is not None and prompt.steering.strength != 0  # 0: no vector at all
+        if steered or prompt.observer is not None:
             yield from steering.generate_apart(self, prompt, step, max_tokens, cancelled)
             return
         entry = self._model(prompt.model.id)

@@ -369,3 +369,24 @@ def test_embeddings_through_the_kernel(server):
     assert [list(s.history) for s in engine._slots] == history  # the generation caches are untouched
     with pytest.raises(Exception, match="outside the vocabulary"):
         asyncio.run_coroutine_threadsafe(run([[1, 2, 10**6]]), server._loop).result(60)
+
+
+def test_loading_the_loaded_model_does_not_wait_for_running_sequences(server):
+    """Another engine thread may ask to load the model that is loaded already
+    (it looked while a load was under way): that must not wait for, or block,
+    the running sequences."""
+    backend: LlamaCppBackend = server.backend
+    from adyton import GenerationRequest
+
+    info = backend.list_models()[0]
+    prepared = backend.prepare(GenerationRequest(messages=chat(PROMPTS[3])), info)
+    gen = backend.generate(prepared, lambda logits: int(np.argmax(logits)), 50, threading.Event())
+    next(gen)  # holds a lease now
+    loader = threading.Thread(target=backend.load_model, args=(SMOL,))
+    loader.start()
+    loader.join(10)
+    assert not loader.is_alive()
+    assert backend.loaded_model() == SMOL
+    next(gen)  # and the sequence goes on
+    gen.close()
+    assert backend._leases == 0
