@@ -142,3 +142,31 @@ def test_features_that_need_logits_map_or_are_refused_naming_the_model(front, up
         assert r.status_code == 200, r.text
         sent = fault.bodies[-1]
         assert (sent["top_k"], sent["min_p"], sent["repetition_penalty"]) == (5, 0.1, 1.1)
+
+
+def test_regex_and_choice_map_to_vllm_guided_parameters_and_are_verified(front):
+    import adyton_guided  # the front's own guided plugin: its policies become constraints for the engines
+
+    with FaultServer(pieces=["ab", "c"]) as engine:
+        proxy = front({"vllm": {"replicas": [engine.url], "dialect": "vllm"},
+                       "plain": {"replicas": [engine.url]}}, plugins=[adyton_guided])
+        fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}
+        for model, policy, status in [
+            ("vllm", {"regex_pattern": "[a-c]+"}, 200),
+            ("vllm", {"regex_pattern": "[a-b]+"}, 502),   # "abc" does not match: not passed on
+            ("vllm", {"choices": ["abc", "xyz"]}, 200),
+            ("plain", {"regex_pattern": "[a-c]+"}, 400),  # only vLLM engines take guided_regex
+        ]:
+            r = httpx.post(proxy.base_url + "/sampling/generate", json={"model": model, "prompt": "x", **policy},
+                           timeout=30)
+            assert r.status_code == status, (policy, r.text)
+            if status == 200:
+                assert r.json()["output"] == "abc"
+            if status == 400:
+                assert "'plain'" in r.text
+        sent = [b for b in engine.bodies if "guided_regex" in b or "guided_choice" in b]
+        assert sent[0]["guided_regex"] == "[a-c]+" and sent[-1]["guided_choice"] == ["abc", "xyz"]
+        # response_format with adyton-guided installed in front still maps to the engine
+        r = _post(proxy, chat(model="plain", response_format=fmt))
+        assert r.status_code == 502 and "verification_failed" in r.text  # "abc" is not JSON
+        assert engine.bodies[-1]["response_format"]["type"] == "json_schema"

@@ -147,8 +147,11 @@ class FaultServer:
                 self.wfile.flush()
 
             def _delta(self, text: str, finish: str | None = None) -> dict[str, Any]:
-                return {"id": "x", "object": "chat.completion.chunk", "model": "m",
-                        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+                if self.path.endswith("/chat/completions"):
+                    return {"id": "x", "object": "chat.completion.chunk", "model": "m",
+                            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+                return {"id": "x", "object": "text_completion", "model": "m",  # legacy completions
+                        "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
 
             def _pieces(self) -> None:
                 self._start_stream()
