@@ -337,30 +337,20 @@ class LlamaCppBackend(Backend):
 
     def vocabulary(self, model: ModelInfo) -> Vocabulary:
         entry = self._model(model.id)
-        with self._lock:
-            if entry.vocabulary is None:
-                vocab = entry.vocab
-                eog = [i for i in range(vocab.n_vocab) if vocab.is_eog(i)]
-                eos = [vocab.eos_id] if vocab.eos_id >= 0 else []
-                entry.vocabulary = Vocabulary(
-                    token_bytes=vocab.token_bytes(),
-                    eos_token_ids=eos + [i for i in eog if i not in eos],
-                    control_token_ids=frozenset(vocab.control_tokens()),
-                    encode=lambda text, _v=vocab: _v.tokenize(text, parse_special=False),
-                )
-            return entry.vocabulary
-
-    # -- hidden states and steering: on a side context (see ``steering``) -------------------
-
-    def hidden_layers(self, model: ModelInfo) -> tuple[int, int] | None:
-        return steering.model_shape(self._model(model.id).vocab)
-
-    def steering_layers(self, model: ModelInfo) -> range | None:
-        shape = self.hidden_layers(model)
-        return None if shape is None else range(1, shape[0])  # llama.cpp: layer 0 has no control vector
-
-    def hidden_states(self, model: ModelInfo, inputs: list[list[int]], layers, cancelled: threading.Event):
-        return steering.read_hidden_states(self, model.id, inputs, layers, cancelled)
+        if entry.vocabulary is None:
+            # built outside the catalog lock: listing models goes on meanwhile
+            vocab = entry.vocab
+            eos = [vocab.eos_id] if vocab.eos_id >= 0 else []
+            built = Vocabulary(
+                token_bytes=vocab.token_bytes(),
+                eos_token_ids=eos + [i for i in range(vocab.n_vocab) if vocab.is_eog(i) and i not in eos],
+                control_token_ids=frozenset(vocab.control_tokens()),
+                encode=lambda text, _v=vocab: _v.tokenize(text, parse_special=False),
+            )
+            with self._lock:
+                if entry.vocabulary is None:
+                    entry.vocabulary = built
+        return entry.vocabulary
 
     def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
                  cancelled: threading.Event) -> Iterator[TokenPiece]:
