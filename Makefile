@@ -7,8 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # every first-party plugin: each directory under plugins/ with a pyproject.toml,
-# but adyton-llamacpp, whose engine builds from source (minutes): `make llamacpp`
-PLUGINS := $(filter-out plugins/adyton-llamacpp,$(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.toml)))
+# but adyton-llamacpp, whose engine builds from source (minutes), and
+# adyton-steer, which runs on it: `make llamacpp` installs both
+PLUGINS := $(filter-out plugins/adyton-llamacpp plugins/adyton-steer,$(patsubst %/pyproject.toml,%,$(wildcard plugins/adyton-*/pyproject.toml)))
 # llama-cpp-python is source-only on the index: a portable CPU build (the VM
 # advertises AVX-512 it cannot run), built once, then pip's wheel cache keeps it
 LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
@@ -30,9 +31,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $@
 
-# the second local engine (adyton-llamacpp, with its test dependencies)
-$(VENV)/.installed-llamacpp: $(VENV)/.installed plugins/adyton-llamacpp/pyproject.toml
-	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e 'plugins/adyton-llamacpp[test]'
+# the second local engine (adyton-llamacpp, with its test dependencies), and
+# adyton-steer (steering vectors, SAE monitoring), which needs it
+$(VENV)/.installed-llamacpp: $(VENV)/.installed plugins/adyton-llamacpp/pyproject.toml plugins/adyton-steer/pyproject.toml
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e 'plugins/adyton-llamacpp[test]' -e 'plugins/adyton-steer[test]'
 	touch $@
 
 install: $(VENV)/.installed

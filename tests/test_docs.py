@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = "llama,llamacpp,openai,axiom,limits,guided,upstream"
+FIRST_PARTY = "llama,llamacpp,openai,axiom,limits,guided,upstream,steer"
 
 
 def test_configuration_reference_is_current(tmp_path):

@@ -304,6 +304,8 @@ def generate_apart(backend: Any, prompt: Any, step: Callable[[np.ndarray], int],
     entry = backend._model(prompt.model.id)
     vocab = entry.vocab
     steering, observer = prompt.steering, prompt.observer
+    if steering is not None and steering.strength == 0:
+        steering = None
     with backend._lease(prompt.model.id) as engine:
         side = side_context(engine, backend.threads())
         pieces = side.generate(

@@ -1,0 +1,101 @@
+"""adyton-steer: steering vectors and SAE-monitored generation.
+
+* ``steering_vector_id`` / ``steering_strength`` on any generation request
+  (``request.extra``, popped here in ``prepare_request``) become the
+  request's ``Steering``; the kernel refuses it with 400 on a backend that
+  cannot steer the model (adyton-llamacpp can).
+* ``/v1/steering_vectors`` (make from contrastive prompts or upload a
+  llama.cpp control-vector GGUF; list, show, download, delete, share) and
+  ``/sae/generate`` + ``/sae/behaviors``: see ``wire``.
+
+Pieces: ``store`` (vectors on disk, the GGUF format), ``sae`` (behaviors),
+``wire`` (the routes).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from adyton import GenerationRequest, InvalidRequest, Principal, hookimpl
+from adyton.types import Steering
+
+from .sae import BehaviorStore
+from .store import VectorStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adyton import Kernel
+
+
+class SteerSettings(BaseModel):
+    """The ``[steer]`` settings section."""
+
+    dir: Path | None = Field(None, description="Where steering vectors and SAE behaviors are kept (default: $ADYTON_HOME/steer).")
+    max_strength: float = Field(10.0, gt=0, description="steering_strength must lie in [-max_strength, max_strength].")
+    max_prompts: int = Field(64, ge=1, description="Most positive + negative prompts one computed vector may read.")
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest control-vector GGUF accepted by POST /v1/steering_vectors.")
+
+
+class _Stores:
+    def __init__(self, root: Path) -> None:
+        self.vectors = VectorStore(root)
+        self.behaviors = BehaviorStore(root)
+
+
+def settings(kernel: "Kernel") -> SteerSettings:
+    return kernel.settings.steer
+
+
+#: the stores of each kernel (an app per kernel; tests run several)
+_stores: "weakref.WeakKeyDictionary[Any, _Stores]" = weakref.WeakKeyDictionary()
+
+
+def stores(kernel: "Kernel") -> _Stores:
+    found = _stores.get(kernel)
+    if found is None:
+        root = Path(settings(kernel).dir or Path(kernel.home) / "steer").expanduser()
+        found = _stores[kernel] = _Stores(root)
+    return found
+
+
+@hookimpl
+def register_settings(register):
+    register("steer", SteerSettings)
+
+
+@hookimpl
+def register_wire_formats(register, kernel):
+    from .wire import SteerWire
+
+    register(SteerWire())
+
+
+def parse_strength(value: Any, limit: float, param: str = "steering_strength") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"'{param}' must be a number from {-limit:g} to {limit:g}", param=param,
+                             code="invalid_value")
+    if not -limit <= value <= limit:
+        raise InvalidRequest(f"'{param}' must lie from {-limit:g} to {limit:g} (got {value:g})", param=param,
+                             code="invalid_value")
+    return float(value)
+
+
+@hookimpl
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> None:
+    extra = request.extra
+    if "steering_vector_id" not in extra and "steering_strength" not in extra:
+        return
+    vector_id = extra.pop("steering_vector_id", None)
+    strength = extra.pop("steering_strength", None)
+    if vector_id is None:
+        raise InvalidRequest("'steering_strength' needs a 'steering_vector_id'", param="steering_strength")
+    if not isinstance(vector_id, str):
+        raise InvalidRequest("'steering_vector_id' must be a string (sv_...)", param="steering_vector_id")
+    strength = 1.0 if strength is None else parse_strength(strength, settings(kernel).max_strength)
+    vector = stores(kernel).vectors.get(vector_id, principal, param="steering_vector_id")
+    request.steering = Steering(model=vector.model, vectors=vector.vectors, strength=strength,
+                                source="steering_vector_id")

@@ -1,0 +1,275 @@
+"""adyton-steer on the real default model, served by adyton-llamacpp.
+
+One server for the module (the llama.cpp backend, adyton-steer, the kernel's
+JSON test wire) with three API keys: two accounts and the admin."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import adyton_llamacpp
+import adyton_steer
+from adyton import Authenticator, Forbidden, GenerationRequest, Principal, Unauthorized, create_app, hookimpl
+from adyton.testing import JsonTestWirePlugin, ServerThread, require_model
+from adyton.types import Steering
+
+from adyton_steer.store import write_control_vector
+from adyton_steer.wire import contrastive_vectors
+
+MODEL = "smollm2-135m-instruct"
+A, B, ADMIN = {"x-api-key": "key-a"}, {"x-api-key": "key-b"}, {"x-api-key": "key-admin"}
+
+POSITIVE = ["I love this, it is wonderful and makes me happy.", "What a fantastic, delightful day!",
+            "This is great, I am so pleased.", "The food was excellent and the staff were lovely.",
+            "I feel joyful and grateful.", "Such a beautiful, amazing experience."]
+NEGATIVE = ["I hate this, it is awful and makes me sad.", "What a terrible, miserable day!",
+            "This is horrible, I am so disappointed.", "The food was disgusting and the staff were rude.",
+            "I feel angry and bitter.", "Such an ugly, dreadful experience."]
+#: held out: none of these words is in the pairs above
+POSITIVE_WORDS = [" good", " nice", " perfect", " brilliant", " fun"]
+NEGATIVE_WORDS = [" bad", " boring", " stupid", " poor", " sad"]
+LAYERS = [10]
+
+
+class Keys(Authenticator):
+    """Three fixed API keys: two accounts, and an admin (who alone may call
+    the admin routes)."""
+
+    name = "keys"
+    principals = {"key-a": Principal(id="acct-a"), "key-b": Principal(id="acct-b"),
+                  "key-admin": Principal(id="admin")}
+
+    async def authenticate(self, credentials):
+        if credentials.kind == "none":
+            return None
+        principal = self.principals.get(credentials.secret)
+        if principal is None:
+            raise Unauthorized("unknown API key", code="invalid_api_key")
+        return principal
+
+    async def authorize(self, credentials, access):
+        principal = await self.authenticate(credentials)
+        if principal is None:
+            return None
+        if access == "admin" and principal.id != "admin":
+            raise Forbidden("this route needs the admin key", code="insufficient_access")
+        return principal
+
+
+class KeysPlugin:
+    __name__ = "keys"
+
+    @hookimpl
+    def register_authenticators(self, register, kernel):
+        register(Keys())
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    model = require_model()
+    (models / model.name).symlink_to(model.resolve())
+    home = tmp_path_factory.mktemp("home")
+    settings = {"home": str(home), "log_level": "warning",
+                "llamacpp": {"models_dir": str(models), "threads": 1, "slots": 2}}
+    app = create_app(settings=settings, load_entrypoints=False,
+                     plugins=[adyton_llamacpp, adyton_steer, JsonTestWirePlugin(), KeysPlugin()])
+    server = ServerThread(app).start()
+    server.kernel = app.extensions["adyton"]
+    server.backend = server.kernel.backends["llamacpp"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and httpx.get(server.base_url + "/health").status_code != 200:
+        time.sleep(0.05)
+    yield server
+    server.stop()
+
+
+def post(srv, path, body, headers=A, timeout=300):
+    return httpx.post(srv.base_url + path, json=body, headers=headers, timeout=timeout)
+
+
+def generate(srv, headers=A, **body):
+    r = post(srv, "/t/generate", {"temperature": 0, "max_tokens": 16, **body}, headers)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def sentiment(srv) -> dict:
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "positive": POSITIVE, "negative": NEGATIVE,
+                                          "layers": LAYERS, "pooling": "mean", "name": "sentiment"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_computed_vector_is_listed_with_model_layers_and_norm(srv, sentiment):
+    assert sentiment["id"].startswith("sv_") and sentiment["model"] == MODEL
+    assert sentiment["layers"] == LAYERS and sentiment["dimensions"] == 576
+    assert sentiment["norms"]["10"] > 1
+    listed = httpx.get(srv.base_url + "/v1/steering_vectors", headers=A).json()["data"]
+    assert sentiment["id"] in [v["id"] for v in listed]
+    shown = httpx.get(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}", headers=A).json()
+    assert shown == sentiment
+
+
+def test_the_vector_is_the_mean_difference_of_hidden_states(srv, sentiment):
+    backend = srv.backend
+    model = srv.kernel.models.resolve(MODEL)[1]
+    tokens = [backend.prepare(GenerationRequest(prompt=t), model).token_ids for t in POSITIVE + NEGATIVE]
+    states = backend.hidden_states(model, tokens, LAYERS, threading.Event())
+    expected = contrastive_vectors(states[:6], states[6:], LAYERS, "mean")
+    stored = adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"])
+    assert np.allclose(stored.vectors[10], expected[10], atol=1e-5)
+
+
+def test_strength_zero_is_exactly_the_unsteered_output(srv, sentiment):
+    plain = generate(srv, prompt="The weather today is", max_tokens=24)
+    zero = generate(srv, prompt="The weather today is", max_tokens=24,
+                    extra={"steering_vector_id": sentiment["id"], "steering_strength": 0})
+    steered = generate(srv, prompt="The weather today is", max_tokens=24,
+                       extra={"steering_vector_id": sentiment["id"], "steering_strength": 4})
+    assert zero == plain
+    assert steered != plain
+
+
+def _word_logprobs(srv, vector_id: str, strength: float) -> tuple[float, float]:
+    """Summed log-probability of the held-out positive and negative words at
+    the next position after the prompt, steered as the server steers."""
+    backend = srv.backend
+    model = srv.kernel.models.resolve(MODEL)[1]
+    prepared = backend.prepare(GenerationRequest(prompt="The weather today is"), model)
+    vector = adyton_steer.stores(srv.kernel).vectors.get_any(vector_id)
+    prepared.steering = Steering(model=MODEL, vectors=vector.vectors, strength=strength)
+    seen = {}
+
+    def step(logits):
+        seen["lp"] = logits - np.logaddexp.reduce(logits.astype(np.float64))
+        return int(np.argmax(logits))
+
+    list(backend.generate(prepared, step, 1, threading.Event()))
+    vocab = backend.vocabulary(model)
+    first = lambda words: [vocab.encode(w)[0] for w in words]  # noqa: E731
+    return float(seen["lp"][first(POSITIVE_WORDS)].sum()), float(seen["lp"][first(NEGATIVE_WORDS)].sum())
+
+
+def test_the_vector_moves_held_out_words_of_its_side(srv, sentiment):
+    pos0, neg0 = _word_logprobs(srv, sentiment["id"], 0.0)
+    pos_up, neg_up = _word_logprobs(srv, sentiment["id"], 1.5)
+    pos_down, neg_down = _word_logprobs(srv, sentiment["id"], -1.5)
+    assert pos_up > pos0 + 2.0, (pos0, pos_up)  # its side's words gain at least 2 nats
+    assert neg_up < neg0 - 2.0, (neg0, neg_up)
+    assert neg_down > neg0 + 2.0, (neg0, neg_down)  # and the other way round
+    assert pos_down < pos0, (pos0, pos_down)
+
+
+def test_isolation_a_steered_request_never_changes_a_concurrent_unsteered_one(srv, sentiment):
+    prompt = "Write a short story about a dragon."
+    solo = generate(srv, messages=[{"role": "user", "content": prompt}], max_tokens=32)
+    steered_body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 32,
+                    "extra": {"steering_vector_id": sentiment["id"], "steering_strength": 6}}
+    with ThreadPoolExecutor(4) as pool:
+        steered = [pool.submit(generate, srv, **steered_body) for _ in range(2)]
+        plain = [pool.submit(generate, srv, messages=[{"role": "user", "content": prompt}], max_tokens=32)
+                 for _ in range(2)]
+        assert [f.result() for f in plain] == [solo, solo]
+        assert all(f.result() != solo for f in steered)
+
+
+def test_bad_steering_parameters_are_400s_and_others_vectors_404(srv, sentiment):
+    def err(headers=A, **extra):
+        r = post(srv, "/t/generate", {"prompt": "Hi", "max_tokens": 2, "extra": extra}, headers)
+        return r.status_code, r.json()["err"]
+
+    status, body = err(steering_vector_id=sentiment["id"], steering_strength=11)
+    assert status == 400 and "-10 to 10" in body["message"]
+    assert err(steering_vector_id=sentiment["id"], steering_strength="1")[0] == 400
+    assert err(steering_strength=1)[0] == 400
+    status, body = err(headers=B, steering_vector_id=sentiment["id"])
+    assert status == 404 and body["code"] == "steering_vector_not_found"
+    assert httpx.get(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}", headers=B).status_code == 404
+    assert sentiment["id"] not in [v["id"] for v in
+                                   httpx.get(srv.base_url + "/v1/steering_vectors", headers=B).json()["data"]]
+    assert httpx.delete(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}", headers=B).status_code == 404
+    assert err(steering_vector_id="sv_nothere")[0] == 404
+
+
+def test_sharing_is_admin_only(srv, sentiment):
+    path = f"/v1/steering_vectors/{sentiment['id']}/share"
+    assert post(srv, path, {"shared": True}, headers={}).status_code == 401
+    assert post(srv, path, {"shared": True}, headers=A).status_code == 403
+    r = post(srv, path, {"shared": True}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["shared"] is True
+    try:
+        assert httpx.get(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}", headers=B).status_code == 200
+        generate(srv, headers=B, prompt="Hi", max_tokens=2, extra={"steering_vector_id": sentiment["id"]})
+        assert httpx.delete(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}",
+                            headers=B).status_code == 403  # shared with B, still A's
+    finally:
+        assert post(srv, path, {"shared": False}, headers=ADMIN).status_code == 200
+    assert httpx.get(srv.base_url + f"/v1/steering_vectors/{sentiment['id']}", headers=B).status_code == 404
+
+
+def test_gguf_upload_round_trip(srv, sentiment, tmp_path):
+    """A control vector written as llama.cpp writes one, computed in-process
+    from the same pairs: upload, list, use (same tokens as the server's own
+    vector), download, delete."""
+    backend = srv.backend
+    model = srv.kernel.models.resolve(MODEL)[1]
+    tokens = [backend.prepare(GenerationRequest(prompt=t), model).token_ids for t in POSITIVE + NEGATIVE]
+    states = backend.hidden_states(model, tokens, LAYERS, threading.Event())
+    path = tmp_path / "sentiment.gguf"
+    write_control_vector(path, contrastive_vectors(states[:6], states[6:], LAYERS, "mean"), "llama")
+    data = path.read_bytes()
+    with path.open("rb") as f:  # multipart, as curl -F file=@... sends it
+        r = httpx.post(srv.base_url + "/v1/steering_vectors", headers=A, timeout=60,
+                       files={"file": ("sentiment.gguf", f)}, data={"model": MODEL, "name": "uploaded"})
+    assert r.status_code == 201, r.text
+    uploaded = r.json()
+    assert uploaded["method"] == "upload" and uploaded["layers"] == LAYERS
+    assert uploaded["model_hint"] == "llama"
+    assert abs(uploaded["norms"]["10"] - sentiment["norms"]["10"]) < 1e-3
+    assert uploaded["id"] in [v["id"] for v in httpx.get(srv.base_url + "/v1/steering_vectors",
+                                                         headers=A).json()["data"]]
+    body = {"prompt": "The weather today is", "max_tokens": 16}
+    ours = generate(srv, **body, extra={"steering_vector_id": sentiment["id"], "steering_strength": 3})
+    theirs = generate(srv, **body, extra={"steering_vector_id": uploaded["id"], "steering_strength": 3})
+    assert ours == theirs
+    content = httpx.get(srv.base_url + f"/v1/steering_vectors/{uploaded['id']}/content", headers=A)
+    assert content.status_code == 200 and content.content[:4] == b"GGUF"
+    # JSON upload (base64) of the same file
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(data).decode()})
+    assert r.status_code == 201 and r.json()["norms"] == uploaded["norms"]
+    for vid in (uploaded["id"], r.json()["id"]):
+        assert httpx.delete(srv.base_url + f"/v1/steering_vectors/{vid}", headers=A).status_code == 200
+        assert httpx.get(srv.base_url + f"/v1/steering_vectors/{vid}", headers=A).status_code == 404
+
+
+def test_bad_uploads_are_400s(srv, tmp_path):
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(b"nope").decode()})
+    assert r.status_code == 400 and "GGUF" in r.json()["error"]["message"]
+    path = tmp_path / "wide.gguf"
+    write_control_vector(path, {5: np.ones(100, np.float32)}, "llama")
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(path.read_bytes()).decode()})
+    assert r.status_code == 400 and "576" in r.json()["error"]["message"]
+    write_control_vector(path, {0: np.ones(576, np.float32)}, "llama")
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(path.read_bytes()).decode()})
+    assert r.status_code == 400 and "direction.0" in r.json()["error"]["message"]
+    r = post(srv, "/v1/steering_vectors", {"model": MODEL, "positive": POSITIVE, "negative": NEGATIVE,
+                                          "layers": [0]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "layers"
+
+
+def test_vectors_survive_a_restart(srv, sentiment):
+    store = adyton_steer.store.VectorStore(Path(srv.kernel.home) / "steer")
+    again = store.get_any(sentiment["id"])
+    assert again.owner == "acct-a" and again.model == MODEL
+    assert np.array_equal(again.vectors[10], adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"]).vectors[10])
