@@ -18,8 +18,6 @@ from adyton import create_app
 from adyton.settings import default_home
 from adyton.testing import JsonTestWirePlugin, ServerThread, require_model
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "smollm2-135m-instruct-q4_1.llamacpp.json"
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
