@@ -105,7 +105,8 @@ class AxionicGuided(WireFormat):
         policy = parse_policy(raw)
         constraint = policy_constraint(policy, "policy")
         if constraint is not None:
-            compiler.grammar(constraint)  # refuse what could never be enforced, now
+            # refuse what could never be enforced, now (a compile can take a while: off the loop)
+            await kernel.offload(compiler.grammar, constraint)
         record = policy_store(kernel).create(policy, principal)
         response = jsonify(public(record))
         response.status_code = 201
