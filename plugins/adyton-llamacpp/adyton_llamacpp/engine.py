@@ -298,6 +298,9 @@ class BatchEngine:
             L.llama_model_free(self._model)
             raise EngineError(errors.reason("llama.cpp could not create a context"))
         self._mem = L.llama_get_memory(self._ctx)
+        # a sliding-window cache (Gemma 3 ...) forgets early positions of a long
+        # sequence, which a reused prefix would still need: no reuse there
+        self.reuse_prefix = int(L.llama_model_n_swa(self._model)) == 0
         vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
@@ -332,7 +335,7 @@ class BatchEngine:
                 self._cv.wait()
             # the longest shared prefix wins; among equals, the least recently used slot
             slot = max(free, key=lambda s: (_common_prefix(s.history, prompt), -s.last_used))
-            keep = min(_common_prefix(slot.history, prompt), len(prompt) - 1)
+            keep = min(_common_prefix(slot.history, prompt), len(prompt) - 1) if self.reuse_prefix else 0
             seq = Sequence(self, slot, list(prompt), keep)
             slot.seq = seq
             self._uses += 1
