@@ -428,6 +428,18 @@ class LlamaCppBackend(Backend):
                     raise BackendError(f"model '{model.id}': {exc}") from exc
         return vectors
 
+    # -- hidden states and steering: on a side context (see ``steering``) -------------------
+
+    def hidden_layers(self, model: ModelInfo) -> tuple[int, int] | None:
+        return steering.model_shape(self._model(model.id).vocab)
+
+    def steering_layers(self, model: ModelInfo) -> range | None:
+        shape = self.hidden_layers(model)
+        return None if shape is None else range(1, shape[0])  # llama.cpp: layer 0 has no control vector
+
+    def hidden_states(self, model: ModelInfo, inputs: list[list[int]], layers, cancelled: threading.Event):
+        return steering.read_hidden_states(self, model.id, inputs, layers, cancelled)
+
     # -- introspection for tests and benchmarks ---------------------------------------
 
     @property
