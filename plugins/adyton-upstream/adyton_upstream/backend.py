@@ -271,6 +271,12 @@ class UpstreamBackend(Backend):
                                       headers=replica.headers()) as response:
                 if response.status_code != 200:
                     raise self._refusal(response, replica, model_id)
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # an engine (or a proxy before it) that does not stream: one piece
+                    piece = _whole(response, chat, want_logprobs, model_id, replica)
+                    self.pool.succeeded(replica)
+                    yield piece
+                    return
                 watch = self._hangups.watch(cancelled, response)
                 lines = response.iter_lines()
                 for line in lines:
@@ -451,6 +457,21 @@ def _sse_data(line: str) -> Any:
         return json.loads(value)
     except ValueError:
         raise ValueError(f"an event that is not JSON: {value[:80]!r}") from None
+
+
+def _whole(response: httpx.Response, chat: bool, want_logprobs: bool, model_id: str,
+           replica: Replica) -> TokenPiece:
+    """A non-streaming completion object as one final piece (or BadGateway)."""
+    try:
+        body = json.loads(response.read())
+        choice = body["choices"][0]
+        text = choice["message"].get("content") if chat else choice["text"]
+        finish = _FINISH[choice.get("finish_reason") or "stop"]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise _garbage(model_id, replica, "a JSON answer that is not a completion") from None
+    usage = _usage(body["usage"]) if isinstance(body.get("usage"), dict) else None
+    logprobs = _logprobs(choice.get("logprobs"), chat) if want_logprobs else None
+    return TokenPiece(_piece_id(text or ""), text or "", finish, logprobs=logprobs, usage=usage)
 
 
 def _garbage(model_id: str, replica: Replica, what: str) -> BadGateway:

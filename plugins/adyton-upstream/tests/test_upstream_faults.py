@@ -170,3 +170,14 @@ def test_regex_and_choice_map_to_vllm_guided_parameters_and_are_verified(front):
         r = _post(proxy, chat(model="plain", response_format=fmt))
         assert r.status_code == 502 and "verification_failed" in r.text  # "abc" is not JSON
         assert engine.bodies[-1]["response_format"]["type"] == "json_schema"
+
+
+def test_an_engine_that_answers_without_streaming_is_taken_as_one_piece(front):
+    with FaultServer("json_answer", pieces=["Hello", " there"], usage=(5, 2)) as engine:
+        proxy = front(_models(engine.url))
+        r = _post(proxy, chat())
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "Hello there"
+        assert r.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        r = httpx.post(proxy.base_url + "/v1/completions", json={"model": "remote", "prompt": "x"}, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Hello there"

@@ -88,6 +88,7 @@ class FaultServer:
 
     * ``"pieces"``: a correct OpenAI SSE stream of ``pieces`` (text deltas),
       then finish "stop" and usage ``(prompt, completion)``;
+    * ``"json_answer"``: ``pieces`` as one non-streaming completion object;
     * ``"garbage"``: 200 with an HTML page;
     * ``"cut"``: two deltas, then the connection is closed;
     * ``"silent"``: accepts, then sends nothing for ``silence_s`` (counting
@@ -162,6 +163,15 @@ class FaultServer:
                 self._event({"id": "x", "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                                  "total_tokens": p + c}})
                 self.wfile.write(b"data: [DONE]\n\n")
+
+            def _json_answer(self) -> None:
+                p, c = fault.usage
+                text = "".join(fault.pieces)
+                choice = ({"index": 0, "message": {"role": "assistant", "content": text}}
+                          if self.path.endswith("/chat/completions") else {"index": 0, "text": text})
+                self._json(200, {"id": "x", "object": "chat.completion", "model": "m",
+                                 "choices": [{**choice, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
 
             def _garbage(self) -> None:
                 data = b"<html><body>502 Bad Gateway (nginx)</body></html>\n"
