@@ -6,9 +6,7 @@ JSON test wire) with three API keys: two accounts and the admin."""
 from __future__ import annotations
 
 import base64
-import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,17 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-import adyton_llamacpp
 import adyton_steer
-from adyton import Authenticator, Forbidden, GenerationRequest, Principal, Unauthorized, create_app, hookimpl
-from adyton.testing import JsonTestWirePlugin, ServerThread, require_model
+from adyton import GenerationRequest
 from adyton.types import Steering
 
 from adyton_steer.store import write_control_vector
 from adyton_steer.wire import contrastive_vectors
-
-MODEL = "smollm2-135m-instruct"
-A, B, ADMIN = {"x-api-key": "key-a"}, {"x-api-key": "key-b"}, {"x-api-key": "key-admin"}
+from steer_helpers import A, ADMIN, B, MODEL, generate, post
 
 POSITIVE = ["I love this, it is wonderful and makes me happy.", "What a fantastic, delightful day!",
             "This is great, I am so pleased.", "The food was excellent and the staff were lovely.",
@@ -38,69 +32,6 @@ NEGATIVE = ["I hate this, it is awful and makes me sad.", "What a terrible, mise
 POSITIVE_WORDS = [" good", " nice", " perfect", " brilliant", " fun"]
 NEGATIVE_WORDS = [" bad", " boring", " stupid", " poor", " sad"]
 LAYERS = [10]
-
-
-class Keys(Authenticator):
-    """Three fixed API keys: two accounts, and an admin (who alone may call
-    the admin routes)."""
-
-    name = "keys"
-    principals = {"key-a": Principal(id="acct-a"), "key-b": Principal(id="acct-b"),
-                  "key-admin": Principal(id="admin")}
-
-    async def authenticate(self, credentials):
-        if credentials.kind == "none":
-            return None
-        principal = self.principals.get(credentials.secret)
-        if principal is None:
-            raise Unauthorized("unknown API key", code="invalid_api_key")
-        return principal
-
-    async def authorize(self, credentials, access):
-        principal = await self.authenticate(credentials)
-        if principal is None:
-            return None
-        if access == "admin" and principal.id != "admin":
-            raise Forbidden("this route needs the admin key", code="insufficient_access")
-        return principal
-
-
-class KeysPlugin:
-    __name__ = "keys"
-
-    @hookimpl
-    def register_authenticators(self, register, kernel):
-        register(Keys())
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    model = require_model()
-    (models / model.name).symlink_to(model.resolve())
-    home = tmp_path_factory.mktemp("home")
-    settings = {"home": str(home), "log_level": "warning",
-                "llamacpp": {"models_dir": str(models), "threads": 1, "slots": 2}}
-    app = create_app(settings=settings, load_entrypoints=False,
-                     plugins=[adyton_llamacpp, adyton_steer, JsonTestWirePlugin(), KeysPlugin()])
-    server = ServerThread(app).start()
-    server.kernel = app.extensions["adyton"]
-    server.backend = server.kernel.backends["llamacpp"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and httpx.get(server.base_url + "/health").status_code != 200:
-        time.sleep(0.05)
-    yield server
-    server.stop()
-
-
-def post(srv, path, body, headers=A, timeout=300):
-    return httpx.post(srv.base_url + path, json=body, headers=headers, timeout=timeout)
-
-
-def generate(srv, headers=A, **body):
-    r = post(srv, "/t/generate", {"temperature": 0, "max_tokens": 16, **body}, headers)
-    assert r.status_code == 200, r.text
-    return r.json()["choices"][0]["text"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,85 @@
+"""Shared by adyton-steer's tests (a uniquely named module: ``conftest`` is
+taken by other test directories): API keys for two accounts and the admin,
+and a real-model server of adyton-llamacpp + adyton-steer on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+import adyton_llamacpp
+import adyton_steer
+from adyton import Authenticator, Forbidden, Principal, Unauthorized, create_app, hookimpl
+from adyton.testing import JsonTestWirePlugin, RecordingLimiter, ServerThread, require_model
+
+MODEL = "smollm2-135m-instruct"
+A, B, ADMIN = {"x-api-key": "key-a"}, {"x-api-key": "key-b"}, {"x-api-key": "key-admin"}
+
+
+class Keys(Authenticator):
+    """Three fixed API keys: two accounts, and an admin (who alone may call
+    the admin routes)."""
+
+    name = "keys"
+    principals = {"key-a": Principal(id="acct-a"), "key-b": Principal(id="acct-b"),
+                  "key-admin": Principal(id="admin")}
+
+    async def authenticate(self, credentials):
+        if credentials.kind == "none":
+            return None
+        principal = self.principals.get(credentials.secret)
+        if principal is None:
+            raise Unauthorized("unknown API key", code="invalid_api_key")
+        return principal
+
+    async def authorize(self, credentials, access):
+        principal = await self.authenticate(credentials)
+        if principal is None:
+            return None
+        if access == "admin" and principal.id != "admin":
+            raise Forbidden("this route needs the admin key", code="insufficient_access")
+        return principal
+
+
+class KeysPlugin:
+    __name__ = "keys"
+
+    def __init__(self) -> None:
+        self.limiter = RecordingLimiter()
+
+    @hookimpl
+    def register_authenticators(self, register, kernel):
+        register(Keys())
+
+    @hookimpl
+    def register_limiters(self, register, kernel):
+        register(self.limiter)
+
+
+def start_server(models, home) -> ServerThread:
+    model = require_model()
+    (models / model.name).symlink_to(model.resolve())
+    settings = {"home": str(home), "log_level": "warning",
+                "llamacpp": {"models_dir": str(models), "threads": 1, "slots": 2}}
+    keys = KeysPlugin()
+    app = create_app(settings=settings, load_entrypoints=False,
+                     plugins=[adyton_llamacpp, adyton_steer, JsonTestWirePlugin(), keys])
+    server = ServerThread(app).start()
+    server.kernel = app.extensions["adyton"]
+    server.backend = server.kernel.backends["llamacpp"]
+    server.limiter = keys.limiter
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and httpx.get(server.base_url + "/health").status_code != 200:
+        time.sleep(0.05)
+    return server
+
+
+def post(srv, path, body, headers=A, timeout=300):
+    return httpx.post(srv.base_url + path, json=body, headers=headers, timeout=timeout)
+
+
+def generate(srv, headers=A, **body):
+    r = post(srv, "/t/generate", {"temperature": 0, "max_tokens": 16, **body}, headers)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
