@@ -27,7 +27,8 @@ The request path, in the order the kernel calls things::
       -> Authenticator.authenticate           (register_authenticators)
       -> prepare_request hooks                (extension parameters, policies)
       -> Backend.prepare                      (register_backends)
-      -> logits_processors / sampler hooks    (fail closed: 400 before anything is counted)
+      -> logits_processors / sampler hooks    (fail closed: 400 before anything is counted;
+                                               a self-sampling backend: Backend.check_sampling)
       -> Limiter.reserve                      (register_limiters)
       -> engine queue (429 busy, 503 timeout)
       -> Backend.generate, calling the sampler chain once per token
@@ -320,6 +321,11 @@ class WireFormat(ABC):
     error_statuses: Sequence[int] = (400, 401, 403, 404, 405, 413, 429, 500, 503)
     #: JSON schema of this surface's error body (None: not described)
     error_schema: dict[str, Any] | None = None
+    #: OpenAPI operation fields for routes this surface does not document
+    #: otherwise: ``{"/api/chat": {"post": {"requestBody": ..., "responses":
+    #: ...}}}`` (paths as OpenAPI writes them, ``{param}``); merged into the
+    #: app's document by ``Kernel.complete_openapi``
+    openapi_operations: dict[str, dict[str, dict[str, Any]]] = {}
 
     @property
     @abstractmethod
