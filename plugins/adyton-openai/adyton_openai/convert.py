@@ -19,13 +19,14 @@ from .schemas import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, _Com
 
 #: top-level fields accepted but not honoured
 IGNORED_FIELDS = (
-    "steering_vector_id", "steering_strength", "service_tier",
+    "service_tier",
     "metadata", "store", "reasoning_effort", "verbosity", "prompt_cache_key",
     "safety_identifier", "prediction",
 )
 
-#: top-level fields passed to plugins through GenerationRequest.extra
-EXTENSION_FIELDS = ("policy", "policy_id")
+#: top-level fields passed to plugins through GenerationRequest.extra (without
+#: a plugin that handles them, the kernel refuses the request: never ignored)
+EXTENSION_FIELDS = ("policy", "policy_id", "steering_vector_id", "steering_strength")
 
 
 class Unsupported(InvalidRequest):

@@ -165,9 +165,10 @@ class _Common(BaseModel):
     # Axionic guided generation (handed to plugins via GenerationRequest.extra)
     policy: dict[str, Any] | None = Field(None, description="Axionic inline inference policy (needs adyton-guided).")
     policy_id: str | None = Field(None, description="Axionic saved policy id (needs adyton-guided).")
+    # Axionic steering vectors (handed to plugins via GenerationRequest.extra; adyton-steer)
+    steering_vector_id: str | None = Field(None, description="Axionic steering vector id (needs adyton-steer).")
+    steering_strength: float | None = Field(None, description="Axionic steering strength (needs adyton-steer).")
     # accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
-    steering_vector_id: str | None = None
-    steering_strength: float | None = None
     service_tier: str | None = None
     metadata: dict[str, Any] | None = None
     store: bool | None = None

@@ -155,8 +155,7 @@ def test_health_stays_the_kernels(server):
 
 # -- ignored parameters ---------------------------------------------------------------------
 
-IGNORED = {"steering_vector_id": "sv_abc123", "steering_strength": 1.0, "parallel_tool_calls": False,
-           "service_tier": "auto", "metadata": {"k": "v"}, "store": False}
+IGNORED = {"parallel_tool_calls": False, "service_tier": "auto", "metadata": {"k": "v"}, "store": False}
 
 
 def test_ignored_params_header(server):
@@ -178,10 +177,18 @@ def test_ignored_params_header(server):
 
 def test_strict_refuses_ignored_params(serve):
     server = serve(settings={"openai": {"strict": True}})
-    error = assert_openai_error(post(server, CHAT, {"messages": USER, "steering_vector_id": "sv"}), 400,
-                                param="steering_vector_id")
+    error = assert_openai_error(post(server, CHAT, {"messages": USER, "service_tier": "auto"}), 400,
+                                param="service_tier")
     assert error["code"] == "unsupported_parameter"
     assert post(server, CHAT, {"messages": USER}).status_code == 200
+
+
+def test_steering_without_a_plugin_that_steers_is_refused(server):
+    """Axionic steering fields go to plugins (adyton-steer); with none installed
+    the request is refused, never answered unsteered."""
+    error = assert_openai_error(post(server, CHAT, {"messages": USER, "steering_vector_id": "sv_abc123",
+                                                    "steering_strength": 1.0}), 400)
+    assert error["code"] == "unsupported_parameter" and "steering_vector_id" in error["message"]
 
 
 # -- hand-off to other plugins: constraints and extension parameters ------------------------

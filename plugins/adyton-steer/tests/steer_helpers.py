@@ -9,6 +9,7 @@ import time
 import httpx
 
 import adyton_llamacpp
+import adyton_openai
 import adyton_steer
 from adyton import Authenticator, Forbidden, Principal, Unauthorized, create_app, hookimpl
 from adyton.testing import JsonTestWirePlugin, RecordingLimiter, ServerThread, require_model
@@ -64,7 +65,7 @@ def start_server(models, home) -> ServerThread:
                 "llamacpp": {"models_dir": str(models), "threads": 1, "slots": 2}}
     keys = KeysPlugin()
     app = create_app(settings=settings, load_entrypoints=False,
-                     plugins=[adyton_llamacpp, adyton_steer, JsonTestWirePlugin(), keys])
+                     plugins=[adyton_llamacpp, adyton_openai, adyton_steer, JsonTestWirePlugin(), keys])
     server = ServerThread(app).start()
     server.kernel = app.extensions["adyton"]
     server.backend = server.kernel.backends["llamacpp"]

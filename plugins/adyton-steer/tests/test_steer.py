@@ -204,3 +204,35 @@ def test_vectors_survive_a_restart(srv, sentiment):
     again = store.get_any(sentiment["id"])
     assert again.owner == "acct-a" and again.model == MODEL
     assert np.array_equal(again.vectors[10], adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"]).vectors[10])
+
+
+def test_openai_sdk_extra_body_and_completions(srv, sentiment):
+    """The Axionic document's call, with the openai SDK: extra_body on chat
+    completions; and the same on /v1/completions."""
+    import openai
+
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="key-a", max_retries=0)
+    messages = [{"role": "user", "content": "Describe a sunset."}]
+
+    def chat(**extra):
+        out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                             extra_body=extra or None)
+        return out.choices[0].message.content
+
+    plain = chat()
+    assert chat(steering_vector_id=sentiment["id"], steering_strength=0) == plain
+    assert chat(steering_vector_id=sentiment["id"], steering_strength=5.0) != plain
+    completion = client.completions.create(model=MODEL, prompt="The weather today is", max_tokens=8,
+                                           temperature=0,
+                                           extra_body={"steering_vector_id": sentiment["id"],
+                                                       "steering_strength": 5.0})
+    assert completion.choices[0].text != client.completions.create(
+        model=MODEL, prompt="The weather today is", max_tokens=8, temperature=0).choices[0].text
+    other = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="key-b", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.chat.completions.create(model=MODEL, messages=messages, max_tokens=4,
+                                      extra_body={"steering_vector_id": sentiment["id"]})
+    with pytest.raises(openai.BadRequestError, match="steering_strength"):
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4,
+                                       extra_body={"steering_vector_id": sentiment["id"],
+                                                   "steering_strength": 50})
