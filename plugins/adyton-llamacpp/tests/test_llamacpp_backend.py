@@ -107,7 +107,7 @@ def test_eight_concurrent_streams_each_equal_their_solo_run(server):
         assert lines[-1]["usage"]["completion_tokens"] > 0
         assert any(x.get("finish") for x in lines)
         assert text == want, prompt
-    assert engine.max_batch_seqs >= 2  # they really shared decode steps
+    assert engine.max_batch_seqs >= 4  # they really shared decode steps
     assert engine.wait_idle(10)
 
 
