@@ -7,7 +7,8 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 
 from . import errors, tools, types
 from .chat_template import ChatTemplate, ChatTemplateError
-from .app import DEFAULT_ERROR_SCHEMA, Kernel, create_app, current_kernel, default_error_response, require_access
+from .app import (DEFAULT_ERROR_SCHEMA, Kernel, create_app, current_kernel, default_error_response,
+                  json_operation, require_access)
 from .body import check_text, read_json_body
 from .errors import (
     AdytonError,
@@ -84,6 +85,7 @@ __all__ = [
     "default_error_response",
     "errors",
     "hookimpl",
+    "json_operation",
     "json_type_name",
     "load_settings",
     "tools",

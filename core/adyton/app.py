@@ -271,17 +271,25 @@ class Kernel:
 
     def complete_openapi(self, document: dict[str, Any]) -> dict[str, Any]:
         """Fill in what an OpenAPI ``document`` leaves out: every operation
-        gets the error statuses (``WireFormat.error_statuses``, with the
-        surface's ``error_schema``) of the surface that owns its path, and a
-        ``2XX`` success if it documents none. Whichever plugin serves the
+        gets what the surface that owns its path declares for it
+        (``WireFormat.openapi_operations``: request body, responses), that
+        surface's error statuses (``WireFormat.error_statuses``, with its
+        ``error_schema``), and a ``2XX`` success if it documents none. Whichever plugin serves the
         document calls this, so clients see every status a route answers."""
         for path, operations in document.get("paths", {}).items():
             wire = self.wire_format_for(path)
-            for operation in operations.values():
+            declared = wire.openapi_operations.get(path, {}) if wire is not None else {}
+            for method, operation in operations.items():
                 if not isinstance(operation, dict):
                     continue
+                own = declared.get(method, {})
+                for key, value in own.items():
+                    if key != "responses":
+                        operation.setdefault(key, value)
                 # OpenAPI keys are strings ("200", "2XX"); some generators write ints
                 responses = {str(code): value for code, value in operation.get("responses", {}).items()}
+                for code, value in own.get("responses", {}).items():
+                    responses.setdefault(str(code), value)
                 operation["responses"] = responses
                 if not any(str(code).startswith("2") for code in responses):
                     responses["2XX"] = {"description": "Success"}
@@ -511,6 +519,21 @@ def _render_for_path(kernel: Kernel, error: AdytonError) -> Response:
     if best is None:  # pragma: no cover - the kernel routes are always registered
         return default_error_response(error)
     return best.render_error(error)
+
+
+def json_operation(summary: str, request: dict[str, Any] | None = None, response: dict[str, Any] | None = None,
+                   status: int = 200) -> dict[str, Any]:
+    """An OpenAPI operation for ``WireFormat.openapi_operations``: a JSON
+    ``request`` body schema (None: no body) and the JSON ``response`` schema
+    of its success ``status``."""
+    operation: dict[str, Any] = {"summary": summary}
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": request}}}
+    success: dict[str, Any] = {"description": "Success"}
+    if response is not None:
+        success["content"] = {"application/json": {"schema": response}}
+    operation["responses"] = {str(status): success}
+    return operation
 
 
 #: JSON schema of ``default_error_response``'s body (``WireFormat.error_schema``)

@@ -26,6 +26,7 @@ from adyton import (
     Unauthorized,
     WireFormat,
     current_kernel,
+    json_operation,
     read_json_body,
     require_access,
 )
@@ -53,6 +54,30 @@ class AxiomWireFormat(WireFormat):
         "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                        "field": {"type": ["string", "null"]},
                        "available": {"type": "array", "items": {"type": "string"}}},
+    }
+    openapi_operations = {
+        "/api/chat": {"post": json_operation(
+            "Chat (Local Axiom API)",
+            request={
+                "type": "object",
+                "required": ["model", "sessionId", "messages"],
+                "properties": {
+                    "model": {"type": "string", "minLength": 1},
+                    "sessionId": {"type": "string", "pattern": "^[0-9]{64}$",
+                                  "description": "the caller's 64-digit account number"},
+                    "system_prompt": {"type": "string"},
+                    "messages": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["role", "content"], "additionalProperties": False,
+                        "properties": {"role": {"enum": ["user", "assistant"]}, "content": {"type": "string"}},
+                    }},
+                },
+            },
+            response={"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+        )},
+        "/api/models": {"get": json_operation(
+            "Model names", response={"type": "object", "required": ["models"],
+                                     "properties": {"models": {"type": "array", "items": {"type": "string"}}}},
+        )},
     }
 
     def __init__(self, kernel: Any = None) -> None:

@@ -30,6 +30,7 @@ from adyton import (
     UnsupportedConstraint,
     WireFormat,
     current_kernel,
+    json_operation,
     read_json_body,
 )
 
@@ -38,7 +39,49 @@ from .policy import GUIDED, Policy, parse_policy, policy_constraint, public
 _PARAMS = {"temperature", "top_p", "top_k", "seed", "stop", "min_p"}
 _BODY = {"prompt", "messages", "model", "method", "max_new_tokens", "max_tokens", "params",
          "json_schema", "regex_pattern", "grammar", "grammar_syntax", "choices", "json_mode",
-         "verifiers", "repair_on_failure", "policy", "policy_id"}
+         "verifiers", "repair_on_failure", "policy", "policy_id",
+         "steering_vector_id", "steering_strength"}
+
+
+_CONSTRAINTS = {
+    "json_schema": {"type": "object"},
+    "regex_pattern": {"type": "string"},
+    "grammar": {"type": "string"},
+    "grammar_syntax": {"enum": ["lark", "gbnf"]},
+    "choices": {"type": "array", "items": {"type": "string"}},
+    "json_mode": {"type": "boolean"},
+}
+#: the documented body of POST /sampling/generate (for /openapi.json)
+_GENERATE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string"},
+        "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"],
+                                                "properties": {"role": {"type": "string"},
+                                                               "content": {"type": "string"}}}},
+        "model": {"type": "string"},
+        "method": {"const": GUIDED},
+        "max_new_tokens": {"type": "integer", "minimum": 1},
+        "params": {"type": "object", "properties": {
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "top_k": {"type": "integer", "minimum": 0}, "seed": {"type": "integer"},
+            "stop": {"type": "array", "items": {"type": "string", "minLength": 1}}}},
+        **_CONSTRAINTS,
+        "verifiers": {"type": "object"},
+        "repair_on_failure": {"type": "boolean"},
+        "policy": {"type": "object"},
+        "policy_id": {"type": "string"},
+    },
+}
+#: the documented body of POST /v1/policies
+_POLICY_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                   "sampling": {"type": "object", "properties": {"method": {"const": GUIDED}}},
+                   "constraints": {"type": "object", "properties": _CONSTRAINTS},
+                   "verifiers": {"type": "object"}},
+}
 
 
 def credentials_from_headers(wire: str) -> Credentials:
@@ -52,6 +95,15 @@ class AxionicGuided(WireFormat):
         "type": "object",
         "required": ["detail", "error"],
         "properties": {"detail": {"type": "string"}, "error": DEFAULT_ERROR_SCHEMA["properties"]["error"]},
+    }
+    openapi_operations = {
+        "/sampling/generate": {"post": json_operation("Guided generation", request=_GENERATE_SCHEMA)},
+        "/v1/policies": {
+            "post": json_operation("Save a policy", request=_POLICY_SCHEMA, status=201),
+            "get": json_operation("List your policies"),
+        },
+        "/v1/policies/{policy_id}": {"get": json_operation("A saved policy"),
+                                     "delete": json_operation("Delete a saved policy")},
     }
 
     def __init__(self) -> None:
@@ -209,6 +261,9 @@ class AxionicGuided(WireFormat):
                 loc = {"max_tokens": "max_new_tokens"}.get(loc, loc)
                 raise InvalidRequest(f"invalid '{loc}': {err['msg']}", param=loc) from None
             raise InvalidRequest(str(exc)) from None
+        for key in ("steering_vector_id", "steering_strength"):  # for adyton-steer (else a 400)
+            if key in body:
+                gen_request.extra[key] = body[key]
         if uses_policy:
             for key in ("policy", "policy_id"):
                 if key in body:

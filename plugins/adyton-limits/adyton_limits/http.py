@@ -20,6 +20,7 @@ from adyton import (
     Unauthorized,
     WireFormat,
     default_error_response,
+    json_operation,
     json_type_name,
     read_json_body,
 )
@@ -75,6 +76,14 @@ class AdminApi(_JsonSurface):
 
     name = "limits-admin"
     url_prefixes = ("/admin/",)
+    openapi_operations = {
+        "/admin/accounts": {"post": json_operation(
+            "Create an account", status=201,
+            request={"type": "object", "properties": {"name": {"type": "string"}, "tier": {"type": "integer"}}})},
+        "/admin/accounts/{ref}/tier": {"post": json_operation(
+            "Set an account's tier",
+            request={"type": "object", "required": ["tier"], "properties": {"tier": {"type": "integer"}}})},
+    }
 
     def __init__(self, service: "LimitsService") -> None:
         self.service = service
