@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+import adyton_guided
 import adyton_llamacpp
 import adyton_openai
 import adyton_steer
@@ -65,7 +66,7 @@ def start_server(models, home) -> ServerThread:
                 "llamacpp": {"models_dir": str(models), "threads": 1, "slots": 2}}
     keys = KeysPlugin()
     app = create_app(settings=settings, load_entrypoints=False,
-                     plugins=[adyton_llamacpp, adyton_openai, adyton_steer, JsonTestWirePlugin(), keys])
+                     plugins=[adyton_llamacpp, adyton_openai, adyton_guided, adyton_steer, JsonTestWirePlugin(), keys])
     server = ServerThread(app).start()
     server.kernel = app.extensions["adyton"]
     server.backend = server.kernel.backends["llamacpp"]

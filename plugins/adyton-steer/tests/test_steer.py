@@ -236,3 +236,20 @@ def test_openai_sdk_extra_body_and_completions(srv, sentiment):
         client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4,
                                        extra_body={"steering_vector_id": sentiment["id"],
                                                    "steering_strength": 50})
+
+
+def test_sampling_generate_takes_steering_too(srv, sentiment):
+    """Axionic /sampling/generate (adyton-guided) hands the fields on as well."""
+    def run(headers=A, **steer):
+        return post(srv, "/sampling/generate", {"model": MODEL, "prompt": "The weather today is",
+                                                "method": "guided-generation", "max_new_tokens": 8,
+                                                "params": {"temperature": 0}, "regex_pattern": "[a-z ]{1,40}",
+                                                **steer}, headers)
+
+    plain = run()
+    assert plain.status_code == 200, plain.text
+    zero = run(steering_vector_id=sentiment["id"], steering_strength=0)
+    assert zero.status_code == 200 and zero.json()["text"] == plain.json()["text"]
+    steered = run(steering_vector_id=sentiment["id"], steering_strength=6)
+    assert steered.status_code == 200 and steered.json()["text"] != plain.json()["text"]
+    assert run(headers=B, steering_vector_id=sentiment["id"]).status_code == 404
