@@ -1,6 +1,6 @@
 """The kernel contract for self-sampling backends (``Backend.exposes_logits =
 False``): check_sampling at admission, SamplingParams per choice, logprobs and
-usage from the engine's pieces, Started only at the first piece (so an error
+usage and reports from the engine's pieces, Started only at the first piece (so an error
 before it keeps its HTTP status), and no charge for a request that failed
 before its engine answered."""
 
@@ -66,7 +66,8 @@ class EchoEngine(Backend):
         for word in self.script:
             lp = [TokenLogprob(word, -0.5, list(word.encode()))] if step.request.logprobs is not None else None
             yield TokenPiece(-1, word, logprobs=lp)
-        yield TokenPiece(-1, "", FinishReason.STOP, usage=Usage(prompt_tokens=7, completion_tokens=4))
+        yield TokenPiece(-1, "", FinishReason.STOP, usage=Usage(prompt_tokens=7, completion_tokens=4),
+                         reports={"echo": {"verified": True}})
 
 
 class Recorder(Limiter):
@@ -108,6 +109,7 @@ async def test_sampling_params_usage_and_logprobs_come_from_the_engine(make_app)
     body = json.loads(text)
     assert [c["text"] for c in body["choices"]] == ["Hello!", "Hello!"]
     assert body["choices"][0]["logprobs"] == [-0.5, -0.5, -0.5]
+    assert body["choices"][1]["reports"] == {"echo": {"verified": True}}  # the engine's report
     # the engine's count replaces the kernel's piece count and the prompt estimate
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15}
     assert [(p.seed, p.index, p.request.temperature) for p in engine.params] == [(10, 0, 0.3), (11, 1, 0.3)]

@@ -787,6 +787,7 @@ class Generation:
         deadline = self.deadline
         self_sampling = not self.backend.exposes_logits
         engine_usage: Usage | None = None
+        engine_reports: dict[str, Any] = {}
         step = SamplingParams(self.request, seed, index) if self_sampling else chain
         pieces = self.backend.generate(self.prepared, step, hard_limit, cancelled)
         try:
@@ -802,6 +803,8 @@ class Generation:
                         engine_usage = piece.usage
                     if want_logprobs and piece.logprobs:
                         pending_logprobs.extend(piece.logprobs)
+                    if piece.reports:
+                        engine_reports.update(piece.reports)
                 if piece.finish_reason is FinishReason.STOP and not piece.text:
                     finish = FinishReason.STOP  # end of sequence: not a visible token
                     break
@@ -857,7 +860,7 @@ class Generation:
             self.kernel.metrics.observe_generation(first_token_at - started, count,
                                                    time.monotonic() - first_token_at)
         text = "".join(emitted)
-        reports: dict[str, Any] = {}
+        reports: dict[str, Any] = dict(engine_reports)
         for processor in self.processors:
             report = processor.report(text, finish)
             if report is not None:

@@ -428,6 +428,10 @@ class TokenPiece:
     #: kernel then settles with it instead of its own count of pieces and the
     #: backend's prompt estimate
     usage: "Usage | None" = None
+    #: self-sampling backends only: reports about this choice for the wire
+    #: format, merged into ``Choice.reports`` like ``LogitsProcessor.report``'s
+    #: (verified guided output: key "guided", the shape adyton-guided reports)
+    reports: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
