@@ -251,7 +251,14 @@ class UpstreamBackend(Backend):
                              f"{constraint.kind} constraint from '{constraint.source}': {why}; it was "
                              f"not passed on", code="verification_failed")
         logprobs = [lp for p in pieces for lp in (p.logprobs or ())] or None
-        return TokenPiece(_piece_id(text), text, finish, logprobs=logprobs, usage=last.usage)
+        verifiers = {"syntax": {"passed": True}}
+        if constraint.kind == "json_schema":
+            verifiers["json_schema"] = {"passed": True}
+        # (the shape of adyton-guided's report, so its surfaces show it the same way)
+        report = {"enforced": True, "enforced_by": "upstream", "constraint": constraint.kind,
+                  "source": constraint.source, "accepted": True, "complete": True, "verifiers": verifiers}
+        return TokenPiece(_piece_id(text), text, finish, logprobs=logprobs, usage=last.usage,
+                          reports={"guided": report})
 
     def _stream(self, replica: Replica, path: str, payload: dict[str, Any], request: GenerationRequest,
                 model_id: str, cap: int | None, cancelled: threading.Event) -> Iterator[TokenPiece]:

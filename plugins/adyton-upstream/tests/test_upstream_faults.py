@@ -162,6 +162,8 @@ def test_regex_and_choice_map_to_vllm_guided_parameters_and_are_verified(front):
             assert r.status_code == status, (policy, r.text)
             if status == 200:
                 assert r.json()["output"] == "abc"
+                assert r.json()["accepted"] is True  # verified here
+                assert r.json()["verification"]["enforced_by"] == "upstream"
             if status == 400:
                 assert "'plain'" in r.text
         sent = [b for b in engine.bodies if "guided_regex" in b or "guided_choice" in b]
