@@ -34,7 +34,7 @@ import numpy as np
 import llama_cpp as L
 from llama_cpp._ggml import libggml
 
-from .engine import EngineError, _ErrorLines, _decode_error
+from .engine import CANCEL_POLL_S, EngineError, _ErrorLines, _decode_error
 
 _ggml_get_name = libggml.ggml_get_name
 _ggml_get_name.argtypes = [ctypes.c_void_p]
@@ -169,11 +169,21 @@ class SideContext:
         L.llama_memory_seq_rm(self._mem, 0, -1, -1)
         self._wanted = frozenset(layers)
 
+    def _acquire(self, cancelled: threading.Event) -> bool:
+        """Wait for the context (another steered job may hold it), giving up
+        when ``cancelled`` is set."""
+        while not self.lock.acquire(timeout=CANCEL_POLL_S):
+            if cancelled.is_set():
+                return False
+        return True
+
     def hidden_states(self, tokens: list[int], layers: Sequence[int],
                       cancelled: threading.Event) -> dict[int, np.ndarray] | None:
         """``{layer: [len(tokens), n_embd]}`` without steering; None if
         cancelled meanwhile."""
-        with self.lock:
+        if not self._acquire(cancelled):
+            return None
+        with _Held(self.lock):
             self._clear()
             self._reset(layers)
             out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -199,7 +209,9 @@ class SideContext:
                  ) -> Iterator[tuple[int, str, bool, bool]]:
         """Yields ``(token, text, end_of_generation, last)`` per token. Holds
         the lock (and the control vector) until the generator ends."""
-        with self.lock:
+        if not self._acquire(cancelled):
+            return
+        with _Held(self.lock):
             try:
                 self._apply(vectors, strength)
                 self._reset(observe if observer is not None else ())
@@ -240,6 +252,19 @@ class SideContext:
             if self._ctx:
                 L.llama_free(self._ctx)
                 self._ctx = None
+
+
+class _Held:
+    """Release an already acquired lock at the end of a block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
 
 
 _sides_lock = threading.Lock()
