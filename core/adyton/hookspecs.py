@@ -144,7 +144,8 @@ class Backend(ABC):
     #:   there with a 400 naming the model — never silently dropped;
     #: * passes a ``SamplingParams`` (the request and this choice's seed) as
     #:   ``step`` to ``generate``;
-    #: * takes logprobs from ``TokenPiece.logprobs`` and the real usage from
+    #: * takes logprobs from ``TokenPiece.logprobs``, reports (a verifier's)
+    #:   from ``TokenPiece.reports`` and the real usage from
     #:   ``TokenPiece.usage`` (else it counts pieces, and charges the prompt
     #:   only once a choice produced a piece: a request that failed before
     #:   its first token costs nothing);
@@ -159,7 +160,7 @@ class Backend(ABC):
     #: A self-sampling backend that accepts a constraint must **verify** the
     #: output against it before yielding any of it (buffer, then check) and
     #: raise ``BadGateway`` if it fails: guided output is fail-closed whoever
-    #: produced it.
+    #: produced it (report the check in ``TokenPiece.reports``).
     exposes_logits: bool = True
 
     @abstractmethod
