@@ -183,3 +183,25 @@ def test_an_engine_that_answers_without_streaming_is_taken_as_one_piece(front):
         assert r.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
         r = httpx.post(proxy.base_url + "/v1/completions", json={"model": "remote", "prompt": "x"}, timeout=30)
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Hello there"
+
+
+def test_health_checks_take_a_replica_out_and_put_it_back(front):
+    def up(proxy, replica):
+        return metric(proxy.base_url, "adyton_upstream_replica_up", replica=replica)
+
+    def wait_for(check, seconds=10):
+        deadline = time.monotonic() + seconds
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return check()
+
+    with FaultServer() as engine:
+        engine.healthy = False
+        proxy = front(_models(engine.url), health_interval_s=0.2, backoff_s=30)
+        assert wait_for(lambda: up(proxy, engine.url) == 0)  # out, without any request
+        r = _post(proxy, chat())
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+        assert engine.bodies == []
+        engine.healthy = True
+        assert wait_for(lambda: up(proxy, engine.url) == 1)  # back long before its 30 s back-off
+        assert _post(proxy, chat()).status_code == 200
