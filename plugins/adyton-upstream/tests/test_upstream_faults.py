@@ -205,3 +205,14 @@ def test_health_checks_take_a_replica_out_and_put_it_back(front):
         engine.healthy = True
         assert wait_for(lambda: up(proxy, engine.url) == 1)  # back long before its 30 s back-off
         assert _post(proxy, chat()).status_code == 200
+
+
+def test_n_choices_are_one_upstream_request_each_with_their_own_seed(front):
+    with FaultServer(pieces=["hi"], usage=(3, 1)) as engine:
+        proxy = front(_models(engine.url))
+        r = _post(proxy, chat(n=2, seed=5, temperature=0.7, stop=["\n"]))
+        assert r.status_code == 200, r.text
+        assert [c["message"]["content"] for c in r.json()["choices"]] == ["hi", "hi"]
+        assert [(b["seed"], b["temperature"], b["stop"]) for b in engine.bodies] == [(5, 0.7, ["\n"]), (6, 0.7, ["\n"])]
+        # the prompt once (as OpenAI reports it for n > 1), every choice's completion
+        assert r.json()["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
