@@ -42,6 +42,9 @@ class SamplingPolicy(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     seed: int | None = None
+    #: a steering vector (handed on in GenerationRequest.extra: needs adyton-steer)
+    steering_vector_id: str | None = None
+    steering_strength: float | None = None
 
 
 class ConstraintsPolicy(_Strict):
@@ -139,6 +142,9 @@ def apply_policy(request: GenerationRequest, policy: Policy, source: str,
         request.top_k = s.top_k
     if s.seed is not None and request.seed is None:
         request.seed = s.seed
+    for key in ("steering_vector_id", "steering_strength"):  # the request's own fields win
+        if getattr(s, key) is not None and key not in request.extra:
+            request.extra[key] = getattr(s, key)
     constraint = policy_constraint(policy, source, policy_id)
     if constraint is not None:
         request.constraints.append(constraint)

@@ -84,7 +84,7 @@ def parse_strength(value: Any, limit: float, param: str = "steering_strength") -
     return float(value)
 
 
-@hookimpl
+@hookimpl(trylast=True)  # after adyton-guided, whose policies may carry steering fields
 def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> None:
     extra = request.extra
     if "steering_vector_id" not in extra and "steering_strength" not in extra:

@@ -253,3 +253,21 @@ def test_sampling_generate_takes_steering_too(srv, sentiment):
     steered = run(steering_vector_id=sentiment["id"], steering_strength=6)
     assert steered.status_code == 200 and steered.json()["text"] != plain.json()["text"]
     assert run(headers=B, steering_vector_id=sentiment["id"]).status_code == 404
+
+
+def test_an_axionic_policy_carries_steering(srv, sentiment):
+    """policy.sampling.steering_vector_id / steering_strength (adyton-guided
+    hands them on); the request's own fields win over the policy's."""
+    body = {"prompt": "The weather today is", "max_tokens": 12}
+
+    def policy(strength, headers=A, **top):
+        sampling = {"steering_vector_id": sentiment["id"], "steering_strength": strength}
+        return post(srv, "/t/generate", {"temperature": 0, **body,
+                                         "extra": {"policy": {"sampling": sampling}, **top}}, headers)
+
+    plain = generate(srv, **body)
+    assert policy(0).json()["choices"][0]["text"] == plain
+    steered = generate(srv, **body, extra={"steering_vector_id": sentiment["id"], "steering_strength": 4})
+    assert policy(4).json()["choices"][0]["text"] == steered
+    assert policy(4, steering_strength=0).json()["choices"][0]["text"] == plain
+    assert policy(1, headers=B).status_code == 404
