@@ -33,6 +33,7 @@ import numpy as np
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
+    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     ChoiceFinished,
     Credentials,
@@ -43,6 +44,7 @@ from adyton import (
     WireFormat,
     current_kernel,
     default_error_response,
+    json_operation,
     read_json_body,
 )
 from adyton.types import HiddenStateObserver
@@ -81,9 +83,55 @@ def _unknown(body: dict[str, Any], allowed: set[str]) -> None:
         raise InvalidRequest(f"unsupported field '{unknown[0]}'", param=unknown[0])
 
 
+_STRINGS = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+_VECTOR_BODY = {"type": "object", "properties": {
+    "model": {"type": "string"}, "name": {"type": "string", "maxLength": 128},
+    "positive": _STRINGS, "negative": _STRINGS,
+    "layers": {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+    "pooling": {"enum": ["last", "mean"]}, "gguf": {"type": "string", "description": "a control-vector GGUF, base64"}}}
+_SAE_SCHEMA = {"type": "object", "required": ["prompt", "behavior_names"], "properties": {
+    "model": {"type": "string"}, "prompt": {"type": "string", "minLength": 1},
+    "max_new_tokens": {"type": "integer", "minimum": 1}, "behavior_names": _STRINGS,
+    "params": {"type": "object", "properties": {
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0}, "seed": {"type": "integer"}}},
+    "steering_vector_id": {"type": "string"}, "steering_strength": {"type": "number"}}}
+_BEHAVIOR_SCHEMA = {"type": "object", "required": ["name", "layer"], "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 128}, "model": {"type": "string"},
+    "layer": {"type": "integer", "minimum": 0},
+    "sae": {"type": "object", "required": ["path", "feature"],
+            "properties": {"path": {"type": "string"}, "feature": {"type": "integer"}}},
+    "probe": {"type": "object", "required": ["vector"],
+              "properties": {"vector": {"type": "array", "items": {"type": "number"}},
+                             "bias": {"type": "number"}, "threshold": {"type": "number"}}}}}
+
+
 class SteerWire(WireFormat):
     name = "steer"
     url_prefixes = ("/v1/steering_vectors", "/sae/")
+    error_schema = DEFAULT_ERROR_SCHEMA
+    openapi_operations = {
+        "/v1/steering_vectors": {
+            "post": json_operation("Make a steering vector (contrastive prompts, or a control-vector GGUF)",
+                                   request=_VECTOR_BODY, status=201),
+            "get": json_operation("Your steering vectors and shared ones"),
+        },
+        "/v1/steering_vectors/{vector_id}": {"get": json_operation("A steering vector"),
+                                             "delete": json_operation("Delete your steering vector")},
+        "/v1/steering_vectors/{vector_id}/content": {"get": {"summary": "The vector as a control-vector GGUF"}},
+        "/v1/steering_vectors/{vector_id}/share": {
+            "post": json_operation("Share a vector with every account (admin)",
+                                   request={"type": "object", "required": ["shared"],
+                                            "properties": {"shared": {"type": "boolean"}}})},
+        "/sae/generate": {"post": {**json_operation("SAE-monitored generation", request=_SAE_SCHEMA),
+                                   "responses": {"200": {"description": "Server-sent events",
+                                                         "content": {"text/event-stream": {}}}}}},
+        "/sae/behaviors": {"get": json_operation("The registered behaviors"),
+                           "post": json_operation("Register a behavior (admin)", request=_BEHAVIOR_SCHEMA,
+                                                  status=201)},
+        "/sae/behaviors/{name}": {"delete": json_operation("Remove a behavior (admin)")},
+    }
 
     def __init__(self) -> None:
         bp = Blueprint("adyton_steer", __name__)

@@ -271,3 +271,27 @@ def test_an_axionic_policy_carries_steering(srv, sentiment):
     assert policy(4).json()["choices"][0]["text"] == steered
     assert policy(4, steering_strength=0).json()["choices"][0]["text"] == plain
     assert policy(1, headers=B).status_code == 404
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/steering_vectors", []), ("/v1/steering_vectors", "x"), ("/v1/steering_vectors", {}),
+    ("/v1/steering_vectors", {"positive": "x", "negative": ["y"]}),
+    ("/v1/steering_vectors", {"positive": ["x"], "negative": ["y"], "layers": ["1"]}),
+    ("/v1/steering_vectors", {"positive": ["x"], "negative": ["y"], "layers": [True]}),
+    ("/v1/steering_vectors", {"positive": ["x"], "negative": ["y"], "pooling": "max"}),
+    ("/v1/steering_vectors", {"positive": ["x"], "negative": ["y"], "model": 5}),
+    ("/v1/steering_vectors", {"positive": ["x"], "negative": ["y"], "model": "nope"}),
+    ("/v1/steering_vectors", {"positive": ["x"] * 40, "negative": ["y"] * 40}),
+    ("/v1/steering_vectors", {"gguf": 5}), ("/v1/steering_vectors", {"gguf": "!!"}),
+    ("/v1/steering_vectors", {"gguf": "", "extra": 1}),
+    ("/sae/generate", {}), ("/sae/generate", {"prompt": "x", "behavior_names": "Probe"}),
+    ("/sae/generate", {"prompt": 5, "behavior_names": ["Probe"]}),
+    ("/sae/generate", {"prompt": "x", "behavior_names": ["Probe"], "model": "nope"}),
+    ("/sae/generate", {"prompt": "x", "behavior_names": ["Probe"], "max_new_tokens": 10 ** 9}),
+    ("/sae/generate", {"prompt": "x", "behavior_names": ["Probe"], "params": []}),
+    ("/v1/steering_vectors/sv_x/share", {"shared": True}),
+])
+def test_hostile_bodies_get_4xx_in_the_error_shape(srv, path, body):
+    r = httpx.post(srv.base_url + path, json=body, headers=ADMIN if path.endswith("share") else A, timeout=60)
+    assert 400 <= r.status_code < 500, r.text
+    assert set(r.json()["error"]) >= {"message", "type", "code"}
