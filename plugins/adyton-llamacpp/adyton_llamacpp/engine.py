@@ -238,32 +238,36 @@ class Sequence:
         self.error: str | None = None
         self.released = False
         self.trimmed = False  #: the slot's cache was cut back to ``keep``
+        #: set by the batch thread when this sequence's logits (or failure) are in
+        self.ready = threading.Event()
 
     # -- consumer side ----------------------------------------------------------
 
     def next_logits(self, cancelled: threading.Event) -> np.ndarray | None:
         """The logits of the next position, or None once ``cancelled`` is
         set. Raises ``EngineError`` if llama.cpp failed this sequence."""
-        cv = self.engine._cv
-        with cv:
-            while True:
-                if cancelled.is_set() or self.engine._closing:
+        engine = self.engine
+        while True:
+            with engine._lock:
+                if cancelled.is_set() or engine._closing:
                     return None
                 if self.state == _SAMPLING:
-                    break
+                    logits, self.logits = self.logits, None
+                    return logits
                 if self.state == _FAILED:
                     raise EngineError(self.error or "llama.cpp failed")
-                cv.wait(CANCEL_POLL_S)
-            logits, self.logits = self.logits, None
-            return logits
+                self.ready.clear()
+            self.ready.wait(CANCEL_POLL_S)
 
     def push(self, token: int) -> None:
         """Decode ``token`` next (the consumer sampled it)."""
-        cv = self.engine._cv
-        with cv:
+        engine = self.engine
+        with engine._lock:
             self.pending = token
             self.state = _QUEUED
-            cv.notify_all()
+            # wake the batch thread once the last sampling consumer is back
+            if not any(s.state == _SAMPLING for s in engine._active):
+                engine._work.notify()
 
     def release(self) -> None:
         """The consumer is done; the slot is freed at once, or when the step
@@ -306,7 +310,10 @@ class BatchEngine:
         self._batch = L.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(slots)]
         self._active: list[Sequence] = []
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
+        #: the batch thread waits here for work; ``submit`` for a free slot
+        self._work = threading.Condition(self._lock)
+        self._slot_freed = threading.Condition(self._lock)
         self._closing = False
         self._uses = 0
         #: counters for tests and benchmarks
@@ -325,14 +332,14 @@ class BatchEngine:
             raise EngineError("empty prompt")
         if len(prompt) > self.slot_context:
             raise EngineError(f"the prompt is {len(prompt)} tokens; a slot holds {self.slot_context}")
-        with self._cv:
+        with self._lock:
             while True:
                 if self._closing:
                     raise EngineError("the engine is shutting down")
                 free = [s for s in self._slots if s.seq is None]
                 if free:
                     break
-                self._cv.wait()
+                self._slot_freed.wait()
             # the longest shared prefix wins; among equals, the least recently used slot
             slot = max(free, key=lambda s: (_common_prefix(s.history, prompt), -s.last_used))
             keep = min(_common_prefix(slot.history, prompt), len(prompt) - 1) if self.reuse_prefix else 0
@@ -341,15 +348,15 @@ class BatchEngine:
             self._uses += 1
             slot.last_used = self._uses
             self._active.append(seq)
-            self._cv.notify_all()
+            self._work.notify()
             return seq
 
     def _release(self, seq: Sequence) -> None:
-        with self._cv:
+        with self._lock:
             seq.released = True
             if seq.state != _IN_FLIGHT:
                 self._free(seq)
-            self._cv.notify_all()
+            self._work.notify()
 
     def _free(self, seq: Sequence) -> None:
         """(Under the lock.) Give the slot back."""
@@ -357,28 +364,29 @@ class BatchEngine:
             self._active.remove(seq)
         if seq.slot.seq is seq:
             seq.slot.seq = None
+        self._slot_freed.notify_all()
 
     def forget(self) -> None:
         """Reuse no cached prefix from now on: the free slots' next
         sequences read their whole prompt."""
-        with self._cv:
+        with self._lock:
             for slot in self._slots:
                 if slot.seq is None:
                     slot.history = []
 
     def idle(self) -> bool:
-        with self._cv:
+        with self._lock:
             return not self._active
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._active, timeout)
+        with self._lock:
+            return self._slot_freed.wait_for(lambda: not self._active, timeout)
 
     # -- the batch thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            with self._cv:
+            with self._lock:
                 work = self._gather()
                 if work is None:
                     return
@@ -387,7 +395,7 @@ class BatchEngine:
     def _gather(self) -> tuple[list[tuple[Sequence, list[int], bool]], list[Sequence]] | None:
         """(Under the lock.) Wait for work, then take it: ``(parts, seqs)``
         where each part is (sequence, tokens, wants logits)."""
-        cv = self._cv
+        cv = self._work
         deadline: float | None = None
         while True:
             if self._closing:
@@ -455,7 +463,7 @@ class BatchEngine:
             self._collect(parts)
         self.steps += 1
         self.max_batch_seqs = max(self.max_batch_seqs, len(parts))
-        with self._cv:
+        with self._lock:
             for seq, error in failed.items():
                 L.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
                 seq.slot.history = []
@@ -464,13 +472,14 @@ class BatchEngine:
             for seq, tokens, wants in parts:
                 if seq in failed:
                     seq.state = _FAILED
+                    seq.ready.set()
                 elif wants:
                     seq.state = _SAMPLING
+                    seq.ready.set()
                 else:
                     seq.state = _PREFILL
                 if seq.released:
                     self._free(seq)
-            self._cv.notify_all()
 
     def _decode(self, parts: list[tuple[Sequence, list[int], bool]]) -> int:
         batch = self._batch
@@ -552,9 +561,12 @@ class BatchEngine:
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             self._closing = True
-            self._cv.notify_all()
+            self._work.notify_all()
+            self._slot_freed.notify_all()
+            for seq in self._active:
+                seq.ready.set()
         self._thread.join(timeout=30)
         if self._embed_ctx is not None:
             L.llama_batch_free(self._embed_batch)
