@@ -88,3 +88,24 @@ def test_observer_sees_the_states_a_full_read_gives(engine):
     for i, _, states in seen:  # token i was chosen at position len(tokens) - 1 + i
         for layer in (3, 7):
             assert np.allclose(states[layer], full[layer][len(tokens) - 1 + i], atol=1e-3)
+
+
+def test_last_layer_after_the_output_norm_is_llamacpps_embedding(engine):
+    """The captured state of the last layer, through the model's output
+    RMSNorm (weights and epsilon read from the GGUF), mean-pooled, is what
+    llama.cpp's own embeddings output gives."""
+    import gguf
+
+    eng, side, vocab = engine
+    reader = gguf.GGUFReader(str(require_model()))
+    norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
+    assert norm.tensor_type == gguf.GGMLQuantizationType.F32
+    weight = np.asarray(norm.data, np.float32)
+    eps_field = reader.fields[f"{vocab.architecture}.attention.layer_norm_rms_epsilon"]
+    eps = float(eps_field.parts[eps_field.data[0]][0])
+    tokens = [vocab.bos_id] + vocab.tokenize("Steering vectors live in the residual stream.", parse_special=False)
+    h = side.hidden_states(tokens, [side.n_layer - 1], threading.Event())[side.n_layer - 1].astype(np.float64)
+    normed = h / np.sqrt((h * h).mean(axis=1, keepdims=True) + eps) * weight
+    pooled = normed.mean(axis=0)
+    pooled /= np.linalg.norm(pooled)
+    assert np.allclose(pooled, eng.embed(tokens), atol=2e-3)
