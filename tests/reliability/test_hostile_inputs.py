@@ -150,10 +150,12 @@ def test_a_recursive_schema_with_a_base_case_still_works(real):
     tree = {"type": "object", "properties": {"leaf": {"type": "boolean"},
                                              "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 1}},
             "required": ["leaf"], "additionalProperties": False}
-    r = _send(real, "POST", "/sampling/generate", _guided(json_schema=tree, max_new_tokens=40),
-              headers=real.auth())
+    body = _guided(json_schema=tree, max_new_tokens=60, repair_on_failure=True, params={"seed": 7})
+    r = _send(real, "POST", "/sampling/generate", body, headers=real.auth())
     assert r.status_code == 200, r.text
-    assert r.json()["accepted"] is True
+    out = r.json()
+    assert out["verification"]["enforced"] is True
+    assert out["accepted"] is True, out  # repair closes an output cut by max_new_tokens
 
 
 # -- 12. strict types -------------------------------------------------------------------
@@ -224,7 +226,7 @@ def _reply(stack: Stack, wire: str, max_tokens: int = 300) -> tuple[str, str | N
         assert r.status_code == 200, r.text
         return r.json()["message"], None
     r = _send(stack, "POST", "/v1/chat/completions",
-              {"messages": [{"role": "user", "content": "tell me"}], "max_tokens": max_tokens},
+              {"messages": [{"role": "user", "content": "tell me"}], "max_tokens": max_tokens, "temperature": 0},
               headers=stack.auth())
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
@@ -254,7 +256,8 @@ def test_openai_repetition_stop_is_a_setting_and_off_by_default(tmp_path):
         assert finish == "length" and text == "".join((SENTENCE * 5)[:32])
         # a caller who shapes the output (stop strings) is not second-guessed
         r = _send(stack, "POST", "/v1/chat/completions",
-                  {"messages": [{"role": "user", "content": "x"}], "max_tokens": 100, "stop": ["zebra"]},
+                  {"messages": [{"role": "user", "content": "x"}], "max_tokens": 100, "stop": ["zebra"],
+                   "temperature": 0},
                   headers=stack.auth())
         assert r.json()["usage"]["completion_tokens"] == 100
     finally:
