@@ -133,7 +133,7 @@ def test_health_answers_while_the_largest_prompts_are_prepared(real):
             assert r.status_code == 400, r.text[:300]
     print(probe.summary())
     assert probe.statuses == {200}
-    assert len(probe.latencies) >= 20
+    assert len(probe.latencies) >= 10
     assert probe.p99() < P99_LIMIT_S, probe.summary()
 
 
@@ -149,5 +149,5 @@ def test_health_answers_while_a_burst_is_queued(real):
     print(probe.summary())
     assert [r.status_code for r in results] == [200] * 8, [r.text[:200] for r in results]
     assert probe.statuses == {200}
-    assert len(probe.latencies) >= 20
+    assert len(probe.latencies) >= 10
     assert probe.p99() < P99_LIMIT_S, probe.summary()
