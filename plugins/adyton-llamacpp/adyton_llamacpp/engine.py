@@ -319,6 +319,8 @@ class BatchEngine:
         #: counters for tests and benchmarks
         self.reused_tokens = 0  #: prompt tokens taken from a slot's cache
         self.steps = 0
+        #: recent (step, "join" | "leave", slot) events
+        self.log: collections.deque[tuple[int, str, int]] = collections.deque(maxlen=256)
         self.max_batch_seqs = 0
         self._thread = threading.Thread(target=self._run, name="adyton-llamacpp-batch", daemon=True)
         self._thread.start()
@@ -348,6 +350,7 @@ class BatchEngine:
             self._uses += 1
             slot.last_used = self._uses
             self._active.append(seq)
+            self.log.append((self.steps, "join", slot.seq_id))
             self._work.notify()
             return seq
 
@@ -362,6 +365,7 @@ class BatchEngine:
         """(Under the lock.) Give the slot back."""
         if seq in self._active:
             self._active.remove(seq)
+            self.log.append((self.steps, "leave", seq.slot.seq_id))
         if seq.slot.seq is seq:
             seq.slot.seq = None
         self._slot_freed.notify_all()

@@ -223,11 +223,17 @@ def test_disconnect_frees_the_slot_for_the_next_waiting_request(tmp_path, models
         while queue.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert queue.waiting == 1 and queue.running == 2
+        engine = srv.backend.engine
+        seen = len(engine.log)
         socks[0].close()  # one client goes away mid-stream
         gone = time.monotonic()
         text, lines = waiting.result(60)  # the waiting request got the slot and finished
         assert lines[-1]["usage"]["completion_tokens"] == 4
         assert time.monotonic() - gone < 20
+        events = list(engine.log)[seen:]
+        left = next(step for step, what, _ in events if what == "leave")
+        joined = next(step for step, what, _ in events if what == "join")
+        assert joined - left <= 2, events  # the next request joined the batch a step later
         socks[1].close()
         assert srv.backend.engine.wait_idle(30)
     finally:
