@@ -324,7 +324,7 @@ class SteerWire(WireFormat):
     # -- /sae/generate ------------------------------------------------------------------------------
 
     async def sae_generate(self) -> Response:
-        kernel = current_kernel()
+        kernel, _ = await self._user()  # before anything is said about the behaviors
         body = await read_json_body()
         _unknown(body, _SAE_BODY)
         names = body.get("behavior_names")
