@@ -75,31 +75,37 @@ def _path(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
+def _is_text(value: str) -> bool:
+    return value.isascii() or not _SURROGATE.search(value)
+
+
 def check_json(value: Any, max_depth: int) -> None:
     """Walk a parsed JSON value (iteratively: no recursion to exhaust):
     ``InvalidRequest`` if it is nested deeper than ``max_depth`` or holds a
-    string that is not valid Unicode text."""
+    string that is not valid Unicode text. Field paths are only built for
+    containers and for the string that fails (a body of a million numbers
+    costs no million paths)."""
+    if isinstance(value, str):
+        check_text(value, "body")
+        return
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack:
         node, where, depth = stack.pop()
-        if isinstance(node, str):
-            check_text(node, where or "body")
-            continue
-        if not isinstance(node, (dict, list)):
-            continue
         if depth > max_depth:
             raise InvalidRequest(
                 f"the request body is nested too deeply (more than {max_depth} levels at "
                 f"'{where or 'body'}'; server.max_json_depth)",
                 param=where or None, code="invalid_json",
             )
-        if isinstance(node, dict):
-            for key, item in node.items():
-                path = _path(where, _printable(key))
-                check_text(key, path)
-                stack.append((item, path, depth + 1))
-        else:
-            stack.extend((item, _path(where, i), depth + 1) for i, item in enumerate(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in items:
+            if isinstance(key, str) and not _is_text(key):
+                check_text(key, _path(where, _printable(key)))
+            if isinstance(item, str):
+                if not _is_text(item):
+                    check_text(item, _path(where, _printable(key) if isinstance(key, str) else key))
+            elif isinstance(item, (dict, list)):
+                stack.append((item, _path(where, _printable(key) if isinstance(key, str) else key), depth + 1))
 
 
 def parse_json_body(raw: bytes, *, max_depth: int = 64, empty_ok: bool = False) -> dict[str, Any]:
