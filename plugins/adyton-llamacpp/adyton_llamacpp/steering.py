@@ -187,12 +187,15 @@ class SideContext:
             self._clear()
             self._reset(layers)
             out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+            # only the last layer is cut to the positions with an output (each
+            # costs a vocabulary of logits): ask for all of them only then
+            every = (self.n_layer - 1) in layers
             try:
                 for start in range(0, len(tokens), self.n_batch):
                     if cancelled.is_set():
                         return None
                     chunk = tokens[start:start + self.n_batch]
-                    rows = self._decode(chunk, start, all_outputs=True)
+                    rows = self._decode(chunk, start, all_outputs=every)
                     for layer in layers:
                         got = rows.get(layer)
                         if got is None or len(got) != len(chunk):
