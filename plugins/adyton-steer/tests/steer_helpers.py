@@ -4,6 +4,7 @@ and a real-model server of adyton-llamacpp + adyton-steer on loopback."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -12,7 +13,7 @@ import adyton_guided
 import adyton_llamacpp
 import adyton_openai
 import adyton_steer
-from adyton import Authenticator, Forbidden, Principal, Unauthorized, create_app, hookimpl
+from adyton import Authenticator, Forbidden, LogitsProcessor, Principal, Unauthorized, create_app, hookimpl
 from adyton.testing import JsonTestWirePlugin, RecordingLimiter, ServerThread, require_model
 
 MODEL = "smollm2-135m-instruct"
@@ -44,11 +45,37 @@ class Keys(Authenticator):
         return principal
 
 
+class Hold(LogitsProcessor):
+    """Stops a request (``user: "hold"``) at its third token until
+    ``release`` is set: a steered request held in the middle of its
+    generation, its control vector applied, while another one runs."""
+
+    name = "hold"
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def process(self, generated, logits):
+        if len(generated) == 2:
+            self.reached.set()
+            self.release.wait(120)
+
+
 class KeysPlugin:
     __name__ = "keys"
 
     def __init__(self) -> None:
         self.limiter = RecordingLimiter()
+        self.holds: list[Hold] = []
+
+    @hookimpl
+    def logits_processors(self, request, model, vocabulary, kernel):
+        if request.user != "hold":
+            return None
+        hold = Hold()
+        self.holds.append(hold)
+        return hold
 
     @hookimpl
     def register_authenticators(self, register, kernel):
@@ -71,6 +98,7 @@ def start_server(models, home) -> ServerThread:
     server.kernel = app.extensions["adyton"]
     server.backend = server.kernel.backends["llamacpp"]
     server.limiter = keys.limiter
+    server.holds = keys.holds
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and httpx.get(server.base_url + "/health").status_code != 200:
         time.sleep(0.05)

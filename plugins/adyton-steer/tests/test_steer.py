@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,16 +104,29 @@ def test_the_vector_moves_held_out_words_of_its_side(srv, sentiment):
 
 
 def test_isolation_a_steered_request_never_changes_a_concurrent_unsteered_one(srv, sentiment):
-    prompt = "Write a short story about a dragon."
-    solo = generate(srv, messages=[{"role": "user", "content": prompt}], max_tokens=32)
-    steered_body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 32,
-                    "extra": {"steering_vector_id": sentiment["id"], "steering_strength": 6}}
-    with ThreadPoolExecutor(4) as pool:
-        steered = [pool.submit(generate, srv, **steered_body) for _ in range(2)]
-        plain = [pool.submit(generate, srv, messages=[{"role": "user", "content": prompt}], max_tokens=32)
-                 for _ in range(2)]
-        assert [f.result() for f in plain] == [solo, solo]
-        assert all(f.result() != solo for f in steered)
+    """The steered request is held in the middle of its generation (control
+    vector applied) while unsteered ones run from start to end: they equal
+    their solo run."""
+    messages = [{"role": "user", "content": "Write a short story about a dragon."}]
+    solo = generate(srv, messages=messages, max_tokens=32)
+    steered_solo = generate(srv, messages=messages, max_tokens=32,
+                            extra={"steering_vector_id": sentiment["id"], "steering_strength": 6})
+    assert steered_solo != solo
+    held_before = len(srv.holds)
+    with ThreadPoolExecutor(2) as pool:
+        steered = pool.submit(generate, srv, messages=messages, max_tokens=32, user="hold",
+                              extra={"steering_vector_id": sentiment["id"], "steering_strength": 6})
+        deadline = time.monotonic() + 120
+        while len(srv.holds) == held_before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hold = srv.holds[held_before]
+        try:
+            assert hold.reached.wait(120)  # the steered request is mid-generation
+            assert [generate(srv, messages=messages, max_tokens=32) for _ in range(2)] == [solo, solo]
+            assert not steered.done()  # it was held all along
+        finally:
+            hold.release.set()
+        assert steered.result() == steered_solo
 
 
 def test_bad_steering_parameters_are_400s_and_others_vectors_404(srv, sentiment):
