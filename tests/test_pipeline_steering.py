@@ -10,7 +10,7 @@ import pytest
 
 from adyton import Credentials, GenerationRequest, InvalidRequest, hookimpl
 from adyton.testing import ScriptedBackend
-from adyton.types import HiddenStateObserver, Steering
+from adyton import HiddenStateObserver, Steering
 from test_pipeline import AuthLimitPlugin
 from test_pipeline_embed import LedgerLimiter, kernel_of
 

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from adyton import GenerationRequest, InvalidRequest, Principal, hookimpl
-from adyton.types import Steering
+from adyton import GenerationRequest, InvalidRequest, Principal, Steering, hookimpl
 
 from .sae import BehaviorStore
 from .store import VectorStore

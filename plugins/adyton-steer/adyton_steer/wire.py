@@ -38,6 +38,7 @@ from adyton import (
     ChoiceFinished,
     Credentials,
     GenerationRequest,
+    HiddenStateObserver,
     InvalidRequest,
     PayloadTooLarge,
     TextDelta,
@@ -47,7 +48,6 @@ from adyton import (
     json_operation,
     read_json_body,
 )
-from adyton.types import HiddenStateObserver
 
 from . import settings, stores
 from .sae import parse_behavior, summarize

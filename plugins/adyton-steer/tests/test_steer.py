@@ -17,7 +17,7 @@ import pytest
 
 import adyton_steer
 from adyton import GenerationRequest
-from adyton.types import Steering
+from adyton import Steering
 
 from adyton_steer.store import write_control_vector
 from adyton_steer.wire import contrastive_vectors
