@@ -347,7 +347,7 @@ class SteerWire(WireFormat):
         backend, _ = kernel.models.resolve(model.id)
         generation = await kernel.pipeline.submit(gen_request, _credentials())
         await generation.wait_started()
-        vocabulary = backend.vocabulary(model)
+        vocabulary = await kernel.offload(backend.vocabulary, model)  # (built once: not on the loop)
         eos = set(vocabulary.eos_token_ids) if vocabulary is not None else set()
 
         def token_text(token: int) -> str:
