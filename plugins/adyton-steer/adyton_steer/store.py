@@ -122,14 +122,18 @@ def read_control_vector(path: Path, *, param: str = "file") -> tuple[dict[int, n
         raise InvalidRequest(f"general.architecture is {arch!r}, not 'controlvector': this is not a "
                              "llama.cpp control vector", param=param)
     vectors: dict[int, np.ndarray] = {}
-    for tensor in reader.tensors:
+    for tensor in reader.tensors:  # refused as llama.cpp's common_control_vector_load_one refuses them
         name = tensor.name
         prefix, _, number = name.partition(".")
         if prefix != "direction" or not number.isdigit():
-            continue  # llama.cpp ignores other tensors too
+            raise InvalidRequest(f"tensor {name!r} is not direction.<layer>", param=param)
+        if int(number) == 0:
+            raise InvalidRequest("direction.0: layer 0 has no control vector in llama.cpp", param=param)
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
             raise InvalidRequest(f"tensor {name} is {tensor.tensor_type.name}; control vectors are F32",
                                  param=param)
+        if len(tensor.shape) != 1:
+            raise InvalidRequest(f"tensor {name} is not one-dimensional", param=param)
         data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(data)):
             raise InvalidRequest(f"tensor {name} holds a NaN or an infinity", param=param)

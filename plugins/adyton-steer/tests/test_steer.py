@@ -207,7 +207,7 @@ def test_bad_uploads_are_400s(srv, tmp_path):
     assert r.status_code == 400 and "576" in r.json()["error"]["message"]
     write_control_vector(path, {0: np.ones(576, np.float32)}, "llama")
     r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(path.read_bytes()).decode()})
-    assert r.status_code == 400 and "direction.0" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "direction.0: layer 0" in r.json()["error"]["message"]
     r = post(srv, "/v1/steering_vectors", {"model": MODEL, "positive": POSITIVE, "negative": NEGATIVE,
                                           "layers": [0]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "layers"
