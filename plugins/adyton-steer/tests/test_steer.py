@@ -309,3 +309,23 @@ def test_hostile_bodies_get_4xx_in_the_error_shape(srv, path, body):
     r = httpx.post(srv.base_url + path, json=body, headers=ADMIN if path.endswith("share") else A, timeout=60)
     assert 400 <= r.status_code < 500, r.text
     assert set(r.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_a_steered_stream_the_client_leaves_lets_go_of_the_side_context(srv, sentiment):
+    steer = {"steering_vector_id": sentiment["id"], "steering_strength": 2}
+    expected = generate(srv, prompt="The weather today is", max_tokens=12, extra=steer)
+    before = len(srv.limiter.settled)
+    with httpx.stream("POST", srv.base_url + "/t/generate", headers=A, timeout=120,
+                      json={"prompt": "Tell me everything about the sea.", "max_tokens": 600, "stream": True,
+                            "temperature": 0, "min_tokens": 600, "extra": steer}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    deadline = time.monotonic() + 120
+    while len(srv.limiter.settled) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _, usage, outcome = srv.limiter.settled[before]
+    assert outcome == "cancelled" and usage.completion_tokens < 600
+    # the side context is free again, and the next steered request gets what it got before
+    assert generate(srv, prompt="The weather today is", max_tokens=12, extra=steer) == expected
