@@ -28,6 +28,7 @@ from .errors import (
     SettingsError,
     Unauthorized,
     UnsupportedConstraint,
+    invalid_from_validation,
     json_type_name,
 )
 from .hookspecs import (
@@ -86,6 +87,7 @@ __all__ = [
     "errors",
     "hookimpl",
     "json_operation",
+    "invalid_from_validation",
     "json_type_name",
     "load_settings",
     "tools",

@@ -9,7 +9,7 @@ OpenAI-style ``type`` and optional ``code`` and ``param``, a human
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 
 class AdytonError(Exception):
@@ -181,6 +181,28 @@ def json_type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__  # not from json.loads
+
+
+def invalid_from_validation(exc: Any, *, prefix: str | None = None,
+                            rename: Mapping[str, str] | None = None,
+                            param: str | None = None) -> InvalidRequest:
+    """The first error of a pydantic ``ValidationError`` as an
+    ``InvalidRequest`` naming the field the caller wrote: ``"unsupported
+    field 'policy.x'"`` or ``"invalid 'max_new_tokens': ..."``.
+
+    ``prefix``: the caller's name for the validated object (``"policy"``);
+    ``rename``: the kernel's field name -> the caller's (``{"max_tokens":
+    "max_new_tokens"}``); ``param``: the error's ``param`` (default: the
+    field). ``raise invalid_from_validation(exc, ...) from None``"""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    loc = (rename or {}).get(loc, loc)
+    where = f"{prefix}.{loc}" if prefix else loc
+    if err["type"] == "extra_forbidden":
+        message = f"unsupported field '{where}'"
+    else:
+        message = f"invalid '{where}': {err['msg']}"
+    return InvalidRequest(message, param=param or where)
 
 
 class PluginError(Exception):

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adyton import Constraint, GenerationRequest, InvalidRequest, NotFound, Principal
+from adyton import Constraint, GenerationRequest, InvalidRequest, NotFound, Principal, invalid_from_validation
 
 from .verify import VERIFIERS
 
@@ -79,13 +79,7 @@ def parse_policy(raw: Any, param: str = "policy") -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in (param, *err["loc"]))
-        if err["type"] == "extra_forbidden":
-            message = f"unsupported field '{where}'"
-        else:
-            message = f"invalid '{where}': {err['msg']}"
-        raise InvalidRequest(message, param=param) from None
+        raise invalid_from_validation(exc, prefix=param, param=param) from None
 
 
 def policy_constraint(policy: Policy, source: str, policy_id: str | None = None) -> Constraint | None:

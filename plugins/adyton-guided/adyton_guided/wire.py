@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
-    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     ChatMessage,
     Credentials,
+    DEFAULT_ERROR_SCHEMA,
     GenerationRequest,
     InvalidRequest,
     UnsupportedConstraint,
     WireFormat,
     current_kernel,
+    invalid_from_validation,
     json_operation,
     read_json_body,
 )
@@ -253,14 +255,8 @@ class AxionicGuided(WireFormat):
         try:
             # strict, like the OpenAI route: "5" is not a number of tokens
             gen_request = GenerationRequest.model_validate(fields, strict=True)
-        except Exception as exc:  # noqa: BLE001 - pydantic: name the field
-            errors = getattr(exc, "errors", None)
-            if callable(errors):
-                err = errors()[0]
-                loc = ".".join(str(p) for p in err["loc"]) or "body"
-                loc = {"max_tokens": "max_new_tokens"}.get(loc, loc)
-                raise InvalidRequest(f"invalid '{loc}': {err['msg']}", param=loc) from None
-            raise InvalidRequest(str(exc)) from None
+        except ValidationError as exc:
+            raise invalid_from_validation(exc, rename={"max_tokens": "max_new_tokens"}) from None
         for key in ("steering_vector_id", "steering_strength"):  # for adyton-steer (else a 400)
             if key in body:
                 gen_request.extra[key] = body[key]

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
-    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     ChoiceFinished,
     Credentials,
+    DEFAULT_ERROR_SCHEMA,
     GenerationRequest,
     HiddenStateObserver,
     InvalidRequest,
@@ -45,6 +46,7 @@ from adyton import (
     WireFormat,
     current_kernel,
     default_error_response,
+    invalid_from_validation,
     json_operation,
     read_json_body,
 )
@@ -417,14 +419,8 @@ def _sae_request(body: dict[str, Any], model: str) -> GenerationRequest:
         fields["stop"] = [fields["stop"]]
     try:
         gen_request = GenerationRequest.model_validate(fields, strict=True)
-    except Exception as exc:  # noqa: BLE001 - pydantic: name the field
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            err = errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "body"
-            loc = {"max_tokens": "max_new_tokens"}.get(loc, loc)
-            raise InvalidRequest(f"invalid '{loc}': {err['msg']}", param=loc) from None
-        raise InvalidRequest(str(exc)) from None
+    except ValidationError as exc:
+        raise invalid_from_validation(exc, rename={"max_tokens": "max_new_tokens"}) from None
     for key in ("steering_vector_id", "steering_strength"):
         if key in body:
             gen_request.extra[key] = body[key]
