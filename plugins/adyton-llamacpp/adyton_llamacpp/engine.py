@@ -48,6 +48,8 @@ log = logging.getLogger("adyton.llamacpp")
 CONSUMER_GRACE_S = 0.02
 #: how often a waiting consumer looks at its request's ``cancelled`` event
 CANCEL_POLL_S = 0.05
+#: steps of fewer tokens run on one thread (see ``BatchEngine._decode``)
+SMALL_STEP_TOKENS = 4
 
 
 class EngineError(Exception):
@@ -302,6 +304,7 @@ class BatchEngine:
             L.llama_model_free(self._model)
             raise EngineError(errors.reason("llama.cpp could not create a context"))
         self._mem = L.llama_get_memory(self._ctx)
+        self._threads_now = threads
         # a sliding-window cache (Gemma 3 ...) forgets early positions of a long
         # sequence, which a reused prefix would still need: no reuse there
         self.reuse_prefix = int(L.llama_model_n_swa(self._model)) == 0
@@ -500,6 +503,13 @@ class BatchEngine:
                 batch.logits[n] = wants and j == last
                 n += 1
         batch.n_tokens = n
+        # a step of a few tokens is over in milliseconds: more threads only add
+        # barriers, at which a worker that lost its core to the server's own
+        # Python threads (sampling, streaming the last token) holds all up
+        threads = self.threads if n >= SMALL_STEP_TOKENS else 1
+        if threads != self._threads_now:
+            L.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads_now = threads
         with _ErrorLines():
             return int(L.llama_decode(self._ctx, batch))
 
