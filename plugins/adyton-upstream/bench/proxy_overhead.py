@@ -116,6 +116,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--upstream-threads", type=int, default=None,
+                        help="the upstream engine's [llama] threads (default: its own choice, all usable "
+                             "cores); 1 on a 2-core machine leaves a core to the proxy, as a real "
+                             "deployment, whose engine runs elsewhere, does")
     args = parser.parse_args()
     model = model_file()
     with tempfile.TemporaryDirectory(prefix="adyton-upstream-bench-") as tmp:
@@ -124,7 +128,8 @@ def main() -> int:
         models.mkdir()
         (models / model.name).symlink_to(model.resolve())
         up_port, proxy_port = free_port(), free_port()
-        upstream = start("upstream", "llama,openai", f'[llama]\nmodels_dir = "{models}"\n', work, up_port)
+        threads = f"threads = {args.upstream_threads}\n" if args.upstream_threads else ""
+        upstream = start("upstream", "llama,openai", f'[llama]\nmodels_dir = "{models}"\n{threads}', work, up_port)
         proxy = None
         try:
             up_url = f"http://127.0.0.1:{up_port}"
