@@ -31,9 +31,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
 	touch $@
 
-# the second local engine (adyton-llamacpp, with its test dependencies), and
-# adyton-steer (steering vectors, SAE monitoring), which needs it
+# the second local engine (adyton-llamacpp), and adyton-steer (steering
+# vectors, SAE monitoring), which needs it
 $(VENV)/.installed-llamacpp: $(VENV)/.installed plugins/adyton-llamacpp/pyproject.toml plugins/adyton-steer/pyproject.toml
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e plugins/adyton-llamacpp -e plugins/adyton-steer
+	touch $@
+
+# ... and their test dependencies
+$(VENV)/.installed-llamacpp-test: $(VENV)/.installed-llamacpp $(VENV)/.installed-test
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e 'plugins/adyton-llamacpp[test]' -e 'plugins/adyton-steer[test]'
 	touch $@
 
@@ -41,7 +46,7 @@ install: $(VENV)/.installed
 
 llamacpp: $(VENV)/.installed-llamacpp
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test $(VENV)/.installed-llamacpp-test
 
 # the default model, fetched once (with progress) and checked by sha256
 model: install
@@ -69,7 +74,7 @@ serve: install model
 	$(VENV)/bin/adyton serve
 
 # the real-model tests must run here: a missing model fails instead of skipping
-test: install-test llamacpp model test-models redis chromium
+test: install-test model test-models redis chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
 
