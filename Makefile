@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test llamacpp model test-models redis chromium serve test bench clean
+.PHONY: install install-test llamacpp model test-models redis postgresql chromium serve test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ redis:
 	  echo "installing redis-server (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# PostgreSQL for the database tests (they start their own throw-away clusters
+# as the postgres user on loopback: adyton.testing_postgres)
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 # a headless browser for adyton-web's console tests, driven by Playwright's
 # Python client (its bundled browsers are never downloaded: Debian's is used)
 chromium:
@@ -74,7 +81,7 @@ serve: install model
 	$(VENV)/bin/adyton serve
 
 # the real-model tests must run here: a missing model fails instead of skipping
-test: install-test model test-models redis chromium
+test: install-test model test-models redis postgresql chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
 
