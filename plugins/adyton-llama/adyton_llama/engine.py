@@ -47,7 +47,8 @@ from typing import Callable, Generator, Iterable, Sequence
 
 import numpy as np
 
-from .gguf_compat import GGUFError, ensure_compatible, read_gguf
+from .compat import ensure_compatible
+from .gguf import GGUFError, read_gguf
 
 log = logging.getLogger(__name__)
 

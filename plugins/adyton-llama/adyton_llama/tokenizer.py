@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-from .gguf_compat import GGUFFile, read_gguf
+from .gguf import GGUFFile, read_gguf
 
 log = logging.getLogger(__name__)
 

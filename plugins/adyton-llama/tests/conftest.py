@@ -49,7 +49,7 @@ def smol_tokenizer(model_path):
 
 @pytest.fixture(scope="session")
 def smol_meta(model_path):
-    from adyton_llama.gguf_compat import read_gguf
+    from adyton_llama.gguf import read_gguf
 
     return read_gguf(model_path)
 

@@ -22,7 +22,7 @@ def test_reference_prompts_tokenize(smol_meta, smol_tokenizer, reference):
 
 
 def test_chatml_fallback(tiny_gpt2):
-    from adyton_llama.gguf_compat import read_gguf
+    from adyton_llama.gguf import read_gguf
 
     tpl = ChatTemplate.from_metadata(read_gguf(tiny_gpt2))
     assert tpl.is_fallback and tpl.source == CHATML_TEMPLATE

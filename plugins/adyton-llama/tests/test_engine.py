@@ -201,7 +201,7 @@ def test_tiny_models_load_and_generate(tmp_path, compat_dir, family, tied, spm_b
 
 
 def test_load_errors(tmp_path, compat_dir):
-    from adyton_llama.gguf_compat import GGUFError
+    from adyton_llama.gguf import GGUFError
 
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 10)

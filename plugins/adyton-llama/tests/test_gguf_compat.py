@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from adyton_llama import gguf_compat
-from adyton_llama.gguf_compat import (
-    COMPAT_SOURCE_KEY, GGUFError, ensure_compatible, file_sha256, needs_rewrite, read_gguf,
-)
+from adyton_llama import compat
+from adyton_llama.cache import file_sha256
+from adyton_llama.compat import COMPAT_SOURCE_KEY, ensure_compatible, needs_rewrite
+from adyton_llama.gguf import GGUFError, read_gguf
 from tiny_gguf import make_tiny_gguf
 
 
@@ -61,8 +61,8 @@ def test_cached_and_idempotent(tmp_path, monkeypatch):
     src = make_tiny_gguf(tmp_path / "m.gguf", "gpt2")
     cache = tmp_path / "cache"
     calls = []
-    real = gguf_compat.build_compat_header
-    monkeypatch.setattr(gguf_compat, "build_compat_header", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = compat.build_compat_header
+    monkeypatch.setattr(compat, "build_compat_header", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = ensure_compatible(src, cache)
     st = os.stat(first)
     second = ensure_compatible(src, cache)

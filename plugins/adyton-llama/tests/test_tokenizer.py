@@ -211,7 +211,7 @@ def test_gpt2_tiny(tiny_gpt2):
 
 def test_unknown_pre_tokenizer_falls_back(tmp_path, caplog):
     from tiny_gguf import make_tiny_gguf
-    from adyton_llama.gguf_compat import KV, ValueType, read_gguf
+    from adyton_llama.gguf import KV, ValueType, read_gguf
 
     meta = read_gguf(make_tiny_gguf(tmp_path / "t.gguf", "gpt2"))
     meta.kv["tokenizer.ggml.pre"] = KV("tokenizer.ggml.pre", ValueType.STRING, b"no-such-pre")
@@ -223,7 +223,7 @@ def test_unknown_pre_tokenizer_falls_back(tmp_path, caplog):
 
 def test_unsupported_model(tmp_path):
     from tiny_gguf import make_tiny_gguf
-    from adyton_llama.gguf_compat import KV, ValueType, read_gguf
+    from adyton_llama.gguf import KV, ValueType, read_gguf
 
     meta = read_gguf(make_tiny_gguf(tmp_path / "t.gguf", "gpt2"))
     meta.kv["tokenizer.ggml.model"] = KV("tokenizer.ggml.model", ValueType.STRING, b"bert")
