@@ -1,0 +1,127 @@
+"""adyton.Database: one SQLAlchemy code path for SQLite and PostgreSQL, and
+per-plugin Alembic migrations with their own version tables."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from adyton.database import Database
+from adyton.errors import SettingsError
+from adyton.testing_postgres import PostgresUnavailable, start_postgres
+
+REV1 = '''
+import sqlalchemy as sa
+from alembic import op
+revision = "{p}1"
+down_revision = None
+branch_labels = None
+depends_on = None
+def upgrade():
+    op.create_table("{p}_things", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))
+'''
+REV2 = '''
+import sqlalchemy as sa
+from alembic import op
+revision = "{p}2"
+down_revision = "{p}1"
+branch_labels = None
+depends_on = None
+def upgrade():
+    op.add_column("{p}_things", sa.Column("size", sa.Integer, nullable=False, server_default="0"))
+'''
+
+
+def versions(tmp_path, plugin, *revs):
+    d = tmp_path / f"versions_{plugin}"
+    d.mkdir(exist_ok=True)
+    for n, rev in enumerate(revs, 1):
+        (d / f"{plugin}{n}.py").write_text(textwrap.dedent(rev.format(p=plugin)))
+    return d
+
+
+@pytest.fixture(scope="module")
+def pg():
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        if os.environ.get("ADYTON_REQUIRE_MODEL"):
+            raise
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path}/sub/dir/db.sqlite3")
+    else:
+        database = Database(request.getfixturevalue("pg").create_database())
+    yield database
+    database.dispose()
+
+
+def test_plugins_migrate_independently_and_upgrades_are_idempotent(db, tmp_path):
+    a1 = versions(tmp_path, "a", REV1)
+    b = versions(tmp_path, "b", REV1)
+    assert db.upgrade(a1, "alembic_version_a") == "a1"
+    assert db.upgrade(b, "alembic_version_b") == "b1"
+    assert db.upgrade(a1, "alembic_version_a") == "a1"  # nothing to do
+    with db.transaction() as conn:
+        conn.execute(sa.text("INSERT INTO a_things (name) VALUES ('kept')"))
+    # a new revision of plugin a: its rows stay, b is untouched
+    versions(tmp_path, "a", REV1, REV2)
+    assert db.upgrade(a1, "alembic_version_a") == "a2"
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT name, size FROM a_things")).all() == [("kept", 0)]
+        assert Database.current_revision(conn, "alembic_version_b") == "b1"
+        assert Database.current_revision(conn, "alembic_version_c") is None
+
+
+def test_a_failed_transaction_writes_nothing(db, tmp_path):
+    db.upgrade(versions(tmp_path, "a", REV1), "alembic_version_a")
+    with pytest.raises(RuntimeError):
+        with db.transaction() as conn:
+            conn.execute(sa.text("INSERT INTO a_things (name) VALUES ('lost')"))
+            raise RuntimeError("boom")
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM a_things")).scalar() == 0
+
+
+def test_concurrent_writers_from_threads_all_commit(db, tmp_path):
+    db.upgrade(versions(tmp_path, "a", REV1), "alembic_version_a")
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(10):
+                with db.transaction() as conn:
+                    conn.execute(sa.text("INSERT INTO a_things (name) VALUES (:n)"), {"n": f"{n}-{i}"})
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM a_things")).scalar() == 40
+
+
+def test_urls():
+    assert Database("sqlite:////tmp/x.sqlite3").path.name == "x.sqlite3"
+    pg = Database("postgresql://u:secret@127.0.0.1:5/db")
+    assert pg.dialect == "postgresql" and pg.path is None
+    assert pg.url.startswith("postgresql+psycopg://")  # psycopg 3, the driver adyton installs
+    assert "secret" not in pg.display_url and "secret" not in repr(pg)
+    with pytest.raises(SettingsError, match="only sqlite"):
+        Database("mysql://x/y")
+    with pytest.raises(SettingsError, match="not a database URL"):
+        Database("::nonsense")
