@@ -9,11 +9,9 @@ import json
 import os
 import subprocess
 
-import pytest
 
 from adyton.testing import ScriptedBackend
-from openai_fixtures import Accounts, serve  # noqa: F401 - fixtures
-from test_openai_js import JS_DIR, node_sdk  # noqa: F401 - fixture
+from openai_helpers import JS_DIR, Accounts
 
 CALL = ["<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "</tool_call>"]
 

@@ -13,7 +13,6 @@ import pytest
 import adyton_openai
 from adyton import LogitsProcessor, hookimpl
 from adyton.testing import ScriptedBackend
-from openai_fixtures import sdk, serve, server  # noqa: F401 - fixtures
 
 USER = [{"role": "user", "content": "hi there"}]
 CHAT = "/v1/chat/completions"

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from adyton.testing import ScriptedBackend
-from openai_fixtures import Accounts, sdk, serve  # noqa: F401 - fixtures
+from openai_helpers import Accounts
 
 STREAM_SEQUENCE = [
     "response.created", "response.in_progress", "response.output_item.added",

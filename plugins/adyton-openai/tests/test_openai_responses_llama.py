@@ -21,7 +21,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from openai_fixtures import Accounts, real_model_server
+from openai_helpers import Accounts, real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")

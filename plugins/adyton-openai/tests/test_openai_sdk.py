@@ -18,7 +18,6 @@ from adyton import (
     hookimpl,
 )
 from adyton.testing import ScriptedBackend
-from openai_fixtures import sdk, serve, server  # noqa: F401 - fixtures
 
 USER = [{"role": "user", "content": "hi there"}]
 

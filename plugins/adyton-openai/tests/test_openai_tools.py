@@ -12,7 +12,6 @@ import pytest
 import adyton_guided
 from adyton import ChatTemplate, PreparedPrompt
 from adyton.testing import ScriptedBackend
-from openai_fixtures import sdk, serve, server  # noqa: F401 - fixtures
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -219,20 +218,18 @@ def test_min_tokens_bans_end_of_sequence(serve):
     assert r.json()["usage"]["completion_tokens"] == 2
 
 
-def test_js_sdk_tool_calls(serve):
+def test_js_sdk_tool_calls(serve, node_sdk):
     """The OpenAI JavaScript SDK: a forced call (adyton-guided spells it out of
     a character vocabulary), its stream assembled by the SDK's
     ChatCompletionStream, and the call sent back with its result."""
     import os
     import subprocess
 
-    from test_openai_js import JS_DIR, _node_ready
+    from openai_helpers import JS_DIR
 
-    if not _node_ready():
-        pytest.skip("node, npm or the npm packages of tests/js are not available")
     chars = [chr(c) for c in range(32, 127)]
     server = serve(TemplateBackend(["It", " is", " 42"], extra_vocab=chars), plugins=[adyton_guided])
-    result = subprocess.run(["node", "tools_check.mjs"], cwd=JS_DIR, capture_output=True, text=True, timeout=120,
+    result = subprocess.run([node_sdk, "tools_check.mjs"], cwd=JS_DIR, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, ADYTON_BASE_URL=server.base_url))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])

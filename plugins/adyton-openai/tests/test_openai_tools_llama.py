@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import adyton_guided
-from openai_fixtures import real_model_server
+from openai_helpers import real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 pytestmark = pytest.mark.slow

@@ -1,46 +1,18 @@
-"""Fixtures (a module, not conftest.py: the kernel tests import their own
-``conftest`` by name, so a second conftest module would shadow it). Test
-modules import them with ``from openai_fixtures import serve, server, sdk``.
-The app: the OpenAI wire format and a scripted backend, served by hypercorn
-on a loopback port."""
+"""Helpers of the adyton-openai tests (the fixtures are in ``conftest.py``):
+``Accounts`` (API keys and a recording ledger), ``real_model_server`` (the
+real default model behind adyton-openai), and the node SDKs' directory."""
 
 from __future__ import annotations
 
 import contextlib
-
-import pytest
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import adyton_openai
 from adyton import Authenticator, Limiter, Principal, Reservation, Unauthorized, create_app, hookimpl
-from adyton.testing import LoopbackServers, ServerThread, link_model
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """serve(*backends, plugins=(), settings=None) -> ServerThread (started)."""
-    servers = LoopbackServers(tmp_path / "home", adyton_openai)
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture
-def server(serve):
-    return serve()
-
-
-@pytest.fixture
-def sdk():
-    """sdk(server, api_key=..., asynchronous=False, **kw) -> an official OpenAI client (no retries)."""
-    import openai
-
-    def make(server, api_key="sk-test", asynchronous=False, **kwargs):
-        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-        kwargs.setdefault("max_retries", 0)
-        return cls(base_url=server.base_url + "/v1", api_key=api_key, **kwargs)
-
-    return make
-
-
+from adyton.testing import ServerThread, link_model
 
 
 @contextlib.contextmanager
@@ -62,6 +34,33 @@ def real_model_server(tmp_path_factory, *plugins, llama=None):
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+
+#: the node packages the JavaScript SDK tests run (package.json; node_modules is not committed)
+JS_DIR = Path(__file__).parent / "js"
+
+
+def _js_installed() -> bool:
+    """Every dependency of package.json is in node_modules."""
+    deps = json.loads((JS_DIR / "package.json").read_text())["dependencies"]
+    return all((JS_DIR / "node_modules" / name).is_dir() for name in deps)
+
+
+def node_ready() -> bool:
+    """node is on PATH and JS_DIR's packages are installed (``npm ci`` runs
+    once if they are not)."""
+    node = shutil.which("node")
+    if node is None:
+        return False
+    if _js_installed():
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    # install exactly what package-lock.json pins (node_modules is not committed)
+    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
+                            capture_output=True, text=True, timeout=300)
+    return result.returncode == 0 and _js_installed()
+
 
 class _Keys(Authenticator):
     name = "keys"
