@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test llamacpp model test-models redis postgresql chromium serve test bench clean
+.PHONY: install install-test llamacpp model test-models redis postgresql chromium serve test lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,17 @@ $(VENV)/.installed-llamacpp-test: $(VENV)/.installed-llamacpp $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PIP) install -q -e 'plugins/adyton-llamacpp[test]' -e 'plugins/adyton-steer[test]'
 	touch $@
 
+# the linters: every package installed (mypy follows their imports), then
+# ruff, mypy and the stubs of the untyped dependencies
+$(VENV)/.installed-lint: $(VENV)/.installed-test $(VENV)/.installed-llamacpp-test
+	$(PIP) install -q -e '.[lint]'
+	touch $@
+
 install: $(VENV)/.installed
 
 llamacpp: $(VENV)/.installed-llamacpp
 
-install-test: $(VENV)/.installed-test $(VENV)/.installed-llamacpp-test
+install-test: $(VENV)/.installed-test $(VENV)/.installed-llamacpp-test $(VENV)/.installed-lint
 
 # the default model, fetched once (with progress) and checked by sha256
 model: install
@@ -84,6 +90,12 @@ serve: install model
 test: install-test model test-models redis postgresql chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
+
+# ruff on the whole tree, mypy (with pydantic's plugin) on the kernel and every
+# plugin package: both configured in pyproject.toml, both must be clean
+lint: $(VENV)/.installed-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install-test model
 	$(PY) tests/bench/kernel_overhead.py
