@@ -12,7 +12,7 @@ import pytest
 
 import adyton_limits
 from adyton.testing import ScriptedBackend
-from upstream_fixtures import FaultServer, chat, front, metric, sse_events, upstreams  # noqa: F401
+from upstream_helpers import FaultServer, chat, metric, sse_events
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}

@@ -1,12 +1,7 @@
-"""Fixtures for the adyton-upstream tests (a uniquely named module, not
-conftest.py, so it never shadows another test directory's conftest).
+"""Helpers of the adyton-upstream tests (the fixtures are in ``conftest.py``).
 
-* ``upstreams(*backends, plugins=(), settings=None)``: a real adyton server
-  (kernel + adyton-openai + the given backends, default one scripted
-  backend) on a loopback port: the remote engine.
-* ``front(models, plugins=(), **settings)``: the adyton under test —
-  adyton-openai + adyton-upstream (+ ``plugins``) — serving ``models``
-  (the ``[upstream] models`` table) on a loopback port.
+* ``chat``, ``sse_events``, ``metric``: a request body, a stream's events,
+  one sample of ``/metrics``.
 * ``FaultServer``: a tiny real HTTP server that misbehaves on purpose
   (garbage, a cut stream, silence, 429, 500) or plays a given stream of
   text pieces, recording the bodies it was sent. It is the fault, not a
@@ -24,37 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import pytest
-
-import adyton_openai
-import adyton_upstream
-from adyton import create_app
-from adyton.testing import LoopbackServers, ServerThread
-
-
-@pytest.fixture
-def upstreams(tmp_path):
-    servers = LoopbackServers(tmp_path / "upstream-home", adyton_openai)
-    yield servers
-    servers.stop_all()
-
-
-@pytest.fixture
-def front(tmp_path):
-    started: list[ServerThread] = []
-
-    def make(models: dict[str, Any], plugins=(), **settings: Any) -> ServerThread:
-        upstream = {"models": models, "health_interval_s": 0.5, "backoff_s": 0.5, "connect_timeout_s": 2,
-                    **settings}
-        app = create_app(settings={"home": str(tmp_path / f"front-{len(started)}"), "upstream": upstream},
-                         plugins=[adyton_openai, adyton_upstream, *plugins], load_entrypoints=False)
-        server = ServerThread(app).start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 def chat(text: str = "hi there", **kw: Any) -> dict[str, Any]:
