@@ -18,7 +18,7 @@ import sys
 import httpx
 import pytest
 
-from web_fixtures import Stack, browser, stack, tab, wait_js  # noqa: F401 - fixtures
+from web_helpers import Stack, wait_js
 
 pytestmark = pytest.mark.slow
 

@@ -1,38 +1,15 @@
-"""Fixtures for the browser tests (a module, not conftest.py: the kernel
-tests import their own ``conftest`` by name). Test modules import them with
-``from web_fixtures import ...``.
-
-* ``stack``: one real server for the module -- adyton-openai, adyton-llama
-  with the real default model, adyton-limits, adyton-guided and adyton-web --
-  on a loopback port, with its admin key and a first account.
-* ``browser``: Debian's chromium (``/usr/bin/chromium``, installed by
-  ``make chromium``) driven by Playwright's Python client, headless, with a
-  fresh profile directory. Playwright's own browser downloads are never
-  used (they cannot be fetched here).
-* ``page``: a new tab (its own sessionStorage: signed out) that records
-  Content-Security-Policy violations and console errors.
-"""
+"""Helpers of the browser tests (the fixtures are in ``conftest.py``):
+``Stack`` (the server and its keys), ``Tab`` (a page that records
+Content-Security-Policy violations and console errors), ``wait_js``."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
-
-import adyton_guided
-import adyton_openai
-import adyton_web
-from adyton import create_app
-from adyton.testing import ServerThread, link_model
-from adyton_limits import LimitsPlugin, service_for
-
-adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 
 CHROMIUM = os.environ.get("ADYTON_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,50 +32,6 @@ class Stack:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30,
                             headers={"Authorization": f"Bearer {self.admin_key}"})
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    models = link_model(tmp_path_factory.mktemp("models"))
-    home = tmp_path_factory.mktemp("home")
-    app = create_app(
-        settings={"home": str(home), "llama": {"models_dir": str(models)}},
-        plugins=[adyton_openai, adyton_llama, LimitsPlugin(), adyton_guided, adyton_web],
-        load_entrypoints=False)
-    kernel = app.extensions["adyton"]
-    server = ServerThread(app).start()
-    try:
-        admin_key = service_for(kernel).admin_key_path.read_text().strip()
-        r = httpx.post(server.base_url + "/admin/accounts", json={"name": "tester", "tier": 1},
-                       headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
-        r.raise_for_status()
-        made = r.json()
-        yield Stack(server.base_url, admin_key, made["api_key"], made["account_number"], made["id"], kernel)
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        message = f"{CHROMIUM} not found (make chromium, or apt-get install chromium)"
-        if os.environ.get("ADYTON_REQUIRE_MODEL"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, service_workers="block")
-        context.set_default_timeout(WAIT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 CSP_PROBE = """
@@ -166,11 +99,3 @@ class Tab:
         # a refused credential is an expected 401/403 in the console; nothing else is
         unexpected = [e for e in self.errors if "status of 401" not in e and "status of 403" not in e]
         assert unexpected == [], f"errors in the browser console: {unexpected}"
-
-
-@pytest.fixture
-def tab(browser, stack):
-    page = browser.new_page()
-    t = Tab(page, stack.base_url, (stack.api_key, stack.admin_key, stack.account_number))
-    yield t
-    page.close()
