@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test llamacpp model test-models redis postgresql chromium serve test lint bench clean
+.PHONY: install install-test llamacpp model test-models redis postgresql nginx chromium serve test lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ postgresql:
 	  echo "installing postgresql (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# nginx in front of two adyton servers for the deployment test (tests/deploy:
+# it runs deploy/nginx/adyton.conf as a foreground process; Debian's unit is
+# not started)
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing nginx (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+
 # a headless browser for adyton-web's console tests, driven by Playwright's
 # Python client (its bundled browsers are never downloaded: Debian's is used)
 chromium:
@@ -87,7 +95,7 @@ serve: install model
 	$(VENV)/bin/adyton serve
 
 # the real-model tests must run here: a missing model fails instead of skipping
-test: install-test model test-models redis postgresql chromium
+test: install-test model test-models redis postgresql nginx chromium
 	ADYTON_TEST_MODEL=$(ADYTON_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf ADYTON_REQUIRE_MODEL=1 \
 	  $(PY) -m pytest -q
 
