@@ -1,7 +1,7 @@
-"""Helpers and fixtures for adyton-guided tests (a module, not conftest.py, so
-the kernel tests' `from conftest import` keeps working): apps with a scripted
-backend, a minimal test wire format that takes a kernel GenerationRequest as
-JSON, and a counting limiter (to show refusals never reach the limits)."""
+"""Helpers of the adyton-guided tests (the fixtures are in ``conftest.py``): a
+minimal test wire format that takes a kernel GenerationRequest as JSON, a
+counting limiter (to show refusals never reach the limits), and the default
+model's real vocabulary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from quart import Blueprint, jsonify, request
 
-import adyton_guided
 from adyton import (
     AdytonError,
     Credentials,
@@ -19,11 +18,10 @@ from adyton import (
     Limiter,
     Reservation,
     WireFormat,
-    create_app,
     current_kernel,
     hookimpl,
 )
-from adyton.testing import BackendPlugin, ScriptedBackend, model_path
+from adyton.testing import model_path
 
 JSON_VOCAB = ['{', '}', '"', ':', ': ', ',', ', ', ' ', '[', ']', 'a', 'b', 'c', 'name', 'age', 'x',
               '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'yes', 'no', 'true', 'false', 'null',
@@ -100,30 +98,6 @@ class LimiterPlugin:
     @hookimpl
     def register_limiters(self, register, kernel):
         register(self.limiter)
-
-
-@pytest.fixture
-def limiter():
-    return CountingLimiter()
-
-
-@pytest.fixture
-def make_app(tmp_path, limiter):
-    """make_app(*backends, plugins=(), settings=None) -> app with adyton_guided,
-    the test wire and a counting limiter."""
-
-    def make(*backends, plugins=(), settings=None):
-        if not backends:
-            backends = (ScriptedBackend(extra_vocab=JSON_VOCAB),)
-        merged = {"home": str(tmp_path / "home")}
-        merged.update(settings or {})
-        return create_app(
-            settings=merged,
-            plugins=[adyton_guided, GWirePlugin(), BackendPlugin(*backends), LimiterPlugin(limiter), *plugins],
-            load_entrypoints=False,
-        )
-
-    return make
 
 
 # --------------------------------------------------------------------------

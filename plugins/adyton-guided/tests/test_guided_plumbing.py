@@ -8,7 +8,7 @@ import pytest
 
 from adyton.testing import ScriptedBackend
 
-from guided_helpers import JSON_VOCAB, limiter, make_app  # noqa: F401 - fixtures
+from guided_helpers import JSON_VOCAB
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}

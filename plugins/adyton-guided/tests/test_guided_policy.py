@@ -4,11 +4,12 @@ scripted backend."""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
 from adyton.testing import ScriptedBackend
-from guided_helpers import JSON_VOCAB, limiter, make_app  # noqa: F401 - fixtures
+from guided_helpers import JSON_VOCAB
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}
@@ -78,7 +79,9 @@ async def test_saved_policies_crud_and_use(make_app, tmp_path):
         created = await r.get_json()
         pid = created["policy_id"]
         assert pid.startswith("pol_") and created["policy"]["name"] == "extract"
-        assert (tmp_path / "home" / "policies" / f"{pid}.json").exists()
+        # a row of the kernel's database (default: SQLite in $ADYTON_HOME)
+        with sqlite3.connect(tmp_path / "home" / "adyton.sqlite3") as conn:
+            assert conn.execute("SELECT owner FROM guided_policies WHERE id = ?", (pid,)).fetchone() is not None
 
         r = await client.get(f"/v1/policies/{pid}")
         assert (await r.get_json())["policy"]["constraints"]["json_schema"] == SCHEMA
@@ -113,7 +116,36 @@ async def test_saving_a_broken_policy_is_refused(make_app, tmp_path):
     assert status == 400 and body["error"]["code"] == "unsupported_constraint"
     status, body, _ = await call(app, "post", "/v1/policies", {"policy": {"bogus": 1}})
     assert status == 400 and "bogus" in body["detail"]
-    assert not (tmp_path / "home" / "policies").exists() or not list((tmp_path / "home" / "policies").iterdir())
+    with sqlite3.connect(tmp_path / "home" / "adyton.sqlite3") as conn:
+        assert conn.execute("SELECT count(*) FROM guided_policies").fetchone()[0] == 0
+
+
+async def test_policy_files_of_earlier_releases_are_imported_once(make_app, tmp_path):
+    """Earlier releases kept each saved policy as <home>/policies/<id>.json:
+    the first start imports them into the database; a policy deleted later
+    stays deleted after a restart."""
+    old = tmp_path / "home" / "policies"
+    old.mkdir(parents=True)
+    pid, other = "pol_" + "a1" * 12, "pol_" + "b2" * 12
+    for policy_id, owner in ((pid, "anonymous"), (other, "someone-else")):
+        (old / f"{policy_id}.json").write_text(json.dumps({
+            "id": policy_id, "object": "policy", "created": 1700000000, "owner": owner,
+            "policy": {"name": "old", **policy(json_schema=SCHEMA)}}))
+    (old / "pol_broken0000.json").write_text("{not json")
+    app = make_app(ScriptedBackend(SCRIPT, extra_vocab=JSON_VOCAB))
+    status, body, _ = await call(app, "get", "/v1/policies")
+    assert status == 200, body
+    assert [(p["id"], p["created"], p["policy"]["name"]) for p in body["data"]] == [(pid, 1700000000, "old")]
+    status, body, _ = await call(app, "post", "/g/generate", {"prompt": "p", "max_tokens": 20,
+                                                             "extra": {"policy_id": pid}})
+    assert status == 200, body
+    assert json.loads(body["choices"][0]["text"]) == {"a": 42}
+    assert not old.exists() and (tmp_path / "home" / "policies.imported" / f"{pid}.json").exists()
+    status, body, _ = await call(app, "delete", f"/v1/policies/{pid}")
+    assert status == 200 and body["deleted"] is True
+    # a restarted server: the deleted policy does not come back from the files
+    status, body, _ = await call(make_app(), "get", f"/v1/policies/{pid}")
+    assert status == 404
 
 
 async def test_sampling_generate_json_schema(make_app):
