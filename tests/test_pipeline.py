@@ -296,7 +296,7 @@ async def test_event_channel_never_swallows_a_cancellation():
     streaming client that goes away mid-generation) must end cancelled:
     asyncio.wait_for on Python 3.11 would return the event instead, and the
     stream would go on for nobody."""
-    from adyton.pipeline import _Channel
+    from adyton.channel import _Channel
 
     channel = _Channel(asyncio.get_running_loop())
     consumer = asyncio.ensure_future(channel.get(timeout=5.0))

@@ -7,9 +7,10 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 
 from . import errors, tools, types
 from .chat_template import ChatTemplate, ChatTemplateError
-from .app import (DEFAULT_ERROR_SCHEMA, Kernel, create_app, current_kernel, default_error_response,
-                  json_operation, require_access)
+from .access import require_access
+from .app import create_app
 from .body import check_text, read_json_body
+from .database import Database
 from .errors import (
     AdytonError,
     BackendError,
@@ -41,7 +42,10 @@ from .hookspecs import (
     WireFormat,
     hookimpl,
 )
-from .pipeline import Generation
+from .generation import Generation
+from .http_errors import DEFAULT_ERROR_SCHEMA, default_error_response
+from .kernel import Kernel, current_kernel
+from .openapi import json_operation
 from .sampling import DefaultSampler, StopMatcher
 from .settings import Settings, load_settings
 from .types import *  # noqa: F403
@@ -56,6 +60,7 @@ __all__ = [
     "ChatTemplate",
     "ChatTemplateError",
     "ContextTooLong",
+    "Database",
     "DefaultSampler",
     "Forbidden",
     "GatewayTimeout",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequest, json_type_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import Kernel
+    from .kernel import Kernel
 
 #: bodies up to this size are parsed on the event loop (a thread hop costs more)
 INLINE_PARSE_BYTES = 64 * 1024
@@ -149,7 +149,7 @@ async def read_json_body(*, require_content_type: bool = False, empty_ok: bool =
     ``application/json``. ``empty_ok``: an empty body is ``{}``."""
     from quart import request
 
-    from .app import current_kernel
+    from .kernel import current_kernel
 
     kernel = kernel or current_kernel()
     if require_content_type:

@@ -21,30 +21,45 @@ How results combine:
   synchronous. Kernel fallbacks (``adyton.default_plugins``) are registered
   ``trylast`` so any plugin overrides them.
 
-The request path, in the order the kernel calls things::
+The request path, in the order the kernel calls things, with the file of
+``adyton`` that implements each stage (one stage, one file)::
 
+    create_app mounts each WireFormat's blueprint                  (app.py)
     WireFormat route parses JSON -> GenerationRequest + Credentials
-      -> Authenticator.authenticate           (register_authenticators)
-      -> prepare_request hooks                (extension parameters, policies)
-      -> Backend.prepare                      (register_backends)
-      -> logits_processors / sampler hooks    (fail closed: 400 before anything is counted;
-                                               a self-sampling backend: Backend.check_sampling)
-      -> Limiter.reserve                      (register_limiters)
-      -> engine queue (429 busy, 503 timeout)
-      -> Backend.generate, calling the sampler chain once per token
-      -> Limiter.settle with the real usage
-      -> WireFormat renders the events / result / AdytonError
+      -> kernel.pipeline.submit runs the stages below, in order    (pipeline.py)
+      -> Authenticator.authenticate  (register_authenticators)     (access.py)
+      -> prepare_request hooks (extension parameters, policies)    (admission.py)
+      -> the model name resolved to a backend and model            (models.py)
+      -> Backend.prepare (register_backends), steering/observer
+         and context checks                                        (admission.py)
+      -> logits_processors / sampler hooks (fail closed: 400
+         before anything is counted; a self-sampling backend:
+         Backend.check_sampling)                                   (chain.py)
+      -> the engine queue's admission (429 busy)                   (queue.py)
+      -> Limiter.reserve  (register_limiters)                      (limits.py)
+      -> engine queue (503 timeout), Backend.generate calling
+         the sampler chain once per token, stop strings, limits    (generation.py)
+      -> events to the one consumer, loop <-> engine thread        (channel.py)
+      -> Limiter.settle with the real usage                        (limits.py)
+      -> WireFormat renders the events / result / AdytonError;
+         errors outside a wire format's routes                     (http_errors.py)
 
-Embeddings take the same path without the sampler: ``kernel.pipeline.embed``
--> authenticate -> ``Backend.embedding_dimensions`` / ``prepare_embeddings``
--> ``Limiter.reserve`` (input tokens, no completion) -> engine queue ->
-``Backend.embed`` -> ``Limiter.settle``.
+Around it: the ``Kernel`` handed to hooks, its catalogs, startup and
+shutdown (``kernel.py``); metrics (``metrics.py``); OpenAPI completion
+(``openapi.py``); CORS (``cors.py``); ``require_access`` for read-only
+routes (``access.py``).
 
-Hidden states (``kernel.pipeline.hidden_states``) take the embeddings path
-with ``Backend.hidden_layers`` / ``hidden_states``. A request's ``steering``
-and ``observer`` (set by a plugin's ``prepare_request``) are checked against
-``Backend.steering_layers`` / ``hidden_layers`` right after
-``Backend.prepare``: 400 naming the model if the backend cannot honour them.
+Embeddings take the same path without the sampler (``embeddings.py``):
+``kernel.pipeline.embed`` -> authenticate -> ``Backend.embedding_dimensions``
+/ ``prepare_embeddings`` -> ``Limiter.reserve`` (input tokens, no
+completion) -> engine queue -> ``Backend.embed`` -> ``Limiter.settle``.
+
+Hidden states (``kernel.pipeline.hidden_states``, ``embeddings.py``) take
+the embeddings path with ``Backend.hidden_layers`` / ``hidden_states``. A
+request's ``steering`` and ``observer`` (set by a plugin's
+``prepare_request``) are checked against ``Backend.steering_layers`` /
+``hidden_layers`` right after ``Backend.prepare`` (``admission.py``): 400
+naming the model if the backend cannot honour them.
 
 Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract.
 """
@@ -79,7 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
     import quart
 
-    from .app import Kernel
+    from .kernel import Kernel
     from .errors import AdytonError
 
 hookspec = pluggy.HookspecMarker("adyton")

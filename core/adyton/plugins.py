@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pluggy
 
@@ -136,3 +137,13 @@ def build_plugin_manager(plugins: Iterable[Any] = (), load_entrypoints: bool = T
     pm.load_defaults()
     pm.finish()
     return pm
+
+
+async def resolve_all(results: Sequence[Any]) -> list[Any]:
+    """Await the awaitables among collect-all hook results."""
+    out = []
+    for result in results:
+        if inspect.isawaitable(result):
+            result = await result
+        out.append(result)
+    return out

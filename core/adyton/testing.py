@@ -38,7 +38,7 @@ import numpy as np
 
 from quart import Blueprint, Response, jsonify, request
 
-from .app import current_kernel
+from .kernel import current_kernel
 from .body import read_json_body
 from .errors import AdytonError, InvalidRequest
 from .hookspecs import Backend, StepFunction, WireFormat, hookimpl

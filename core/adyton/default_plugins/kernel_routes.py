@@ -9,9 +9,11 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify
 
-from ..app import DEFAULT_ERROR_SCHEMA, current_kernel, default_error_response, require_access
+from ..access import require_access
 from ..errors import AdytonError
 from ..hookspecs import WireFormat, hookimpl
+from ..http_errors import DEFAULT_ERROR_SCHEMA, default_error_response
+from ..kernel import current_kernel
 
 
 class KernelRoutes(WireFormat):
