@@ -3,23 +3,12 @@ vectors (../shared/reference/ next to the repository), tiny random GGUF files.""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from adyton.testing import require_model
-
-PLUGIN_DIR = Path(__file__).resolve().parents[1]
-TESTS_DIR = Path(__file__).resolve().parent
-for p in (PLUGIN_DIR, TESTS_DIR):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-REPO_ROOT = PLUGIN_DIR.parents[1]
-DEFAULT_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "smollm2-135m-instruct-q4_1.llamacpp.json"
+from llama_reference import load_reference, reference_path
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +18,10 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def reference() -> dict:
-    path = Path(os.environ.get("ADYTON_TEST_REFERENCE", DEFAULT_REFERENCE))
-    if not path.is_file():
-        pytest.skip(f"reference vectors not found: {path}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    loaded = load_reference()
+    if loaded is None:
+        pytest.skip(f"reference vectors not found: {reference_path()}")
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,13 @@
 from __future__ import annotations
 
 import heapq
-import json
-from pathlib import Path
 
 import pytest
 
 from adyton_llama.tokenizer import GGUFTokenizer, IncrementalDetokenizer, TokenizerError, gpt2_bytes_to_unicode
+from llama_reference import load_reference
 
-def _reference_entries():
-    from conftest import DEFAULT_REFERENCE
-    import os
-
-    path = Path(os.environ.get("ADYTON_TEST_REFERENCE", DEFAULT_REFERENCE))
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text(encoding="utf-8"))["tokenize"]
-
-
-_ENTRIES = _reference_entries()
+_ENTRIES = (load_reference() or {}).get("tokenize", [])
 
 
 @pytest.mark.parametrize("idx", range(len(_ENTRIES)) or [pytest.param(0, marks=pytest.mark.skip("no reference"))])
