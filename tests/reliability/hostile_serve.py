@@ -14,13 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 
-from hypercorn.asyncio import serve  # noqa: E402
-from hypercorn.config import Config  # noqa: E402
-
-from adyton_limits import service_for  # noqa: E402
-from hostile_helpers import full_app  # noqa: E402
+from adyton_limits import service_for
+from hostile_helpers import full_app
 
 
 async def main(port: int, home: Path) -> None:

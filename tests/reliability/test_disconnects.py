@@ -10,24 +10,20 @@ Axiom)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from quart import Blueprint, Response
 
-from quart import Blueprint, Response  # noqa: E402
-
-from adyton import (  # noqa: E402
+from adyton import (
     Credentials, GenerationRequest, WireFormat, create_app, current_kernel, default_error_response, hookimpl,
 )
-from adyton.testing import BackendPlugin, ScriptedBackend  # noqa: E402
-from adyton_limits import service_for  # noqa: E402
-from faults_helpers import (  # noqa: E402
+from adyton.testing import BackendPlugin, ScriptedBackend
+from adyton_limits import service_for
+from faults_helpers import (
     kernel_of, ledger, limits_app, new_account, raw_post, serving, tier, wait_for,
 )
 

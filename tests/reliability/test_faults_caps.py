@@ -6,15 +6,11 @@ no max_tokens (or lets the server fit it: Axiom) is capped instead."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import ScriptedBackend  # noqa: E402
-from faults_helpers import ledger, limits_app, new_account, serving, tier  # noqa: E402
+from adyton.testing import ScriptedBackend
+from faults_helpers import ledger, limits_app, new_account, serving, tier
 
 CHAT = [{"role": "user", "content": "hi"}]
 

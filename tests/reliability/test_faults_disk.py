@@ -11,18 +11,15 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import ScriptedBackend  # noqa: E402
-from faults_helpers import kernel_of, ledger, limits_app, new_account, serving, wait_for  # noqa: E402
-from adyton_limits import service_for  # noqa: E402
+from adyton.testing import ScriptedBackend
+from faults_helpers import kernel_of, ledger, limits_app, new_account, serving, wait_for
+from adyton_limits import service_for
 
 
 @contextlib.contextmanager

@@ -10,17 +10,13 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import free_port  # noqa: E402
-from adyton_limits.store import AccountStore  # noqa: E402
-from faults_helpers import live_slots, redis_server, start_server, tier, wait_for  # noqa: E402
+from adyton.testing import free_port
+from adyton_limits.store import AccountStore
+from faults_helpers import live_slots, redis_server, start_server, tier, wait_for
 
 LEASE = 2.0
 SLOTS = 4

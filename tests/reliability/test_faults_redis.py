@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import ScriptedBackend  # noqa: E402
-from faults_helpers import (  # noqa: E402
+from adyton.testing import ScriptedBackend
+from faults_helpers import (
     limits_app, live_slots, new_account, redis_server, serving, tier, wait_for,
 )
 

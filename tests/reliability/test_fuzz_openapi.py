@@ -11,8 +11,6 @@ derandomized (the same cases on every run)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,10 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import status_code_conformance
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import ScriptedBackend  # noqa: E402
-from hostile_helpers import error_of, full_app, start_stack, surface_of  # noqa: E402
+from adyton.testing import ScriptedBackend
+from hostile_helpers import error_of, full_app, start_stack, surface_of
 
 MAX_EXAMPLES = 25
 

@@ -11,19 +11,15 @@ tokenizer is what raised the 500s); the rest use a scripted backend."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton.testing import ScriptedBackend  # noqa: E402
-from hostile_helpers import Stack, error_of, full_app, start_stack, surface_of  # noqa: E402
+from adyton.testing import ScriptedBackend
+from hostile_helpers import Stack, error_of, full_app, start_stack, surface_of
 
 BAD = "a\ud800b"  # valid JSON ("a\\ud800b"), not Unicode text
 

@@ -8,20 +8,17 @@ own error shape. Without an auth plugin, everything stays open."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from adyton import create_app  # noqa: E402
-from adyton.testing import BackendPlugin, ScriptedBackend  # noqa: E402
-import adyton_axiom  # noqa: E402
-import adyton_openai  # noqa: E402
-from faults_helpers import kernel_of, limits_app, new_account, serving  # noqa: E402
-from adyton_limits import service_for  # noqa: E402
+from adyton import create_app
+from adyton.testing import BackendPlugin, ScriptedBackend
+import adyton_axiom
+import adyton_openai
+from faults_helpers import kernel_of, limits_app, new_account, serving
+from adyton_limits import service_for
 
 MODELS = ["/v1/models", "/v1/models/scripted-model", "/api/models"]
 SERVER_INFO = ["/-/plugins", "/-/models"]
