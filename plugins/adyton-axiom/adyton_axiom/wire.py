@@ -11,9 +11,10 @@ passed through on errors and successes alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
-from typing import Any
+from typing import Any, ClassVar
 
 from quart import Blueprint, Response, request
 
@@ -48,14 +49,14 @@ def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None 
 class AxiomWireFormat(WireFormat):
     name = WIRE_FORMAT
     url_prefixes = ("/api/",)
-    error_schema = {
+    error_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["error", "code", "field"],
         "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                        "field": {"type": ["string", "null"]},
                        "available": {"type": "array", "items": {"type": "string"}}},
     }
-    openapi_operations = {
+    openapi_operations: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "/api/chat": {"post": json_operation(
             "Chat (Local Axiom API)",
             request={
@@ -100,15 +101,14 @@ class AxiomWireFormat(WireFormat):
                 limit = current_kernel().settings.server.max_body_bytes
                 message = (f"request body too large: the limit is {limit} bytes "
                            "(server.max_body_bytes)")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - rendered outside an adyton app: the message stays generic
                 pass
         body: dict[str, Any] = {"error": message, "code": error.code or error.type,
                                 "field": error.param}
         if isinstance(error, ModelNotFound):
-            try:
+            # the error itself must still render, whatever listing the models does
+            with contextlib.suppress(Exception):
                 body["available"] = current_kernel().models.names()
-            except Exception:  # noqa: BLE001 - the error itself must still render
-                pass
         return _json_response(body, error.status, error.response_headers())
 
     # -- routes -------------------------------------------------------------------

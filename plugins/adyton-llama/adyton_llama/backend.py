@@ -10,21 +10,24 @@ logits to the kernel's sampler chain.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
-
 from pydantic import BaseModel, Field
 
 from adyton import (
     Backend,
     BackendError,
+    ChatTemplate,
+    ChatTemplateError,
     ContextTooLong,
     FinishReason,
     GenerationRequest,
@@ -36,7 +39,6 @@ from adyton import (
     Vocabulary,
 )
 
-from adyton import ChatTemplate, ChatTemplateError
 from .compat import check_legacy_support
 from .engine import EngineError, LlamaEngine
 from .gguf import GGUFError, GGUFFile, read_gguf
@@ -59,7 +61,9 @@ class LlamaSettings(BaseModel):
     models_dir: Path | None = Field(None, description="Where *.gguf models live (default: $ADYTON_HOME/models).")
     model_paths: list[Path] = Field(default_factory=list, description="Extra GGUF files to serve.")
     max_context: int = Field(2048, ge=64, description="Cap on the context window (the KV cache grows with it).")
-    threads: int | None = Field(None, ge=1, description="CPU threads per engine call. Default: up to all usable cores, tuned by measured speed (fewer when other processes compete for the cores).")
+    threads: int | None = Field(None, ge=1,
+                                description="CPU threads per engine call. Default: up to all usable cores, tuned by "
+                                            "measured speed (fewer when other processes compete for the cores).")
     batch_size: int = Field(128, ge=32, le=512, description="Prompt tokens evaluated per batch while prefilling.")
     embedding_pooling: Literal["mean", "last"] = Field(
         "mean", description="/v1/embeddings: 'mean' averages the final hidden state of every input token "
@@ -188,10 +192,8 @@ class LlamaBackend(Backend):
         """Read the model's tokenizer now. Blocking: the plugin's
         ``prepare_request`` hook runs it in a worker thread before the kernel
         calls ``prepare`` on the event loop. Errors are left for ``prepare``."""
-        try:
+        with contextlib.suppress(BackendError):
             self._tokenizer(self._model(model_id))
-        except BackendError:
-            pass
 
     # -- loading ----------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class LlamaBackend(Backend):
                     token_bytes=tokenizer.token_bytes(),
                     eos_token_ids=eos,
                     control_token_ids=frozenset(tokenizer.control_token_ids),
-                    encode=lambda text, _t=tokenizer: _t.encode(text, parse_special=False),
+                    encode=functools.partial(tokenizer.encode, parse_special=False),
                 )
             return entry.vocabulary
 

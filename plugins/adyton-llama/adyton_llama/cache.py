@@ -7,6 +7,7 @@ This module does not import the kernel.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,7 +67,5 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
 
 
 def unlink_quiet(p: str | os.PathLike[str]) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(p)
-    except OSError:
-        pass

@@ -36,8 +36,17 @@ import numpy as np
 
 from .cache import cached_sha256, unlink_quiet
 from .gguf import (
-    GGML_TYPE_NAMES, GGUF_MAGIC, KV, GGUFError, GGUFFile, TensorInfo, ValueType, align, pack_kv,
-    pack_tensor_info, read_gguf,
+    GGML_TYPE_NAMES,
+    GGUF_MAGIC,
+    KV,
+    GGUFError,
+    GGUFFile,
+    TensorInfo,
+    ValueType,
+    align,
+    pack_kv,
+    pack_tensor_info,
+    read_gguf,
 )
 
 log = logging.getLogger(__name__)
@@ -191,7 +200,8 @@ def ensure_compatible(
     if dest.is_file():
         try:
             done = read_gguf(dest)
-            if done.get(COMPAT_SOURCE_KEY) == digest and done.file_size - done.data_offset == g.file_size - g.data_offset:
+            if (done.get(COMPAT_SOURCE_KEY) == digest
+                    and done.file_size - done.data_offset == g.file_size - g.data_offset):
                 return str(dest)
         except GGUFError:
             pass

@@ -42,8 +42,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -213,7 +214,7 @@ class LlamaEngine:
         self.compat_dir = Path(compat_dir) if compat_dir else default_compat_dir()
         self.mmap = mmap
         self._llm = None  # ctransformers.llm.LLM, kept for its lifetime management
-        self._fn_eval = None
+        self._fn_eval: Any = None  # ctransformers' batch_eval (a ctypes function) once loaded
         self._handle = None
         self._ctx: list[int] = []
         # per cached position: computed "aligned" (see the module docstring)
@@ -534,7 +535,16 @@ def greedy(logits: np.ndarray) -> int:
 
 
 __all__ = [
-    "LlamaEngine", "EngineError", "ContextOverflowError", "GGUFError", "greedy",
-    "common_prefix_len", "default_threads", "ThreadTuner", "FINISH_STOP", "FINISH_LENGTH",
-    "FINISH_CONTEXT", "FINISH_CANCELLED",
+    "FINISH_CANCELLED",
+    "FINISH_CONTEXT",
+    "FINISH_LENGTH",
+    "FINISH_STOP",
+    "ContextOverflowError",
+    "EngineError",
+    "GGUFError",
+    "LlamaEngine",
+    "ThreadTuner",
+    "common_prefix_len",
+    "default_threads",
+    "greedy",
 ]

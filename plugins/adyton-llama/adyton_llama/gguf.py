@@ -13,9 +13,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +178,7 @@ def _pythonize(kv: KV) -> Any:
 
 
 class _Cursor:
-    __slots__ = ("buf", "pos", "size", "path", "v1")
+    __slots__ = ("buf", "path", "pos", "size", "v1")
 
     def __init__(self, buf: Any, size: int, path: str):
         self.buf = buf
@@ -268,7 +269,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     """
     path = os.fspath(path)
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - opened apart from the with: only open()'s own error is "cannot open"
     except OSError as e:
         raise GGUFError(path, f"cannot open: {e.strerror or e}") from e
     with f:

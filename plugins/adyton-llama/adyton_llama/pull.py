@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 CHUNK = 1 << 20
 

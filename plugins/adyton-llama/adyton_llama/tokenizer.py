@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
@@ -57,20 +57,20 @@ _DEFAULT_RES = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_RE, r"\p{N}+", r"[0-9][0-9][0-9]"
 #: tokenizer.ggml.pre -> (regexes applied in sequence, ignore_merges)
 PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "default": (_DEFAULT_RES, False),
-    **{name: ((_GPT2_RE,), False) for name in (
+    **dict.fromkeys((
         "gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais", "jina-es", "jina-de",
         "jina-v2-es", "jina-v2-de", "jina-v1-en", "jina-v2-code", "roberta-bpe",
         "gigachat", "exaone4", "trillion", "mellum", "a.x-4.0",
-    )},
-    **{name: ((r"\p{N}", _GPT2_RE), False) for name in (
+    ), ((_GPT2_RE,), False)),
+    **dict.fromkeys((
         "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
-    )},
-    **{name: ((_LLAMA3_RE,), True) for name in (
+    ), ((r"\p{N}", _GPT2_RE), False)),
+    **dict.fromkeys((
         "llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe",
-    )},
-    **{name: ((_QWEN2_RE,), False) for name in (
+    ), ((_LLAMA3_RE,), True)),
+    **dict.fromkeys((
         "qwen2", "stablelm2", "deepseek-r1-qwen", "megrez",
-    )},
+    ), ((_QWEN2_RE,), False)),
     "chatglm-bpe": ((_LLAMA3_RE,), False),
     "glm4": ((_LLAMA3_RE,), False),
     "falcon": ((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_RE, r"[0-9][0-9][0-9]"), False),
@@ -107,7 +107,7 @@ def gpt2_bytes_to_unicode() -> tuple[str, ...]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return tuple(chr(table[b]) for b in range(256))
 
 
@@ -158,7 +158,8 @@ class GGUFTokenizer:
         self._tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         n = len(self._tokens)
         types = meta.get("tokenizer.ggml.token_type")
-        self._types: list[int] = [int(t) for t in types] if types is not None and len(types) == n else [TOKEN_NORMAL] * n
+        self._types: list[int] = ([int(t) for t in types] if types is not None and len(types) == n
+                                  else [TOKEN_NORMAL] * n)
         scores = meta.get("tokenizer.ggml.scores")
         self._scores: list[float] = [float(s) for s in scores] if scores is not None and len(scores) == n else [0.0] * n
 
@@ -191,11 +192,11 @@ class GGUFTokenizer:
         # end-of-generation ids (llama.cpp's special_eog_ids, minus FIM tokens)
         eog = {i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None}
         for text in EOG_TEXTS:
-            i = self._text_to_id.get(text)
-            if i is not None:
-                eog.add(i)
-                if self._types[i] not in (TOKEN_CONTROL, TOKEN_USER_DEFINED):
-                    self._types[i] = TOKEN_CONTROL  # llama.cpp overrides these too
+            found = self._text_to_id.get(text)
+            if found is not None:
+                eog.add(found)
+                if self._types[found] not in (TOKEN_CONTROL, TOKEN_USER_DEFINED):
+                    self._types[found] = TOKEN_CONTROL  # llama.cpp overrides these too
         self.eos_ids: frozenset[int] = frozenset(eog)
 
         self.add_space_prefix: bool = bool(meta.get("tokenizer.ggml.add_space_prefix", spm))
@@ -227,13 +228,13 @@ class GGUFTokenizer:
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike[str]) -> "GGUFTokenizer":
+    def from_gguf(cls, path: str | os.PathLike[str]) -> GGUFTokenizer:
         return cls(read_gguf(path))
 
     def _build_token_bytes(self) -> list[bytes]:
         out: list[bytes] = []
         spm = self.model == "llama"
-        for text, ttype in zip(self._tokens, self._types):
+        for text, ttype in zip(self._tokens, self._types, strict=True):
             if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED):
                 out.append(text.encode("utf-8"))
             elif ttype == TOKEN_BYTE and spm:
@@ -290,7 +291,7 @@ class GGUFTokenizer:
         # SentencePiece BPE: any two pieces whose concatenation is a piece may merge,
         # the higher the score of the result the earlier (llama.cpp's llm_tokenizer_spm)
         ranked: list[tuple[float, int, int, str, str]] = []
-        for i, (text, ttype) in enumerate(zip(self._tokens, self._types)):
+        for i, (text, ttype) in enumerate(zip(self._tokens, self._types, strict=True)):
             if ttype in (TOKEN_BYTE, TOKEN_UNUSED) or len(text) < 2 or self._text_to_id.get(text) != i:
                 continue
             for k in range(1, len(text)):
@@ -303,7 +304,7 @@ class GGUFTokenizer:
         merges = [(a, b) for _, _, _, a, b in ranked]
         unk = self._tokens[self.unk_id] if self.unk_id is not None else None
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-        steps = [normalizers.Replace(" ", "\u2581")]
+        steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "\u2581")]
         if self.add_space_prefix:
             steps.insert(0, normalizers.Prepend("\u2581"))
         tok.normalizer = normalizers.Sequence(steps)
@@ -412,7 +413,7 @@ class GGUFTokenizer:
     def _strip1(data: bytes) -> bytes:
         return data[1:] if data.startswith(b" ") else data
 
-    def detokenizer(self, skip_special: bool = True) -> "IncrementalDetokenizer":
+    def detokenizer(self, skip_special: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special=skip_special)
 
 

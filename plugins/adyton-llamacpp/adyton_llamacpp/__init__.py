@@ -13,6 +13,7 @@ anything at import:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -53,10 +54,8 @@ def prepare_request(request, principal, kernel):
 
 
 def _read_vocabulary(backend: LlamaCppBackend, info) -> None:
-    try:
+    with contextlib.suppress(AdytonError):  # left for the pipeline to report
         backend.vocabulary(info)
-    except AdytonError:
-        pass  # left for the pipeline to report
 
 
 @hookimpl

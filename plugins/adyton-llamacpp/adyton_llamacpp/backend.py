@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -84,12 +85,25 @@ def default_slots() -> int:
 class LlamaCppSettings(BaseModel):
     """The ``[llamacpp]`` settings section."""
 
-    models_dir: Path | None = Field(None, description="Where *.gguf models live (default: $ADYTON_HOME/models, shared with adyton-llama; see the plugin README for which backend serves which file).")
+    models_dir: Path | None = Field(None,
+                                    description="Where *.gguf models live (default: $ADYTON_HOME/models, shared with"
+                                                " adyton-llama; see the plugin README for which backend serves which"
+                                                " file).")
     model_paths: list[Path] = Field(default_factory=list, description="Extra GGUF files to serve.")
-    slots: int | None = Field(None, ge=1, le=64, description="Sequences decoded together (requests running at once). Default: 2 per usable core, 2 to 8.")
-    slot_context: int = Field(1024, ge=64, description="Context of each slot in tokens (capped by the model's own); the KV cache holds slots x slot_context tokens.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp. Default: half the usable cores (as llama-cpp-python's server): ggml's threads spin at every barrier, so on a shared machine more threads than idle cores make each step many times slower.")
-    prefill_chunk: int = Field(128, ge=8, le=4096, description="Most prompt tokens read per batch step, so a long prompt does not stall the running generations.")
+    slots: int | None = Field(None, ge=1, le=64,
+                              description="Sequences decoded together (requests running at once). Default: 2 per "
+                                          "usable core, 2 to 8.")
+    slot_context: int = Field(1024, ge=64,
+                              description="Context of each slot in tokens (capped by the model's own); the KV cache "
+                                          "holds slots x slot_context tokens.")
+    threads: int | None = Field(None, ge=1,
+                                description="CPU threads for llama.cpp. Default: half the usable cores (as "
+                                            "llama-cpp-python's server): ggml's threads spin at every barrier, so on"
+                                            " a shared machine more threads than idle cores make each step many "
+                                            "times slower.")
+    prefill_chunk: int = Field(128, ge=8, le=4096,
+                               description="Most prompt tokens read per batch step, so a long prompt does not stall "
+                                           "the running generations.")
 
 
 @dataclass
@@ -345,7 +359,7 @@ class LlamaCppBackend(Backend):
                 token_bytes=vocab.token_bytes(),
                 eos_token_ids=eos + [i for i in range(vocab.n_vocab) if vocab.is_eog(i) and i not in eos],
                 control_token_ids=frozenset(vocab.control_tokens()),
-                encode=lambda text, _v=vocab: _v.tokenize(text, parse_special=False),
+                encode=functools.partial(vocab.tokenize, parse_special=False),
             )
             with self._lock:
                 if entry.vocabulary is None:

@@ -37,9 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 import llama_cpp as L
+import numpy as np
 
 log = logging.getLogger("adyton.llamacpp")
 
@@ -94,7 +93,7 @@ def _init() -> None:
 class _ErrorLines:
     """Collect llama.cpp's error lines logged on this thread meanwhile."""
 
-    def __enter__(self) -> "_ErrorLines":
+    def __enter__(self) -> _ErrorLines:
         self.lines: collections.deque[str] = collections.deque(maxlen=8)
         _errors.lines = self.lines
         return self
@@ -218,7 +217,7 @@ class _Slot:
     seq_id: int
     #: the tokens in this sequence's KV cache, position by position
     history: list[int] = field(default_factory=list)
-    seq: "Sequence | None" = None
+    seq: Sequence | None = None
     last_used: int = 0
 
 
@@ -226,7 +225,7 @@ class Sequence:
     """One generation's place in the batch. Its consumer calls
     ``next_logits`` and ``push`` in turn, and ``release`` at the end."""
 
-    def __init__(self, engine: "BatchEngine", slot: _Slot, prompt: list[int], keep: int) -> None:
+    def __init__(self, engine: BatchEngine, slot: _Slot, prompt: list[int], keep: int) -> None:
         self.engine = engine
         self.slot = slot
         self.prompt = prompt
@@ -476,7 +475,7 @@ class BatchEngine:
                 seq.slot.history = []
                 seq.error = f"llama.cpp failed to decode: {error}"
                 log.error("sequence in slot %d failed: %s", seq.slot.seq_id, seq.error)
-            for seq, tokens, wants in parts:
+            for seq, _tokens, wants in parts:
                 if seq in failed:
                     seq.state = _FAILED
                     seq.ready.set()

@@ -27,14 +27,14 @@ from __future__ import annotations
 import codecs
 import ctypes
 import threading
-from typing import Any, Callable, Iterator, Sequence
-
-import numpy as np
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any
 
 import llama_cpp as L
+import numpy as np
 from llama_cpp._ggml import libggml
 
-from .engine import CANCEL_POLL_S, EngineError, _ErrorLines, _decode_error
+from .engine import CANCEL_POLL_S, EngineError, _decode_error, _ErrorLines
 
 _ggml_get_name = libggml.ggml_get_name
 _ggml_get_name.argtypes = [ctypes.c_void_p]
@@ -209,7 +209,7 @@ class SideContext:
                  cancelled: threading.Event, *, vectors: dict[int, np.ndarray] | None, strength: float,
                  observe: Sequence[int], observer: Callable[[int, int, dict[int, np.ndarray]], None] | None,
                  is_eog: Callable[[int], bool], piece: Callable[[int], bytes],
-                 ) -> Iterator[tuple[int, str, bool, bool]]:
+                 ) -> Generator[tuple[int, str, bool, bool], None, None]:
         """Yields ``(token, text, end_of_generation, last)`` per token. Holds
         the lock (and the control vector) until the generator ends."""
         if not self._acquire(cancelled):
@@ -291,7 +291,7 @@ def close_side_context(engine: Any) -> None:
         side.close()
 
 
-__all__ = ["SideContext", "side_context", "close_side_context"]
+__all__ = ["SideContext", "close_side_context", "side_context"]
 
 
 # -- the backend's side of the kernel contract (``LlamaCppBackend`` delegates here) ----------

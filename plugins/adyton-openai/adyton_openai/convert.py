@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest, json_type_name, tools
+from adyton import ChatMessage, Constraint, GenerationRequest, InvalidRequest, ToolCall, json_type_name, tools
 
 from .schemas import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, _Common
 
@@ -80,7 +80,8 @@ def validation_error(exc: ValidationError, known: set[str]) -> InvalidRequest:
     else:
         got = json_type_name(best.get("input"))
         message = f"Invalid value for '{param}': {best['msg']} (got {got})."
-    return InvalidRequest(message, param=param, code="invalid_value" if best["type"] != "missing" else "missing_required_parameter")
+    code = "invalid_value" if best["type"] != "missing" else "missing_required_parameter"
+    return InvalidRequest(message, param=param, code=code)
 
 
 def load(model_cls: type[_Common], body: dict[str, Any], extra_params: list[str]) -> tuple[_Common, dict[str, Any]]:
@@ -206,12 +207,12 @@ def _message(i: int, m: Any, ignored: list[str]) -> ChatMessage:
     for name in _ECHOED:
         if getattr(m, name) and f"messages.{name}" not in ignored:
             ignored.append(f"messages.{name}")
-    calls = []
-    for j, call in enumerate(m.tool_calls or []):
+    calls: list[ToolCall] = []
+    for call in m.tool_calls or []:
         if m.role != "assistant":
             raise InvalidRequest(f"only assistant messages have 'tool_calls' (messages[{i}] is '{m.role}')",
                                  param=f"messages[{i}].tool_calls", code="invalid_value")
-        calls.append({"id": call.id, "name": call.function.name, "arguments": _arguments(call.function.arguments)})
+        calls.append(ToolCall(id=call.id, name=call.function.name, arguments=_arguments(call.function.arguments)))
     if m.role == "tool" and not m.tool_call_id:
         raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
                              param=f"messages[{i}].tool_call_id", code="missing_required_parameter")

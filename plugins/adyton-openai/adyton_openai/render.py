@@ -10,13 +10,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, overload
 
 from adyton import AdytonError, FinishReason, TokenLogprob, ToolCall
 
 _dumps = json.dumps
 
 
+@overload
+def finish_reason(reason: FinishReason) -> str: ...
+@overload
+def finish_reason(reason: None) -> None: ...
 def finish_reason(reason: FinishReason | None) -> str | None:
     if reason is None:
         return None
@@ -31,6 +36,10 @@ def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
             for c in calls]
 
 
+@overload
+def chat_finish_reason(reason: FinishReason, called: bool) -> str: ...
+@overload
+def chat_finish_reason(reason: None, called: bool) -> None: ...
 def chat_finish_reason(reason: FinishReason | None, called: bool) -> str | None:
     """``tool_calls`` when the model ended after calling tools."""
     if called and reason is FinishReason.STOP:

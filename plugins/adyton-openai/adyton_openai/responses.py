@@ -26,9 +26,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from quart import Response, jsonify
@@ -41,7 +41,6 @@ from adyton import (
     Constraint,
     FinishReason,
     Generation,
-    GenerationRequest,
     InvalidRequest,
     NotFound,
     TextDelta,
@@ -514,7 +513,8 @@ class Output:
                 "name": call.name, "arguments": call.arguments, "status": "completed"}
         self.items.append(item)
         where = {"item_id": item["id"], "output_index": index}
-        return events + [
+        return [
+            *events,
             ("response.output_item.added", {"output_index": index,
                                             "item": {**item, "arguments": "", "status": "in_progress"}}),
             ("response.function_call_arguments.delta", {**where, "delta": call.arguments}),
@@ -525,16 +525,26 @@ class Output:
     def feed(self, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> list[tuple[str, dict[str, Any]]]:
         if self._reader is None:
             return self._text(text, logprobs)
+        return self._pieces(self._reader.feed(text))
+
+    def _pieces(self, pieces: list[tools.Piece]) -> list[tuple[str, dict[str, Any]]]:
+        """The events of what the tool-call reader read: whole calls and
+        content (it is made without stream_arguments: no CallStart or
+        ArgumentsPiece, whose text is not content)."""
         events: list[tuple[str, dict[str, Any]]] = []
-        for piece in self._reader.feed(text):
-            events += self._call(piece.call) if isinstance(piece, tools.CallPiece) else self._text(piece.text)
+        for piece in pieces:
+            if isinstance(piece, tools.CallPiece):
+                events += self._call(piece.call)
+            elif isinstance(piece, tools.ContentPiece):
+                events += self._text(piece.text)
+            else:
+                raise TypeError(f"unexpected streamed tool-call piece {piece!r}")
         return events
 
     def finish(self, finish: FinishReason) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = []
         if self._reader is not None:
-            for piece in self._reader.finish():
-                events += self._call(piece.call) if isinstance(piece, tools.CallPiece) else self._text(piece.text)
+            events += self._pieces(self._reader.finish())
         if self._open is None and not self.items:
             events += self._open_message()  # nothing at all: an empty message, as OpenAI answers
         events += self._close_message("completed" if finish is FinishReason.STOP else "incomplete")
@@ -587,7 +597,7 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
                 finish = ev.finish_reason
             elif type(ev) is Waiting and ping:
                 yield render.PING
-    except Exception as exc:  # noqa: BLE001 - the status line is long gone: tell the client in-band
+    except Exception as exc:  # the status line is long gone: tell the client in-band
         error = exc if isinstance(exc, AdytonError) else BackendError(f"internal error: {type(exc).__name__}")
         if not isinstance(exc, AdytonError):
             log.exception("responses stream %s failed", generation.id)

@@ -21,7 +21,11 @@ INT64_MAX = 2**63 - 1
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy.")]
 TopP = Annotated[float, Field(ge=0.0, le=1.0, description="Nucleus sampling mass (0 = greedy).")]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX, description="Same seed, same request, same model: same output.")]
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX,
+                            description="Same seed, same request, same model: same output.")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0,
+                                           description="HF/vLLM: >1 discourages tokens already generated.")]
+MinTokens = Annotated[int, Field(ge=0, description="vLLM: end-of-sequence is banned until this many tokens.")]
 StopField = Annotated[
     str | Annotated[list[str], Field(max_length=16)] | None,
     Field(description="Up to 16 strings; generation stops before the first one found."),
@@ -137,7 +141,8 @@ class _Common(BaseModel):
 
     model_config = _STRICT
 
-    model: str | None = Field(None, description="A model id or alias from /v1/models; omitted or empty: the loaded model.")
+    model: str | None = Field(None,
+                              description="A model id or alias from /v1/models; omitted or empty: the loaded model.")
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -153,12 +158,13 @@ class _Common(BaseModel):
     # widely used extensions (vLLM, llama.cpp), honoured by the kernel's sampler
     top_k: Annotated[int, Field(ge=-1, description="0 or -1 (vLLM): off.")] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0, description="HF/vLLM: >1 discourages tokens already generated.")] | None = None
-    min_tokens: Annotated[int, Field(ge=0, description="vLLM: end-of-sequence is banned until this many tokens.")] | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    min_tokens: MinTokens | None = None
     # vLLM / llama.cpp guided decoding (needs adyton-guided)
     guided_json: dict[str, Any] | str | None = Field(None, description="vLLM: a JSON schema the output must match.")
     guided_regex: str | None = Field(None, description="vLLM: a regex the output must match.")
-    guided_choice: Annotated[list[str], Field(min_length=1)] | None = Field(None, description="vLLM: the output is one of these strings.")
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="vLLM: the output is one of these strings.")
     guided_grammar: str | None = Field(None, description="vLLM: a grammar (Lark or GBNF) the output must match.")
     grammar: str | None = Field(None, description="llama.cpp: a GBNF grammar the output must match.")
     json_schema: dict[str, Any] | None = Field(None, description="llama.cpp: a JSON schema the output must match.")
@@ -185,7 +191,8 @@ class ChatCompletionRequest(_Common):
     tools: list[ToolIn] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extra variables for the model's chat template (vLLM).")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra variables for the model's chat template (vLLM).")
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None

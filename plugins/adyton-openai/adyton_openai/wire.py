@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from quart import Blueprint, Quart, Response, jsonify, request
 from quart_schema import QuartSchema, document_request, document_response
@@ -25,9 +26,9 @@ from adyton import (
     Waiting,
     WireFormat,
     current_kernel,
-    tools,
     read_json_body,
     require_access,
+    tools,
 )
 
 from . import convert, embeddings, render, responses
@@ -51,7 +52,8 @@ def _settings() -> OpenAISettings:
     return getattr(current_kernel().settings, "openai", _DEFAULTS)
 
 
-def _documented(func: Callable[..., Awaitable[Response]], body: type | None, ok: type) -> Callable[..., Awaitable[Response]]:
+def _documented(func: Callable[..., Awaitable[Response]], body: type | None,
+                ok: type) -> Callable[..., Awaitable[Response]]:
     if body is not None:
         func = document_request(body)(func)
     func = document_response(ok, 200)(func)
@@ -113,7 +115,8 @@ class OpenAIWire(WireFormat):
             return await self.completions()
 
         bp.add_url_rule("/v1/models", "models", _documented(list_models, None, ModelListOut), methods=["GET"])
-        bp.add_url_rule("/v1/models/<path:model>", "model", _documented(retrieve_model, None, ModelOut), methods=["GET"])
+        bp.add_url_rule("/v1/models/<path:model>", "model", _documented(retrieve_model, None, ModelOut),
+                        methods=["GET"])
         bp.add_url_rule("/v1/chat/completions", "chat_completions",
                         _documented(chat_completions, ChatCompletionRequest, ChatCompletionOut), methods=["POST"])
         bp.add_url_rule("/v1/completions", "completions",
@@ -332,13 +335,12 @@ class OpenAIWire(WireFormat):
                             yield self._tool_piece(chunks, event.index, piece, sent)
                         called = sent[event.index] > 0
                     yield chunks.finish(event.index, render.chat_finish_reason(event.finish_reason, called))
-                elif type(event) is Waiting:
-                    if ping:
-                        yield render.PING
+                elif type(event) is Waiting and ping:
+                    yield render.PING
         except AdytonError as exc:
             yield render.sse_error(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - the status line is long gone: tell the client in-band
+        except Exception as exc:  # the status line is long gone: tell the client in-band
             log.exception("chat stream %s failed", generation.id)
             yield render.sse_error(BackendError(f"internal error: {type(exc).__name__}"))
             return
@@ -390,7 +392,7 @@ class OpenAIWire(WireFormat):
         model = self._model_name(first.model)
         choices = []
         prompt_tokens = completion_tokens = 0
-        for k, (result, item) in enumerate(zip(results, parsed)):
+        for k, (result, item) in enumerate(zip(results, parsed, strict=True)):
             n = item.request.n
             prompt_tokens += result.usage.prompt_tokens
             completion_tokens += result.usage.completion_tokens
@@ -442,9 +444,8 @@ class OpenAIWire(WireFormat):
                             yield chunks.content(k * n + event.index, event.text, lp)
                         elif type(event) is ChoiceFinished:
                             yield chunks.finish(k * n + event.index, render.finish_reason(event.finish_reason))
-                        elif type(event) is Waiting:
-                            if ping:
-                                yield render.PING
+                        elif type(event) is Waiting and ping:
+                            yield render.PING
                 finally:
                     await events.aclose()
                     await generation.aclose()
@@ -454,7 +455,7 @@ class OpenAIWire(WireFormat):
         except AdytonError as exc:
             yield render.sse_error(exc)
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("completion stream failed")
             yield render.sse_error(BackendError(f"internal error: {type(exc).__name__}"))
             return
@@ -478,4 +479,4 @@ class OpenAIWire(WireFormat):
         return response
 
 
-__all__ = ["OpenAIWire", "credentials_from_request", "InvalidRequest"]
+__all__ = ["InvalidRequest", "OpenAIWire", "credentials_from_request"]

@@ -12,13 +12,15 @@ I/O-bound threads that spend their time blocked in ``recv``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -36,6 +38,7 @@ from adyton import (
     RateLimited,
     SamplingParams,
     ServiceUnavailable,
+    StepFunction,
     TokenLogprob,
     TokenPiece,
     TopLogprob,
@@ -100,10 +103,8 @@ class _Hangups:
                 stream = response.extensions.get("network_stream")
                 sock = stream.get_extra_info("socket") if stream is not None else None
                 if sock is not None:
-                    try:
+                    with contextlib.suppress(OSError):  # already closed
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed
             time.sleep(self.interval_s)
 
 
@@ -181,13 +182,15 @@ class UpstreamBackend(Backend):
                 )
             return self._client
 
-    def generate(self, prompt: PreparedPrompt, step: SamplingParams, max_tokens: int,
+    def generate(self, prompt: PreparedPrompt, step: StepFunction, max_tokens: int,
                  cancelled: threading.Event) -> Iterator[TokenPiece]:
         """Stream one choice from the least busy replica. A replica that
         fails before the first token is taken out and the request tried on
         another (``max_attempts``); after the first token a failure ends the
         choice with 502/504. Constrained output is buffered and verified
         before any of it is yielded."""
+        if not isinstance(step, SamplingParams):  # exposes_logits = False: the kernel hands the request
+            raise TypeError("adyton-upstream samples upstream: Backend.generate needs SamplingParams as step")
         request = step.request
         model_id = prompt.model.id
         spec = self._spec(prompt.model)
@@ -332,8 +335,8 @@ class UpstreamBackend(Backend):
         except httpx.TimeoutException as exc:
             if cancelled.is_set():
                 return  # (the client left: not the replica's failure)
-            error = GatewayTimeout(f"the upstream of model '{model_id}' ({replica.url}) did not answer "
-                                   f"in time ({type(exc).__name__})")
+            error: AdytonError = GatewayTimeout(f"the upstream of model '{model_id}' ({replica.url}) "
+                                                f"did not answer in time ({type(exc).__name__})")
             if delivered:
                 raise error from None
             raise _ReplicaFailed(error) from None
@@ -420,7 +423,7 @@ class UpstreamBackend(Backend):
             while not self._stop.is_set():
                 try:
                     self.check_health()
-                except Exception:  # noqa: BLE001 - keep checking
+                except Exception:  # keep checking
                     log.exception("upstream health check failed")
                 self._stop.wait(self.settings.health_interval_s)
 

@@ -101,7 +101,7 @@ def body(request: GenerationRequest, spec: UpstreamModel, model_id: str, seed: i
         "temperature": request.temperature,
         "top_p": request.top_p,
     }
-    if chat:
+    if request.messages is not None:
         out["messages"] = [{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
                            for m in request.messages]
     else:

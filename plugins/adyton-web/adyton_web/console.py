@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib import resources
 
 from quart import Blueprint, Response, redirect
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from adyton import AdytonError, NotFound, WireFormat, default_error_response
 
@@ -89,7 +90,7 @@ class WebConsole(WireFormat):
     def example_request(self, base_url: str) -> str | None:
         return f"# the console in a browser: {base_url}/ui/"
 
-    async def root(self) -> Response:
+    async def root(self) -> WerkzeugResponse:  # quart's redirect() builds werkzeug's
         return redirect("/ui/", 308)
 
     async def index(self) -> Response:
