@@ -9,9 +9,11 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from adyton import create_app, hookimpl
 from adyton.database import Database
-from adyton.errors import SettingsError
+from adyton.errors import PluginError, SettingsError
 from adyton.testing_postgres import PostgresUnavailable, start_postgres
 
 REV1 = '''
@@ -85,10 +87,9 @@ def test_plugins_migrate_independently_and_upgrades_are_idempotent(db, tmp_path)
 
 def test_a_failed_transaction_writes_nothing(db, tmp_path):
     db.upgrade(versions(tmp_path, "a", REV1), "alembic_version_a")
-    with pytest.raises(RuntimeError):
-        with db.transaction() as conn:
-            conn.execute(sa.text("INSERT INTO a_things (name) VALUES ('lost')"))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        conn.execute(sa.text("INSERT INTO a_things (name) VALUES ('lost')"))
+        raise RuntimeError("boom")
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM a_things")).scalar() == 0
 
@@ -125,3 +126,71 @@ def test_urls():
         Database("mysql://x/y")
     with pytest.raises(SettingsError, match="not a database URL"):
         Database("::nonsense")
+
+
+# -- the kernel: kernel.database, register_migrations, adyton db upgrade ----------------------
+
+
+class TablesPlugin:
+    """A third-party plugin keeping a table in the kernel's database."""
+
+    def __init__(self, versions, table="alembic_version_a", database=None):
+        self.versions, self.table, self.database = versions, table, database
+        self.seen_at_startup = None
+
+    @hookimpl
+    def register_migrations(self, register, kernel):
+        register(self.versions, self.table, self.database)
+
+    @hookimpl
+    def startup(self, kernel):
+        with kernel.database.connect() as conn:  # the tables exist before any plugin starts
+            self.seen_at_startup = Database.current_revision(conn, self.table)
+
+
+async def test_tables_are_migrated_before_plugins_start(tmp_path):
+    plugin = TablesPlugin(versions(tmp_path, "a", REV1, REV2))
+    app = create_app(settings={"home": str(tmp_path / "home"), "models": {"load_at_start": False}},
+                     plugins=[plugin], load_entrypoints=False)
+    kernel = app.extensions["adyton"]
+    assert kernel.database.path == tmp_path / "home" / "adyton.sqlite3"
+    async with app.test_app():
+        assert plugin.seen_at_startup == "a2"
+    assert kernel._database is not None and kernel._database._engine is None  # disposed at shutdown
+
+
+async def test_a_failing_migration_stops_startup_naming_the_plugin(tmp_path):
+    broken = versions(tmp_path, "a", REV1.replace("op.create_table(", "op.drop_table('nope') or op.create_table("))
+    app = create_app(settings={"home": str(tmp_path / "home"), "models": {"load_at_start": False}},
+                     plugins=[TablesPlugin(broken)], load_entrypoints=False)
+    with pytest.raises(Exception, match=r"plugin 'TablesPlugin': migrating its tables \(alembic_version_a\)"):
+        async with app.test_app():  # (Quart wraps the startup error in its LifespanError)
+            pass
+
+
+def test_a_version_table_registered_twice_is_refused(tmp_path):
+    d = versions(tmp_path, "a", REV1)
+    other = type("OtherPlugin", (TablesPlugin,), {})(d)
+    app = create_app(settings={"home": str(tmp_path / "home")},
+                     plugins=[TablesPlugin(d), other], load_entrypoints=False)
+    with pytest.raises(PluginError, match="registered twice"):
+        app.extensions["adyton"].migrations()
+
+
+def test_database_url_setting_and_cli_upgrade(tmp_path, monkeypatch, pg):
+    url = pg.create_database()
+    monkeypatch.setenv("ADYTON_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ADYTON_DATABASE__URL", url)
+    monkeypatch.setenv("ADYTON_LOAD_PLUGINS", "limits,guided")
+    monkeypatch.delenv("ADYTON_CONFIG", raising=False)
+    from adyton.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), ["db", "upgrade"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "limits: alembic_version_limits at l0001" in result.output
+    assert "guided: alembic_version_guided at g0001" in result.output
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert {"accounts", "ledger", "guided_policies"} <= set(sa.inspect(conn).get_table_names())
+    engine.dispose()
+    assert not (tmp_path / "home" / "adyton.sqlite3").exists()

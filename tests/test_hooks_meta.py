@@ -76,6 +76,10 @@ class Everything:
         return DefaultSampler(request)
 
     @hookimpl
+    def register_migrations(self, register, kernel):
+        self.called.add("register_migrations")  # registers none: tests/test_database.py registers tables
+
+    @hookimpl
     def register_commands(self, cli):
         self.called.add("register_commands")
 

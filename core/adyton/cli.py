@@ -154,6 +154,30 @@ def settings_command(state: CliState, markdown: bool) -> None:
         click.echo(json.dumps(kernel.settings.model_dump(mode="json"), indent=2))
 
 
+@cli.group()
+def db() -> None:
+    """The SQL database ([database] url) and each plugin's tables in it."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(state: CliState) -> None:
+    """Bring every plugin's tables to their newest revision (what serve does
+    at startup), e.g. before starting several servers on one new database."""
+    try:
+        kernel = state.kernel()
+        done = kernel.upgrade_databases()
+    except (PluginError, SettingsError) as exc:
+        _fail(exc)
+    finally:
+        if state._app is not None:
+            state.kernel().database.dispose()
+    for owner, table, revision in done:
+        click.echo(f"{owner}: {table} at {revision}")
+    if not done:
+        click.echo("no installed plugin keeps tables in a database")
+
+
 def build_cli() -> click.Group:
     """The CLI with plugin commands added (plugins from entry points)."""
     from .plugins import build_plugin_manager

@@ -25,8 +25,9 @@ import contextlib
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -55,7 +56,8 @@ class Database:
         except sa.exc.ArgumentError as exc:
             raise SettingsError(f"not a database URL: {url!r} ({exc})") from None
         if self._url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise SettingsError(f"database URL {self.display_url}: only sqlite:/// and postgresql+psycopg:// are supported")
+            raise SettingsError(f"database URL {self.display_url}: only sqlite:/// and postgresql+psycopg:// "
+                                "are supported")
         if self._url.get_backend_name() == "postgresql" and "+" not in self._url.drivername:
             # postgresql:// alone means psycopg2 to SQLAlchemy 2.0, which adyton does not install
             self._url = self._url.set(drivername="postgresql+psycopg")
@@ -63,6 +65,11 @@ class Database:
         self.pool_size = pool_size
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def sqlite(cls, path: str | Path, **kwargs: Any) -> Database:
+        """The database of a SQLite file (created on first use)."""
+        return cls(sqlite_url(path), **kwargs)
 
     # -- what it is ---------------------------------------------------------------
 

@@ -511,6 +511,20 @@ def register_limiters(register: Callable[[Limiter], None], kernel: "Kernel") -> 
 
 
 @hookspec
+def register_migrations(register: Callable[..., None], kernel: "Kernel") -> None:
+    """Declare the tables you keep in a SQL database:
+    ``register(versions, version_table, database=None)`` — ``versions`` the
+    directory of your Alembic revisions, ``version_table`` the table that
+    records how far they ran (``alembic_version_<plugin>``: yours alone, so
+    plugins migrate independently in one database), ``database`` an
+    ``adyton.Database`` (None: ``kernel.database``, the ``[database] url``).
+    The kernel brings each to its newest revision at startup, before any
+    ``startup`` hook runs (a failure stops startup, naming the plugin), and
+    ``adyton db upgrade`` does the same without serving. Collect-all;
+    synchronous."""
+
+
+@hookspec
 def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> Awaitable[None] | None:
     """Per request, right after authentication: adjust ``request`` in place
     (expand a saved policy into constraints, apply per-principal defaults).

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from quart import Quart, current_app
 
+from .database import Database
 from .errors import AdytonError, PluginError
 from .hookspecs import Authenticator, Backend, Limiter, WireFormat
 from .metrics import Metrics
@@ -50,6 +51,7 @@ class Kernel:
         self.pipeline = Pipeline(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: ThreadPoolExecutor | None = None
+        self._database: Database | None = None
 
     async def offload(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on the kernel's worker threads, so blocking
@@ -144,6 +146,59 @@ class Kernel:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- the SQL database ---------------------------------------------------------
+
+    @property
+    def database(self) -> Database:
+        """The kernel's SQL database (``[database] url``; default SQLite in
+        ``$ADYTON_HOME/adyton.sqlite3``): an ``adyton.Database`` whose engine
+        is created on first use and disposed at shutdown. Plugins keep their
+        tables in it and declare them with ``register_migrations``."""
+        if self._database is None:
+            cfg = self.settings.database
+            self._database = Database(cfg.url or f"sqlite:///{self.home / 'adyton.sqlite3'}",
+                                      sqlite_synchronous=cfg.sqlite_synchronous, pool_size=cfg.pool_size)
+        return self._database
+
+    def migrations(self) -> list[tuple[str, Path, str, Database]]:
+        """(plugin, versions directory, version table, database) of every
+        plugin's tables, as ``register_migrations`` declares them."""
+        found: list[tuple[str, Path, str, Database]] = []
+        for impl in self.pm.hook.register_migrations.get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(versions: Any, version_table: str, database: Database | None = None,
+                         _owner: str = owner) -> None:
+                if not Path(versions).is_dir():
+                    raise PluginError(f"plugin '{_owner}' registered migrations in {versions}, "
+                                      "which is not a directory")
+                if any(table == version_table for _, _, table, _ in found):
+                    raise PluginError(f"version table '{version_table}' is registered twice (plugin '{_owner}')")
+                found.append((_owner, Path(versions), version_table, database or self.database))
+
+            try:
+                impl.function(**{arg: {"register": register, "kernel": self}[arg] for arg in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise PluginError(
+                    f"plugin '{owner}' failed in register_migrations: {type(exc).__name__}: {exc}") from exc
+        return found
+
+    def upgrade_databases(self) -> list[tuple[str, str, str | None]]:
+        """Bring every plugin's tables to their newest revision (blocking:
+        startup runs it on a worker thread); (plugin, version table, revision)
+        of each. A failure names the plugin and the database."""
+        done = []
+        for owner, versions, table, database in self.migrations():
+            try:
+                revision = database.upgrade(versions, table)
+            except Exception as exc:  # noqa: BLE001
+                raise PluginError(f"plugin '{owner}': migrating its tables ({table}) in {database.display_url} "
+                                  f"failed: {type(exc).__name__}: {exc}") from exc
+            done.append((owner, table, revision))
+        return done
+
     # -- lifecycle ----------------------------------------------------------------
 
     async def startup(self) -> None:
@@ -154,6 +209,8 @@ class Kernel:
                 "may use it (install adyton-limits, or bind 127.0.0.1)",
                 self.settings.server.host,
             )
+        # every plugin's tables are current before any plugin starts
+        await self.offload(self.upgrade_databases)
         for impl in self.pm.hook.startup.get_hookimpls():
             try:
                 await resolve_all([impl.function(kernel=self)])
@@ -225,6 +282,8 @@ class Kernel:
         if self._workers is not None:
             self._workers.shutdown(wait=False, cancel_futures=True)
             self._workers = None
+        if self._database is not None:
+            self._database.dispose()
 
 
 def _is_loopback(host: str) -> bool:

@@ -72,6 +72,20 @@ class AccessSettings(_Section):
     metrics: Access = Field("metrics", description='GET /metrics; "metrics": the admin key or a metrics-only token (adyton-limits: limits.metrics_token_file).')
 
 
+class DatabaseSettings(_Section):
+    """The kernel's SQL database (``kernel.database``): plugins keep their
+    tables in it (accounts and ledger, saved policies, steering vectors)."""
+
+    url: str | None = Field(
+        None, description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user:password@host:port/db "
+                          "(servers sharing accounts point at one PostgreSQL). None: SQLite in "
+                          "$ADYTON_HOME/adyton.sqlite3.")
+    sqlite_synchronous: str = Field("NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$",
+                                    description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
+    pool_size: int = Field(5, ge=1, le=100, description="Connections kept open per server (more are opened "
+                                                         "for a burst, then closed).")
+
+
 class Settings(BaseSettings):
     """The kernel's settings. Plugin sections are added per app."""
 
@@ -88,6 +102,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -38,9 +38,9 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_postgres_bin", "postgres_server", "start_postgres"]
 
