@@ -74,7 +74,7 @@ def create_app(
         _mount(app, wire)
 
     install_error_handlers(app, kernel)
-    install_cors(app, resolved.server.cors_origins)
+    install_cors(app, resolved.server.cors_origins, kernel.exposed_headers())
 
     @app.before_serving
     async def _startup() -> None:

@@ -3,17 +3,18 @@ headers a browser may read."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from quart import Quart, Response, request
 
 
-_EXPOSED = "Retry-After, x-should-retry, x-request-id, x-adyton-ignored-params, x-adyton-guided, " \
-           "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, " \
-           "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
-
-
-def install_cors(app: Quart, origins: list[str]) -> None:
+def install_cors(app: Quart, origins: list[str], exposed: Sequence[str]) -> None:
+    """CORS for ``origins``; ``exposed``: the response headers a browser may
+    read (``Kernel.exposed_headers()``: the kernel's and those every
+    registered object declares in its ``exposed_headers``)."""
     if not origins:
         return
+    exposed_value = ", ".join(exposed)
     allow_any = "*" in origins
 
     def allowed(origin: str | None) -> str | None:
@@ -43,7 +44,7 @@ def install_cors(app: Quart, origins: list[str]) -> None:
         origin = allowed(request.headers.get("Origin"))
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+            response.headers["Access-Control-Expose-Headers"] = exposed_value
             response.headers["Vary"] = "Origin"
         return response
 

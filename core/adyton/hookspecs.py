@@ -26,7 +26,7 @@ The request path, in the order the kernel calls things, with the file of
 
     create_app mounts each WireFormat's blueprint                  (app.py)
     WireFormat route parses JSON -> GenerationRequest + Credentials
-      -> kernel.pipeline.submit runs the stages below, in order    (pipeline.py)
+      -> kernel.submit runs the stages below, in order             (pipeline.py)
       -> Authenticator.authenticate  (register_authenticators)     (access.py)
       -> prepare_request hooks (extension parameters, policies)    (admission.py)
       -> the model name resolved to a backend and model            (models.py)
@@ -50,18 +50,21 @@ shutdown (``kernel.py``); metrics (``metrics.py``); OpenAPI completion
 routes (``access.py``).
 
 Embeddings take the same path without the sampler (``embeddings.py``):
-``kernel.pipeline.embed`` -> authenticate -> ``Backend.embedding_dimensions``
+``kernel.embed`` -> authenticate -> ``Backend.embedding_dimensions``
 / ``prepare_embeddings`` -> ``Limiter.reserve`` (input tokens, no
 completion) -> engine queue -> ``Backend.embed`` -> ``Limiter.settle``.
 
-Hidden states (``kernel.pipeline.hidden_states``, ``embeddings.py``) take
+Hidden states (``kernel.hidden_states``, ``embeddings.py``) take
 the embeddings path with ``Backend.hidden_layers`` / ``hidden_states``. A
 request's ``steering`` and ``observer`` (set by a plugin's
 ``prepare_request``) are checked against ``Backend.steering_layers`` /
 ``hidden_layers`` right after ``Backend.prepare`` (``admission.py``): 400
 naming the model if the backend cannot honour them.
 
-Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract.
+Everything in ``adyton.types`` and ``adyton.errors`` is part of this contract,
+and so is the ``Kernel`` hooks receive, as far as docs/kernel.md documents it
+(submit, authenticate, resolve_model, section, state, offload, ...): a plugin
+uses nothing else of it.
 """
 
 from __future__ import annotations
@@ -146,6 +149,10 @@ class Backend(ABC):
 
     #: unique name, e.g. "llama"
     name: str = ""
+    #: response headers this object (or its plugin's logits processors) adds,
+    #: e.g. ``("x-ratelimit-remaining-requests",)``: browsers may read them
+    #: (CORS; ``Kernel.exposed_headers``, docs/kernel.md)
+    exposed_headers: Sequence[str] = ()
     #: how many requests may run on this backend at once: its queue's engine
     #: threads (a batching engine: its sequence slots); see the class docstring
     max_concurrency: int = 1
@@ -249,7 +256,7 @@ class Backend(ABC):
     # -- optional ability: embeddings -------------------------------------------
     #
     # A backend that can turn inputs into vectors overrides these three; the
-    # kernel serves ``kernel.pipeline.embed`` (OpenAI ``/v1/embeddings``) with
+    # kernel serves ``kernel.embed`` (OpenAI ``/v1/embeddings``) with
     # them: authenticate, resolve the model, ``prepare_embeddings`` (counted as
     # prompt tokens, checked against the context), reserve limits, then
     # ``embed`` on the engine queue like a generation, settled exactly once.
@@ -311,7 +318,7 @@ class Backend(ABC):
         """For each input (token ids of ``model``, which is loaded), the hidden
         states at ``layers``: ``{layer: float32 array [n_tokens, hidden_size]}``,
         without steering. Blocking; runs in an engine thread like ``embed``
-        (``kernel.pipeline.hidden_states``), with the same duties."""
+        (``kernel.hidden_states``), with the same duties."""
         raise NotImplementedError(f"backend '{self.name}' declares no hidden states")
 
     def close(self) -> None:
@@ -331,6 +338,10 @@ class WireFormat(ABC):
 
     name: str = ""
     url_prefixes: Sequence[str] = ()
+    #: response headers this object (or its plugin's logits processors) adds,
+    #: e.g. ``("x-ratelimit-remaining-requests",)``: browsers may read them
+    #: (CORS; ``Kernel.exposed_headers``, docs/kernel.md)
+    exposed_headers: Sequence[str] = ()
     #: the error statuses this surface's routes may answer, for the OpenAPI
     #: document: ``Kernel.complete_openapi`` adds each (with ``error_schema``)
     #: to every operation of this surface that does not document it itself
@@ -368,6 +379,10 @@ class Authenticator(ABC):
     anonymous; with some, a request none of them accepts gets 401."""
 
     name: str = ""
+    #: response headers this object (or its plugin's logits processors) adds,
+    #: e.g. ``("x-ratelimit-remaining-requests",)``: browsers may read them
+    #: (CORS; ``Kernel.exposed_headers``, docs/kernel.md)
+    exposed_headers: Sequence[str] = ()
 
     @abstractmethod
     async def authenticate(self, credentials: Credentials) -> Principal | None:
@@ -399,6 +414,10 @@ class Limiter(ABC):
     cancelled, or is refused later in the path (``outcome`` says which)."""
 
     name: str = ""
+    #: response headers this object (or its plugin's logits processors) adds,
+    #: e.g. ``("x-ratelimit-remaining-requests",)``: browsers may read them
+    #: (CORS; ``Kernel.exposed_headers``, docs/kernel.md)
+    exposed_headers: Sequence[str] = ()
 
     @abstractmethod
     async def reserve(self, principal: Principal, cost: RequestCost) -> Reservation:
@@ -456,6 +475,13 @@ class Sampler(ABC):
     ``sampler`` hook; the kernel's ``adyton.sampling.DefaultSampler`` is the
     fallback."""
 
+    #: False when ``adjust`` leaves the logits unchanged for this request and
+    #: ``choose`` does not write to them: with no logits processor either, the
+    #: chain then skips ``adjust`` and hands ``choose`` the backend's own
+    #: logits array, uncopied (may be a property: DefaultSampler's is True
+    #: only with a logit bias or a penalty)
+    modifies_logits: bool = True
+
     @abstractmethod
     def reset(self, seed: int | None) -> None:
         """Start a new choice with this seed (None: unseeded)."""
@@ -482,7 +508,8 @@ def register_settings(register: Callable[[str, type], None]) -> None:
     fields all have defaults. It becomes the ``[myfeature]`` table of
     ``adyton.toml`` and the ``ADYTON_MYFEATURE__FIELD`` environment
     variables, validated at startup (an invalid value stops startup naming
-    ``myfeature.field``). Read it with ``kernel.settings.myfeature``.
+    ``myfeature.field``). Read it with ``kernel.section("myfeature",
+    MySettings)`` (docs/kernel.md).
     Catalog hook; synchronous."""
 
 

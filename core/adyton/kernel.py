@@ -2,7 +2,8 @@
 settings, the plugin manager, the registered catalog objects (backends, wire
 formats, authenticators, limiters) and their engine queues, the model
 registry (``models.py``), the pipeline (``pipeline.py``) and metrics
-(``metrics.py``); the app's startup and shutdown.
+(``metrics.py``); the app's startup and shutdown. What plugins may use of it
+is ``KernelAPI`` (``kernel_api.py``, docs/kernel.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from quart import Quart, current_app
 from .database import Database
 from .errors import AdytonError, PluginError
 from .hookspecs import Authenticator, Backend, Limiter, WireFormat
+from .kernel_api import KernelAPI
 from .metrics import Metrics
 from .models import ModelRegistry
 from .openapi import complete_openapi
@@ -33,8 +35,9 @@ from .settings import Settings
 log = logging.getLogger("adyton")
 
 
-class Kernel:
-    """Everything one app's plugins share. Handed to most hooks."""
+class Kernel(KernelAPI):
+    """Everything one app's plugins share. Handed to most hooks; plugins use
+    only its ``KernelAPI`` part (docs/kernel.md)."""
 
     def __init__(self, settings: Settings, pm: PluginManager) -> None:
         self.settings = settings
@@ -51,6 +54,9 @@ class Kernel:
         self.pipeline = Pipeline(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: ThreadPoolExecutor | None = None
+        self._owners: dict[int, str] = {}  #: id(registered object) -> the plugin that registered it
+        self._state: dict[Any, Any] = {}  #: kernel.state slots
+        self._services: dict[str, Any] = {}  #: kernel.provide / kernel.service
         self._database: Database | None = None
 
     async def offload(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -79,7 +85,11 @@ class Kernel:
                 name = getattr(obj, "name", "")
                 if not name:
                     raise PluginError(f"plugin '{_owner}' registered a {kind.__name__} without a name")
-                obj._adyton_plugin = _owner
+                declared = getattr(obj, "exposed_headers", ())
+                if isinstance(declared, str) or not all(isinstance(h, str) for h in declared):
+                    raise PluginError(f"plugin '{_owner}' registered {kind.__name__} '{name}' whose "
+                                      "exposed_headers is not a sequence of header names")
+                self._owners[id(obj)] = _owner
                 store(name, obj)
 
             try:
@@ -93,11 +103,15 @@ class Kernel:
         def store(name: str, obj: Any) -> None:
             if name in catalog:
                 raise PluginError(
-                    f"{what} '{name}' is registered twice: by plugin '{catalog[name]._adyton_plugin}' "
-                    f"and by plugin '{obj._adyton_plugin}'"
+                    f"{what} '{name}' is registered twice: by plugin '{self.owner_of(catalog[name])}' "
+                    f"and by plugin '{self.owner_of(obj)}'"
                 )
             catalog[name] = obj
         return store
+
+    def owner_of(self, obj: Any) -> str:
+        """The plugin that registered ``obj`` ("?" if none did)."""
+        return self._owners.get(id(obj), "?")
 
     def collect_catalogs(self) -> None:
         self._collect("register_backends", Backend, self._store_unique(self.backends, "backend"))

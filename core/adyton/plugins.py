@@ -116,9 +116,6 @@ class PluginManager(pluggy.PluginManager):
     def describe(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.records.values()]
 
-    def owner_of(self, obj: Any) -> str:
-        return getattr(obj, "_adyton_plugin", "?")
-
 
 def _kernel_version() -> str:
     try:

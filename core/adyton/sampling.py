@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .hookspecs import Sampler
 from .types import GenerationRequest
 
 _NO_IDS = np.zeros(0, dtype=np.int64)
 _NO_VALUES = np.zeros(0, dtype=np.float32)
 
 
-class DefaultSampler:
+class DefaultSampler(Sampler):
     """Chooses a token from a logits vector.
 
     Order of operations: logit bias, the repetition penalty (HF/vLLM: a
@@ -59,7 +60,9 @@ class DefaultSampler:
         return self._rng_state
 
     @property
-    def modifies_logits(self) -> bool:
+    def modifies_logits(self) -> bool:  # type: ignore[override]
+        """Only with a logit bias or a penalty: greedy and plain sampling
+        read the backend's logits as they are."""
         return bool(
             len(self._bias_ids) or self.presence_penalty or self.frequency_penalty
             or self.repetition_penalty != 1.0
