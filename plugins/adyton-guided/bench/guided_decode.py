@@ -35,6 +35,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from adyton.settings import default_home  # noqa: E402
+
+try:  # ADYTON_TEST_MODEL, else where `adyton pull smollm2` (make model) puts the default model
+    from adyton_llama.pull import model_path as _pulled_model_path
+except ImportError:
+    pass
+else:
+    os.environ.setdefault("ADYTON_TEST_MODEL", str(
+        _pulled_model_path(Path(os.environ.get("ADYTON_HOME") or default_home()) / "models")))
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
@@ -144,10 +154,11 @@ def make_app(home: str, threads: int | None):
         import adyton_llama
     except ImportError:
         adyton_llama = None
-    if adyton_llama is not None and model_path().is_file():
+    model = model_path()
+    if adyton_llama is not None and model is not None and model.is_file():
         models = Path(home) / "models"
         models.mkdir(parents=True, exist_ok=True)
-        (models / model_path().name).symlink_to(model_path().resolve())
+        (models / model.name).symlink_to(model.resolve())
         llama = {"models_dir": str(models)}
         if threads:
             llama["threads"] = threads

@@ -21,7 +21,7 @@ from adyton import (
     current_kernel,
     hookimpl,
 )
-from adyton.testing import model_path
+from adyton.testing import require_model
 
 JSON_VOCAB = ['{', '}', '"', ':', ': ', ',', ', ', ' ', '[', ']', 'a', 'b', 'c', 'name', 'age', 'x',
               '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'yes', 'no', 'true', 'false', 'null',
@@ -100,6 +100,34 @@ class LimiterPlugin:
         register(self.limiter)
 
 
+#: JSON schemas the real-vocabulary and real-model tests constrain output to
+SCHEMAS = {
+    "nested": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": 12},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                "required": ["name", "age"], "additionalProperties": False},
+            "active": {"type": "boolean"}},
+        "required": ["user", "active"], "additionalProperties": False},
+    "array": {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 1, "maxItems": 4}},
+        "required": ["tags"], "additionalProperties": False},
+    "enum": {"type": "object", "properties": {
+        "color": {"enum": ["red", "green", "blue"]}, "size": {"type": "string", "enum": ["S", "M", "L"]}},
+        "required": ["color", "size"], "additionalProperties": False},
+    "bounds": {"type": "object", "properties": {
+        "n": {"type": "integer", "minimum": 10, "maximum": 99},
+        "m": {"type": "integer", "exclusiveMinimum": -5, "maximum": 5}},
+        "required": ["n", "m"], "additionalProperties": False},
+    "pattern": {"type": "object", "properties": {
+        "zip": {"type": "string", "pattern": "^\\d{5}$"},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}},
+        "required": ["zip", "code"], "additionalProperties": False},
+}
+
+
 # --------------------------------------------------------------------------
 # The default model's real vocabulary, built from its GGUF (tests only; the
 # llama backend builds its own)
@@ -124,7 +152,7 @@ def _byte_decoder() -> dict[str, int]:
 def gguf_vocabulary(path: Path | None = None):
     """An adyton.Vocabulary for the GGUF's GPT-2-style BPE tokenizer, with a
     real ``tokenizers`` encoder (SmolLM2: digits split, byte-level BPE)."""
-    path = Path(path or model_path())
+    path = require_model(Path(path) if path else None)  # skips, or fails under ADYTON_REQUIRE_MODEL
     key = str(path)
     if key in _VOCAB_CACHE:
         return _VOCAB_CACHE[key]
@@ -134,8 +162,6 @@ def gguf_vocabulary(path: Path | None = None):
 
     from adyton import Vocabulary
 
-    if not path.exists():
-        pytest.skip(f"no model file at {path} (set ADYTON_TEST_MODEL)")
     reader = gguf.GGUFReader(str(path))
     fields = reader.fields
     if fields["tokenizer.ggml.model"].contents() != "gpt2":
@@ -166,14 +192,11 @@ def gguf_vocabulary(path: Path | None = None):
 def llama_vocabulary(path: Path | None = None):
     """The same vocabulary through adyton-llama's own GGUF tokenizer (what the
     backend hands to samplers)."""
-    path = Path(path or model_path())
+    path = require_model(Path(path) if path else None)
     key = "llama:" + str(path)
     if key in _VOCAB_CACHE:
         return _VOCAB_CACHE[key]
-    mod = pytest.importorskip("adyton_llama.tokenizer",
-                              reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
-    if not path.exists():
-        pytest.skip(f"no model file at {path} (set ADYTON_TEST_MODEL)")
+    mod = pytest.importorskip("adyton_llama.tokenizer", reason="adyton-llama is not installed")
     from adyton import Vocabulary
 
     tk = mod.GGUFTokenizer.from_gguf(path)

@@ -23,11 +23,10 @@ import pytest
 import adyton_guided
 from adyton import create_app
 from adyton.testing import ServerThread, link_model
-from guided_helpers import CountingLimiter, GWirePlugin, LimiterPlugin
-from test_guided_real_vocab import SCHEMAS
+from guided_helpers import SCHEMAS, CountingLimiter, GWirePlugin, LimiterPlugin
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 PROMPTS = {
     "nested": "Describe a user (name, age) and whether the account is active, as JSON.",

@@ -15,35 +15,9 @@ from adyton import Constraint, FinishReason, UnsupportedConstraint
 from adyton_guided.compile import Compiler
 from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
-from guided_helpers import gguf_vocabulary, llama_vocabulary, model_path
+from guided_helpers import SCHEMAS, gguf_vocabulary, llama_vocabulary
 
-pytestmark = pytest.mark.skipif(not model_path().exists(), reason="default model GGUF not found (ADYTON_TEST_MODEL)")
-
-SCHEMAS = {
-    "nested": {
-        "type": "object",
-        "properties": {
-            "user": {"type": "object", "properties": {
-                "name": {"type": "string", "maxLength": 12},
-                "age": {"type": "integer", "minimum": 0, "maximum": 120}},
-                "required": ["name", "age"], "additionalProperties": False},
-            "active": {"type": "boolean"}},
-        "required": ["user", "active"], "additionalProperties": False},
-    "array": {"type": "object", "properties": {
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 1, "maxItems": 4}},
-        "required": ["tags"], "additionalProperties": False},
-    "enum": {"type": "object", "properties": {
-        "color": {"enum": ["red", "green", "blue"]}, "size": {"type": "string", "enum": ["S", "M", "L"]}},
-        "required": ["color", "size"], "additionalProperties": False},
-    "bounds": {"type": "object", "properties": {
-        "n": {"type": "integer", "minimum": 10, "maximum": 99},
-        "m": {"type": "integer", "exclusiveMinimum": -5, "maximum": 5}},
-        "required": ["n", "m"], "additionalProperties": False},
-    "pattern": {"type": "object", "properties": {
-        "zip": {"type": "string", "pattern": "^\\d{5}$"},
-        "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}},
-        "required": ["zip", "code"], "additionalProperties": False},
-}
+pytestmark = pytest.mark.requires_model
 
 
 @pytest.fixture(scope="module", params=["gguf+tokenizers", "adyton-llama"])

@@ -15,9 +15,9 @@ from adyton.tools import split_tool_calls
 from adyton_guided.compile import Compiler, declared_keys_only
 from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
-from guided_helpers import llama_vocabulary, model_path
+from guided_helpers import llama_vocabulary
 
-pytestmark = pytest.mark.skipif(not model_path().exists(), reason="default model GGUF not found (ADYTON_TEST_MODEL)")
+pytestmark = pytest.mark.requires_model
 
 TOOLS = [
     {"name": "get_weather", "parameters": {

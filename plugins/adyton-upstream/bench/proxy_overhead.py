@@ -48,9 +48,12 @@ def free_port() -> int:
 
 def model_file() -> Path:
     sys.path.insert(0, str(ROOT / "core"))
+    from adyton.settings import default_home
     from adyton.testing import model_path
+    from adyton_llama.pull import model_path as pulled_model_path
 
-    path = model_path()
+    # ADYTON_TEST_MODEL, else where `adyton pull smollm2` (make model) puts the default model
+    path = model_path() or pulled_model_path(Path(os.environ.get("ADYTON_HOME") or default_home()) / "models")
     if not path.is_file():
         raise SystemExit(f"model {path} not found (run: make model, or set ADYTON_TEST_MODEL)")
     return path
