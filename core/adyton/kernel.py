@@ -162,18 +162,6 @@ class Kernel(KernelAPI):
 
     # -- the SQL database ---------------------------------------------------------
 
-    @property
-    def database(self) -> Database:
-        """The kernel's SQL database (``[database] url``; default SQLite in
-        ``$ADYTON_HOME/adyton.sqlite3``): an ``adyton.Database`` whose engine
-        is created on first use and disposed at shutdown. Plugins keep their
-        tables in it and declare them with ``register_migrations``."""
-        if self._database is None:
-            cfg = self.settings.database
-            self._database = Database(cfg.url or f"sqlite:///{self.home / 'adyton.sqlite3'}",
-                                      sqlite_synchronous=cfg.sqlite_synchronous, pool_size=cfg.pool_size)
-        return self._database
-
     def migrations(self) -> list[tuple[str, Path, str, Database]]:
         """(plugin, versions directory, version table, database) of every
         plugin's tables, as ``register_migrations`` declares them."""

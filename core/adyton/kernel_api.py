@@ -10,11 +10,13 @@ sets the attributes it reads.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
+from .database import Database
 from .errors import PluginError
 from .hookspecs import Authenticator, Backend, Limiter, WireFormat
 from .types import Credentials, EmbeddingRequest, EmbeddingResult, GenerationRequest, ModelInfo, Principal, Usage
@@ -40,6 +42,7 @@ class KernelAPI:
 
     # set by Kernel.__init__ / collect_catalogs
     settings: "Settings"
+    home: Path
     backends: dict[str, Backend]
     wire_formats: dict[str, WireFormat]
     authenticators: list[Authenticator]
@@ -48,6 +51,7 @@ class KernelAPI:
     models: "ModelRegistry"
     metrics: "Metrics"
     _state: dict[Hashable, Any]
+    _database: Database | None
     _services: dict[str, Any]
 
     # -- the pipeline's entry points ---------------------------------------------
@@ -103,6 +107,20 @@ class KernelAPI:
             raise PluginError(f"settings section '{name}' is a {type(value).__name__}, "
                               f"not the {cls.__name__} asked for (registered by another plugin?)")
         return value
+
+    # -- the SQL database ------------------------------------------------------------
+
+    @property
+    def database(self) -> Database:
+        """The kernel's SQL database (``[database] url``; default SQLite in
+        ``$ADYTON_HOME/adyton.sqlite3``): an ``adyton.Database`` whose engine
+        is created on first use and disposed at shutdown. Plugins keep their
+        tables in it and declare them with ``register_migrations``."""
+        if self._database is None:
+            cfg = self.settings.database
+            self._database = Database(cfg.url or f"sqlite:///{self.home / 'adyton.sqlite3'}",
+                                      sqlite_synchronous=cfg.sqlite_synchronous, pool_size=cfg.pool_size)
+        return self._database
 
     # -- state and services --------------------------------------------------------
 
