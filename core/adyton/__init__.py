@@ -6,10 +6,10 @@ types in ``adyton.types``; errors in ``adyton.errors``.
 """
 
 from . import errors, tools, types
-from .chat_template import ChatTemplate, ChatTemplateError
 from .access import require_access
 from .app import create_app
 from .body import check_text, read_json_body
+from .chat_template import ChatTemplate, ChatTemplateError
 from .database import Database
 from .errors import (
     AdytonError,
@@ -32,6 +32,7 @@ from .errors import (
     invalid_from_validation,
     json_type_name,
 )
+from .generation import Generation
 from .hookspecs import (
     Authenticator,
     Backend,
@@ -42,7 +43,6 @@ from .hookspecs import (
     WireFormat,
     hookimpl,
 )
-from .generation import Generation
 from .http_errors import DEFAULT_ERROR_SCHEMA, default_error_response
 from .kernel import Kernel, current_kernel
 from .openapi import json_operation

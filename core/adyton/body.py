@@ -142,7 +142,7 @@ def parse_json_body(raw: bytes, *, max_depth: int = 64, empty_ok: bool = False) 
 
 
 async def read_json_body(*, require_content_type: bool = False, empty_ok: bool = False,
-                         kernel: "Kernel | None" = None) -> dict[str, Any]:
+                         kernel: Kernel | None = None) -> dict[str, Any]:
     """The current request's body as a checked JSON object (see the module
     docstring). ``require_content_type``: refuse (400,
     ``code="invalid_content_type"``) a body not sent as
@@ -158,7 +158,7 @@ async def read_json_body(*, require_content_type: bool = False, empty_ok: bool =
             got = f"'{content_type}'" if content_type else "none"
             raise InvalidRequest(f"Content-Type must be application/json (got {got})",
                                  code="invalid_content_type")
-    raw = await request.get_data(cache=False)  # over server.max_body_bytes: 413
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)  # over server.max_body_bytes: 413
     max_depth = kernel.settings.server.max_json_depth
     if len(raw) <= INLINE_PARSE_BYTES:
         return parse_json_body(raw, max_depth=max_depth, empty_ok=empty_ok)

@@ -15,7 +15,7 @@ class _Channel:
     thread. The engine thread wakes the loop only when the consumer is
     actually waiting, through the coalescing loop mailbox."""
 
-    __slots__ = ("_loop", "_mailbox", "_items", "_waiter", "_wake_pending")
+    __slots__ = ("_items", "_loop", "_mailbox", "_waiter", "_wake_pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -69,13 +69,13 @@ class _Channel:
                 if timer is not None:
                     timer.cancel()
             if waiter.result() is _TIMED_OUT and not self._items:
-                raise asyncio.TimeoutError
+                raise TimeoutError
         return self._items.popleft()
 
 
 _TIMED_OUT = object()
 
 
-def _time_out(waiter: "asyncio.Future[Any]") -> None:
+def _time_out(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(_TIMED_OUT)

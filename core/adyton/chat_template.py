@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -177,7 +178,7 @@ class ChatTemplate:
             raise ChatTemplateError(f"invalid chat template: {e}") from e
 
     @classmethod
-    def from_metadata(cls, meta: Any, tokens: Sequence[str] | None = None) -> "ChatTemplate":
+    def from_metadata(cls, meta: Any, tokens: Sequence[str] | None = None) -> ChatTemplate:
         """Template of a GGUF (``tokenizer.chat_template``; ChatML if absent), with
         ``bos_token``/``eos_token`` texts taken from its vocabulary.
 
@@ -251,7 +252,7 @@ class ChatTemplate:
 
     def render_request(
         self,
-        request: "GenerationRequest",
+        request: GenerationRequest,
         control_tokens: Collection[str] = (),
         add_generation_prompt: bool = True,
     ) -> RenderedPrompt:

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .types import (
     EmbeddingRequest,
     EmbeddingResult,
     GenerationRequest,
+    ModelInfo,
     RequestCost,
     Reservation,
     Usage,
@@ -36,6 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kernel import Kernel
 
 log = logging.getLogger("adyton.pipeline")
+
+#: what an embedding run gives per input (a vector, or hidden states by layer)
+R = TypeVar("R")
 
 
 async def embed(kernel: Kernel, request: EmbeddingRequest, credentials: Credentials) -> EmbeddingResult:
@@ -80,8 +85,9 @@ async def embed(kernel: Kernel, request: EmbeddingRequest, credentials: Credenti
     except AdytonError as exc:
         kernel.metrics.rejected(exc, wire)
         raise
-    run = _EmbeddingRun(kernel, backend, model, token_ids, wire)
-    run.reservations = await reserve(kernel, 
+    run = _EmbeddingRun(kernel, backend, model, token_ids, wire,
+                        work=lambda cancelled: backend.embed(model, token_ids, cancelled))
+    run.reservations = await reserve(kernel,
         principal, RequestCost(model=model.id, prompt_tokens=run.n_tokens, max_completion_tokens=0,
                                wire_format=wire), wire)
     vectors = await run.run()
@@ -132,19 +138,22 @@ async def hidden_states(kernel: Kernel, inputs: list[str], layers: Sequence[int]
     wanted = tuple(layers)
     run = _EmbeddingRun(kernel, backend, model, token_ids, wire,
                         work=lambda cancelled: backend.hidden_states(model, token_ids, wanted, cancelled))
-    run.reservations = await reserve(kernel, 
+    run.reservations = await reserve(kernel,
         principal, RequestCost(model=model.id, prompt_tokens=run.n_tokens, max_completion_tokens=0,
                                wire_format=wire), wire)
     states = await run.run()
     return model, states, run.usage
 
 
-class _EmbeddingRun:
-    """One admitted embedding request on the engine queue (``Pipeline.embed``;
-    ``work(cancelled)`` replaces ``Backend.embed`` for ``hidden_states``)."""
+class _EmbeddingRun(Generic[R]):
+    """One admitted embedding request on the engine queue: ``work(cancelled)``
+    runs on the engine thread and gives one result per input
+    (``Backend.embed`` for ``Pipeline.embed``, ``Backend.hidden_states`` for
+    ``hidden_states``)."""
 
-    def __init__(self, kernel: Kernel, backend: Backend, model: Any,
-                 token_ids: list[list[int]], wire_format: str, work: Any = None) -> None:
+    def __init__(self, kernel: Kernel, backend: Backend, model: ModelInfo,
+                 token_ids: list[list[int]], wire_format: str,
+                 work: Callable[[threading.Event], list[R]]) -> None:
         self.work = work
         self.kernel = kernel
         self.backend = backend
@@ -156,14 +165,12 @@ class _EmbeddingRun:
         self.usage = Usage()
         self.cancelled = threading.Event()
 
-    def _work(self) -> list[np.ndarray]:
+    def _work(self) -> list[R]:
         """Engine thread."""
         self.kernel.models.load_blocking(self.backend, self.model.id)
-        if self.work is not None:
-            return self.work(self.cancelled)
-        return self.backend.embed(self.model, self.token_ids, self.cancelled)
+        return self.work(self.cancelled)
 
-    async def run(self) -> list[np.ndarray]:
+    async def run(self) -> list[R]:
         kernel = self.kernel
         queue = kernel.queue_for(self.backend)
         job = EngineJob(self._work)
@@ -186,7 +193,7 @@ class _EmbeddingRun:
                 raise
             except AdytonError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
+            except Exception as exc:  # never a bare 500 from a backend bug
                 log.error("embedding on backend %s failed", self.backend.name, exc_info=exc)
                 raise BackendError(f"the backend failed: {type(exc).__name__}: {exc}") from exc
             if self.cancelled.is_set() or len(vectors) != len(self.token_ids):

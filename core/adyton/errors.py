@@ -9,7 +9,8 @@ OpenAI-style ``type`` and optional ``code`` and ``param``, a human
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class AdytonError(Exception):
@@ -198,10 +199,8 @@ def invalid_from_validation(exc: Any, *, prefix: str | None = None,
     loc = ".".join(str(p) for p in err["loc"]) or "body"
     loc = (rename or {}).get(loc, loc)
     where = f"{prefix}.{loc}" if prefix else loc
-    if err["type"] == "extra_forbidden":
-        message = f"unsupported field '{where}'"
-    else:
-        message = f"invalid '{where}': {err['msg']}"
+    message = (f"unsupported field '{where}'" if err["type"] == "extra_forbidden"
+               else f"invalid '{where}': {err['msg']}")
     return InvalidRequest(message, param=param or where)
 
 

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from .chain import _Chain
 from .channel import _Channel
@@ -49,7 +50,7 @@ _END = object()
 
 #: the generations started while serving one HTTP request (see
 #: ``close_orphans``); None outside a request
-_REQUEST_GENERATIONS: contextvars.ContextVar[list["Generation"] | None] = contextvars.ContextVar(
+_REQUEST_GENERATIONS: contextvars.ContextVar[list[Generation] | None] = contextvars.ContextVar(
     "adyton_request_generations", default=None)
 
 
@@ -172,7 +173,7 @@ class Generation:
             raise
         except AdytonError as exc:
             self._events.put(exc)
-        except Exception as exc:  # noqa: BLE001 - never a bare 500 from a backend bug
+        except Exception as exc:  # never a bare 500 from a backend bug
             log.error("generation %s failed", self.id, exc_info=exc)
             self._events.put(BackendError(f"the backend failed: {type(exc).__name__}: {exc}"))
         finally:
@@ -321,7 +322,7 @@ class Generation:
             while True:
                 try:
                     item = await self._events.get(keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield Waiting()
                     continue
                 if item is _END:

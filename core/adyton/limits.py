@@ -48,7 +48,7 @@ async def _settle_one(limiter: Limiter, reservation: Reservation, usage: Usage, 
         reservation.data = own[1]
     try:
         await limiter.settle(reservation, usage, outcome)
-    except Exception:  # noqa: BLE001 - a failing limiter must not break the response
+    except Exception:  # a failing limiter must not break the response
         log.exception("limiter %s failed to settle a reservation", limiter.name)
     finally:
         reservation.data = (limiter, reservation.data)

@@ -15,14 +15,16 @@ if TYPE_CHECKING:  # pragma: no cover
 class Metrics:
     """Prometheus metrics of one app (its own registry: no globals)."""
 
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.registry = CollectorRegistry()
         r = self.registry
         self.queue_waiting = Gauge("adyton_queue_waiting", "Requests waiting for an engine", ["backend"], registry=r)
         self.queue_running = Gauge("adyton_queue_running", "Requests running on an engine", ["backend"], registry=r)
-        self.rejections = Counter("adyton_rejections_total", "Requests refused, by reason", ["reason", "wire_format"], registry=r)
-        self.requests = Counter("adyton_requests_total", "Generations that ended, by outcome", ["outcome", "wire_format"], registry=r)
+        self.rejections = Counter("adyton_rejections_total", "Requests refused, by reason",
+                                  ["reason", "wire_format"], registry=r)
+        self.requests = Counter("adyton_requests_total", "Generations that ended, by outcome",
+                                ["outcome", "wire_format"], registry=r)
         self.cut_short_total = Counter(
             "adyton_cut_short_total", "Choices ended early by the server: time_budget or repetition",
             ["reason", "wire_format"], registry=r)

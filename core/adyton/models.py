@@ -23,7 +23,7 @@ class ModelRegistry:
     #: how long a backend's model list is trusted before it is asked again
     CATALOG_TTL_S = 2.0
 
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.loading: str | None = None  #: model id being loaded at start
         self.load_error: str | None = None
@@ -97,6 +97,6 @@ class ModelRegistry:
             backend.load_model(model_id)
         except AdytonError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendError(f"could not load model '{model_id}': {exc}") from exc
 

@@ -19,7 +19,8 @@ Embeddings and hidden states take the same stages without the sampler
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Pipeline:
         ``Unauthorized`` / ``Forbidden``."""
         return await authorize(self.kernel, credentials, access)
 
-    async def submit(self, request: GenerationRequest, credentials: Credentials) -> "Generation":
+    async def submit(self, request: GenerationRequest, credentials: Credentials) -> Generation:
         kernel = self.kernel
         metrics = kernel.metrics
         wire = credentials.wire_format

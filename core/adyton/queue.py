@@ -20,7 +20,8 @@ import math
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ServerBusy, ServiceUnavailable
 
@@ -37,7 +38,7 @@ class LoopMailbox:
     The mailbox writes once per batch: while a drain is pending, more calls
     just queue up behind it."""
 
-    __slots__ = ("_loop", "_calls", "_scheduled")
+    __slots__ = ("_calls", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -61,7 +62,7 @@ class LoopMailbox:
             fn(*args)
 
 
-_mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox]" = weakref.WeakKeyDictionary()
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox] = weakref.WeakKeyDictionary()
 _mailboxes_lock = threading.Lock()
 
 
@@ -89,7 +90,7 @@ class EngineJob:
     ``work()`` runs on the engine thread; its return value or exception
     becomes the result of ``wait_done()``."""
 
-    __slots__ = ("work", "state", "_loop", "_mailbox", "_done", "_deadline", "service_s")
+    __slots__ = ("_deadline", "_done", "_loop", "_mailbox", "service_s", "state", "work")
 
     def __init__(self, work: Callable[[], Any]) -> None:
         self.work = work
@@ -246,9 +247,8 @@ class EngineQueue:
         try:
             self._take_jobs()
         finally:
-            with self._lock:
-                with contextlib.suppress(ValueError):
-                    self._threads.remove(threading.current_thread())
+            with self._lock, contextlib.suppress(ValueError):
+                self._threads.remove(threading.current_thread())
 
     def _take_jobs(self) -> None:
         while True:

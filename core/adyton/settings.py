@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings import SettingsError as PydanticSettingsError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError as PydanticSettingsError,
+)
 
 from .errors import SettingsError
 
@@ -39,22 +43,34 @@ class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address to bind; keep loopback unless an auth plugin is installed.")
     port: int = Field(8756, ge=0, le=65535, description="TCP port (0 = any free port).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
-    keepalive_s: float = Field(5.0, gt=0, description="Streaming: seconds of silence before a keep-alive comment is sent.")
-    cors_origins: list[str] = Field(default_factory=list, description='Origins allowed by CORS ("*" for any); empty = CORS off.')
+    keepalive_s: float = Field(5.0, gt=0,
+                               description="Streaming: seconds of silence before a keep-alive comment is sent.")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description='Origins allowed by CORS ("*" for any); empty = CORS off.')
     shutdown_grace_s: float = Field(10.0, ge=0, description="On shutdown, seconds running requests get to finish.")
-    max_json_depth: int = Field(64, ge=2, le=500, description="Deepest nesting of arrays/objects a JSON request body may have (400 above).")
-    worker_threads: int = Field(2, ge=1, le=64, description="Threads for per-request CPU work kept off the event loop (tokenizing big prompts, parsing big bodies); more requests wait for one.")
+    max_json_depth: int = Field(64, ge=2, le=500,
+                                description="Deepest nesting of arrays/objects a JSON request body may have (400 "
+                                            "above).")
+    worker_threads: int = Field(2, ge=1, le=64,
+                                description="Threads for per-request CPU work kept off the event loop (tokenizing "
+                                            "big prompts, parsing big bodies); more requests wait for one.")
 
 
 class QueueSettings(_Section):
     max_waiting: int = Field(16, ge=0, description="Requests that may wait for a busy engine; one more gets 429.")
-    max_wait_s: float = Field(60.0, gt=0, description="A waiting request that cannot start within this gets 503 + Retry-After.")
+    max_wait_s: float = Field(60.0, gt=0,
+                              description="A waiting request that cannot start within this gets 503 + Retry-After.")
 
 
 class ModelsSettings(_Section):
-    default: str | None = Field(None, description="Model loaded at start and used when a request names none (None: the backend's first).")
-    load_at_start: bool = Field(True, description="Load the default model when the server starts (/health is 503 until it is loaded).")
-    aliases: dict[str, str] = Field(default_factory=dict, description='Extra names for models, e.g. {qwen3_4b = "smollm2-135m-instruct"}.')
+    default: str | None = Field(None,
+                                description="Model loaded at start and used when a request names none (None: the "
+                                            "backend's first).")
+    load_at_start: bool = Field(True,
+                                description="Load the default model when the server starts (/health is 503 until it "
+                                            "is loaded).")
+    aliases: dict[str, str] = Field(default_factory=dict,
+                                    description='Extra names for models, e.g. {qwen3_4b = "smollm2-135m-instruct"}.')
 
 
 #: who may call a read-only route: anyone; any caller an authenticator accepts;
@@ -67,9 +83,14 @@ class AccessSettings(_Section):
     """What credentials the read-only routes need while an auth plugin is
     installed (without one every route is open); /health is always open."""
 
-    models: Access = Field("user", description='GET model lists of the wire formats (/v1/models, /v1/models/{id}, /api/models): "public", "user" (any valid API key), "metrics" or "admin".')
-    server_info: Access = Field("admin", description="GET /-/plugins and /-/models (plugin versions, model files on disk).")
-    metrics: Access = Field("metrics", description='GET /metrics; "metrics": the admin key or a metrics-only token (adyton-limits: limits.metrics_token_file).')
+    models: Access = Field("user",
+                           description='GET model lists of the wire formats (/v1/models, /v1/models/{id}, '
+                                       '/api/models): "public", "user" (any valid API key), "metrics" or "admin".')
+    server_info: Access = Field("admin",
+                                description="GET /-/plugins and /-/models (plugin versions, model files on disk).")
+    metrics: Access = Field("metrics",
+                            description='GET /metrics; "metrics": the admin key or a metrics-only token '
+                                        '(adyton-limits: limits.metrics_token_file).')
 
 
 class DatabaseSettings(_Section):
@@ -96,7 +117,8 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    home: Path = Field(default_factory=default_home, description="Data directory: models, accounts, caches (ADYTON_HOME).")
+    home: Path = Field(default_factory=default_home,
+                       description="Data directory: models, accounts, caches (ADYTON_HOME).")
     log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
@@ -205,10 +227,8 @@ def describe_settings(settings_cls: type[BaseModel], prefix: str = "") -> list[d
             continue
         if field.default_factory is default_home:
             default: Any = "$XDG_DATA_HOME/adyton, else ~/.local/share/adyton"
-        elif field.default_factory is not None:
-            default = field.default_factory()
         else:
-            default = field.default
+            default = field.get_default(call_default_factory=True)
         rows.append({
             "key": key,
             "env": "ADYTON_" + key.replace(".", "__").upper(),

@@ -100,7 +100,7 @@ def _template_uses_tools(source: str) -> bool:
         return False
 
 
-def template_has_tools(template: "ChatTemplate") -> bool:
+def template_has_tools(template: ChatTemplate) -> bool:
     """True when the chat template renders a ``tools`` variable itself."""
     return not template.is_fallback and _template_uses_tools(template.source)
 
@@ -148,8 +148,8 @@ def _convention_messages(request: GenerationRequest, show_tools: bool) -> list[d
             for c in m.tool_calls:
                 names_by_id[c.id] = c.name
         messages.append({"role": m.role, "content": content})
-    for m in messages:
-        m.pop("_tool_results", None)
+    for message in messages:
+        message.pop("_tool_results", None)
     if show_tools:
         listing = "\n".join(json.dumps(tool_dict(t)["function"], ensure_ascii=False) for t in request.tools)
         block = CONVENTION_PROMPT.format(tools=listing)
@@ -160,7 +160,7 @@ def _convention_messages(request: GenerationRequest, show_tools: bool) -> list[d
     return messages
 
 
-def chat_context(request: GenerationRequest, template: "ChatTemplate") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def chat_context(request: GenerationRequest, template: ChatTemplate) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The messages and extra variables to render ``request`` with
     ``template`` (``template.render(messages, **extra)``, or
     ``render_protected``): the one place where tools, tool calls, tool
@@ -246,7 +246,7 @@ class _JsonDepth:
     """Where a JSON value stands, fed character by character: done once the
     first object or array it opened is closed."""
 
-    __slots__ = ("depth", "in_string", "escape", "started")
+    __slots__ = ("depth", "escape", "in_string", "started")
 
     def __init__(self) -> None:
         self.depth = 0
@@ -311,7 +311,7 @@ class ToolCallReader:
     (``ArgumentsPiece``); a call cut short (``max_tokens``) stays as far as it
     got. A block that does not start that way is read whole, as above."""
 
-    __slots__ = ("tools", "stream_arguments", "_buffer", "_in_call", "calls", "_args", "_args_done")
+    __slots__ = ("_args", "_args_done", "_buffer", "_in_call", "calls", "stream_arguments", "tools")
 
     def __init__(self, tools: list[Tool] | None = None, stream_arguments: bool = False) -> None:
         self.tools = {t.name: t for t in tools} if tools is not None else None
@@ -356,11 +356,11 @@ class ToolCallReader:
         out: list[Piece] = []
         while True:
             if self._in_call:
-                if self.stream_arguments and (self._args is not None or self._stream_head_possible()):
-                    if self._stream(out):
-                        if self._in_call:
-                            return out
-                        continue
+                if (self.stream_arguments and (self._args is not None or self._stream_head_possible())
+                        and self._stream(out)):
+                    if self._in_call:
+                        return out
+                    continue
                 end = self._buffer.find(TOOL_CALL_CLOSE)
                 if end < 0:
                     return out
@@ -418,26 +418,28 @@ def _prefix_tail(text: str, marker: str) -> int:
 
 def split_tool_calls(text: str, tools: list[Tool] | None = None) -> tuple[str, list[ToolCall]]:
     """A finished output -> (its content, its calls)."""
-    reader = ToolCallReader(tools)
+    reader = ToolCallReader(tools)  # not stream_arguments: no CallStart or ArgumentsPiece
     content: list[str] = []
     calls: list[ToolCall] = []
     for piece in reader.feed(text) + reader.finish():
         if isinstance(piece, CallPiece):
             calls.append(piece.call)
-        else:
+        elif isinstance(piece, ContentPiece):
             content.append(piece.text)
+        else:
+            raise TypeError(f"unexpected streamed tool-call piece {piece!r}")
     return "".join(content), calls
 
 
 __all__ = [
     "CONVENTION_PROMPT",
     "RESERVED_TEMPLATE_VARIABLES",
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
     "ArgumentsPiece",
     "CallPiece",
     "CallStart",
     "ContentPiece",
-    "TOOL_CALL_CLOSE",
-    "TOOL_CALL_OPEN",
     "ToolCallReader",
     "chat_context",
     "new_call_id",

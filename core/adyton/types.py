@@ -9,14 +9,15 @@ token and must stay cheap.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() is its value: str(member) output would change
     """Why a generation ended."""
 
     STOP = "stop"  #: end-of-sequence token, a stop string, or a constraint completed
@@ -164,10 +165,10 @@ class GenerationRequest(BaseModel):
     #: add a vector to the model's hidden states while generating (set by a
     #: plugin in ``prepare_request``, never from JSON); a backend that cannot
     #: steer ``model`` makes the kernel refuse the request with 400
-    steering: SkipJsonSchema[InstanceOf["Steering"] | None] = Field(default=None, exclude=True)
+    steering: SkipJsonSchema[InstanceOf[Steering] | None] = Field(default=None, exclude=True)
     #: read the hidden states of each generated token (set by a plugin, never
     #: from JSON); refused with 400 like ``steering`` on a backend that cannot
-    observer: SkipJsonSchema[InstanceOf["HiddenStateObserver"] | None] = Field(default=None, exclude=True)
+    observer: SkipJsonSchema[InstanceOf[HiddenStateObserver] | None] = Field(default=None, exclude=True)
 
     def shapes_output(self) -> bool:
         """True when the caller asked for something that shapes the output
@@ -178,7 +179,7 @@ class GenerationRequest(BaseModel):
                     or self.repetition_penalty != 1.0)
 
     @model_validator(mode="after")
-    def _one_input(self) -> "GenerationRequest":
+    def _one_input(self) -> GenerationRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of 'messages' or 'prompt' is required")
         if self.messages is not None and not self.messages:
@@ -197,6 +198,14 @@ class GenerationRequest(BaseModel):
         return self
 
 
+class HeaderLookup(Protocol):
+    """What ``Credentials.from_headers`` reads: a case-insensitive ``get`` by
+    name, as Quart's and werkzeug's ``Headers`` have (a plain dict works when
+    its keys are spelled as asked)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
 class Credentials(BaseModel):
     """What the caller presented, as the wire format found it.
 
@@ -213,8 +222,8 @@ class Credentials(BaseModel):
     client_address: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], *, wire_format: str,
-                     client_address: str | None = None) -> "Credentials":
+    def from_headers(cls, headers: HeaderLookup, *, wire_format: str,
+                     client_address: str | None = None) -> Credentials:
         """The usual API-key headers (``headers``: a case-insensitive mapping
         such as Quart's ``request.headers``): ``x-api-key: KEY`` gives
         "api_key", else ``Authorization: Bearer KEY`` gives "bearer", else
@@ -342,7 +351,7 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
     @model_validator(mode="after")
-    def _non_empty(self) -> "EmbeddingRequest":
+    def _non_empty(self) -> EmbeddingRequest:
         for i, item in enumerate(self.inputs):
             if len(item) == 0:
                 raise ValueError(f"input {i} is empty")
@@ -422,12 +431,12 @@ class TokenPiece:
     #: self-sampling backends only (``Backend.exposes_logits = False``): the
     #: logprobs the engine computed for the tokens behind this piece (when the
     #: request asked for ``logprobs``)
-    logprobs: list["TokenLogprob"] | None = None
+    logprobs: list[TokenLogprob] | None = None
     #: self-sampling backends only: the engine's own count for this choice
     #: (its prompt and completion tokens), usually on the last piece. The
     #: kernel then settles with it instead of its own count of pieces and the
     #: backend's prompt estimate
-    usage: "Usage | None" = None
+    usage: Usage | None = None
     #: self-sampling backends only: reports about this choice for the wire
     #: format, merged into ``Choice.reports`` like ``LogitsProcessor.report``'s
     #: (verified guided output: key "guided", the shape adyton-guided reports)
@@ -598,9 +607,9 @@ __all__ = [
     "Steering",
     "TextDelta",
     "TokenLogprob",
+    "TokenPiece",
     "Tool",
     "ToolCall",
-    "TokenPiece",
     "TopLogprob",
     "Usage",
     "Vocabulary",

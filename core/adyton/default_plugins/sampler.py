@@ -5,7 +5,7 @@ apply), a logits processor any sampler runs after."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
