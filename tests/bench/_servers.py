@@ -5,6 +5,10 @@ pipeline  the full adyton pipeline (adyton-openai if installed, scripted backend
           that yields its tokens instantly)
 adyton-bare  the pipeline app, plus the bare route at /bare/v1/chat/completions:
           what the adyton app's own middleware costs, without the pipeline
+deployed  `adyton serve` as deploy/systemd/adyton@.service runs it (settings from
+          ADYTON_CONFIG and ADYTON_* variables, installed plugins from
+          ADYTON_LOAD_PLUGINS; the port from the settings when PORT is left out),
+          plus a scripted backend ("scripted-model"): two_servers.py
 """
 
 from __future__ import annotations
@@ -45,13 +49,25 @@ def pipeline_app(extra_plugins=()):
     return create_app(
         settings={"home": "/tmp/adyton-bench-home", "log_level": "warning",
                   "queue": {"max_waiting": 1000}},
-        plugins=[adyton_openai, BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"], max_concurrency=int(os.environ.get("BENCH_CONCURRENCY", "1")))), *extra_plugins],
+        plugins=[adyton_openai,
+                 BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"],
+                                               max_concurrency=int(os.environ.get("BENCH_CONCURRENCY", "1")))),
+                 *extra_plugins],
         load_entrypoints=False,
     )
 
 
+def deployed_app():
+    from adyton import create_app
+    from adyton.testing import BackendPlugin, ScriptedBackend
+
+    backend = ScriptedBackend(["Hello", ",", " world", "!"], max_concurrency=8)
+    return create_app(plugins=[BackendPlugin(backend)], config=os.environ.get("ADYTON_CONFIG"))
+
+
 def main() -> None:
-    kind, port = sys.argv[1], int(sys.argv[2])
+    kind = sys.argv[1]
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else None
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     if kind == "bare":
@@ -66,10 +82,16 @@ def main() -> None:
     elif kind == "pipeline+limits":
         import adyton_limits
         app = pipeline_app([adyton_limits])
+    elif kind == "deployed":
+        app = deployed_app()
     else:
         raise SystemExit(f"unknown server kind {kind}")
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    if port is None:
+        settings = app.extensions["adyton"].settings
+        config.bind = [f"{settings.server.host}:{settings.server.port}"]
+    else:
+        config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
 
