@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from .chain import _Chain
@@ -306,14 +306,15 @@ class Generation:
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self.events()
 
-    def events(self, keepalive_s: float | None = None) -> AsyncIterator[GenerationEvent]:
+    def events(self, keepalive_s: float | None = None) -> AsyncGenerator[GenerationEvent, None]:
         """Events until the generation ends. Raises the AdytonError that ended
         it, if any. Yields ``Waiting()`` after ``keepalive_s`` of silence
-        (default: the ``server.keepalive_s`` setting)."""
+        (default: the ``server.keepalive_s`` setting). An async generator: a
+        consumer that stops early ``aclose()``s it."""
         keepalive = keepalive_s if keepalive_s is not None else self.kernel.settings.server.keepalive_s
         return self._consume(keepalive)
 
-    async def _consume(self, keepalive: float | None) -> AsyncIterator[GenerationEvent]:
+    async def _consume(self, keepalive: float | None) -> AsyncGenerator[GenerationEvent, None]:
         """The one consumer of the event channel; no keep-alives when None."""
         if self._consumed:
             raise RuntimeError("a Generation can be consumed once")
