@@ -53,7 +53,7 @@ def test_client_leaving_while_queued_frees_queue_quota_and_slot(tmp_path, wire, 
                      settings={"axiom": {"max_tokens": 300}})
     kernel = kernel_of(app)
     acct = new_account(app)
-    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    db = tmp_path / "home" / "adyton.sqlite3"  # the kernel database
     with serving(app) as server:
         base = server.base_url
         busy = {}
@@ -89,7 +89,7 @@ def test_client_leaving_mid_stream_stops_and_is_charged_what_was_produced(tmp_pa
     backend = ScriptedBackend(["a"] * 400, delay_s=STEP, eos_at_end=False)
     app = limits_app(tmp_path / "home", backend, tiers={1: tier(concurrent_requests=1)})
     acct = new_account(app)
-    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    db = tmp_path / "home" / "adyton.sqlite3"  # the kernel database
     with serving(app) as server:
         path, body, headers = _request(wire, acct, True, 300)
         sock = raw_post(server.port, path, body, headers)
@@ -180,7 +180,7 @@ def test_real_model_abandoned_streams_do_not_lock_a_tier_1_account_out(tmp_path)
     stack = start_stack(full_app(tmp_path / "home"), tier=1)
     try:
         acct_id = service_for(stack.kernel).store.by_api_key(stack.api_key).id
-        db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+        db = tmp_path / "home" / "adyton.sqlite3"  # the kernel database
         queue = next(iter(stack.kernel.queues.values()))
         chat = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
         busy = {}

@@ -19,7 +19,7 @@ def test_default_tier_caps_refuse_before_any_quota_is_used(tmp_path):
     backend = ScriptedBackend(["a"] * 5, context_length=32_768)
     app = limits_app(tmp_path / "home", backend)  # the default tier table
     acct = new_account(app)
-    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    db = tmp_path / "home" / "adyton.sqlite3"  # the kernel database
     auth = {"Authorization": f"Bearer {acct.api_key}"}
     with serving(app) as server:
         url = server.base_url + "/v1/chat/completions"
@@ -50,7 +50,7 @@ def test_axiom_request_is_capped_not_refused(tmp_path):
     app = limits_app(tmp_path / "home", backend, tiers={1: tier(max_tokens_per_request=100)},
                      settings={"axiom": {"max_tokens": 2048}})
     acct = new_account(app)
-    db = tmp_path / "home" / "limits" / "accounts.sqlite3"
+    db = tmp_path / "home" / "adyton.sqlite3"  # the kernel database
     with serving(app) as server:
         r = httpx.post(server.base_url + "/api/chat", timeout=30, json={
             "model": "scripted-model", "sessionId": acct.account_number, "system_prompt": "", "messages": CHAT})

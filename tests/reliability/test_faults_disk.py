@@ -54,9 +54,9 @@ def test_disk_full_keeps_rows_and_refuses_new_work_until_there_is_room(tmp_path)
     home = tmp_path / "home"
     backend = ScriptedBackend(["a"] * 200, delay_s=0.01, eos_at_end=False)
     with small_filesystem(home / "limits"):
-        app = limits_app(home, backend)
+        db = home / "limits" / "accounts.sqlite3"  # the ledger on the small filesystem
+        app = limits_app(home, backend, limits={"db_path": str(db)})
         acct = new_account(app)
-        db = home / "limits" / "accounts.sqlite3"
         url, auth = "/v1/chat/completions", {"Authorization": f"Bearer {acct.api_key}"}
         chat = {"messages": [{"role": "user", "content": "hi"}]}
         with serving(app) as server:
@@ -109,7 +109,7 @@ def test_rows_still_unwritable_at_shutdown_are_logged_in_full(tmp_path, caplog):
     home = tmp_path / "home"
     backend = ScriptedBackend(["a"] * 50, delay_s=0.01, eos_at_end=False)
     with small_filesystem(home / "limits"):
-        app = limits_app(home, backend)
+        app = limits_app(home, backend, limits={"db_path": str(home / "limits" / "accounts.sqlite3")})
         acct = new_account(app)
         with serving(app) as server:
             answer = {}

@@ -94,6 +94,13 @@ class LimitsPlugin:
             register(SignupApi(service))
 
     @hookimpl
+    def register_migrations(self, register, kernel):
+        from .migrations import VERSION_TABLE, VERSIONS
+
+        # limits.db_url, an earlier release's own file, or the kernel's database
+        register(VERSIONS, VERSION_TABLE, self.service(kernel).db)
+
+    @hookimpl
     def register_commands(self, cli):
         from .cli import accounts
 
@@ -128,5 +135,6 @@ register_limiters = _plugin.register_limiters
 prepare_request = _plugin.prepare_request
 register_wire_formats = _plugin.register_wire_formats
 register_commands = _plugin.register_commands
+register_migrations = _plugin.register_migrations
 startup = _plugin.startup
 shutdown = _plugin.shutdown

@@ -11,17 +11,19 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from adyton import Forbidden, Principal, ServiceUnavailable, Unauthorized
+import sqlalchemy as sa
+
+from adyton import Database, Forbidden, Principal, ServiceUnavailable, Unauthorized
 
 from .limiter import AccountLimiter, Counters
 from .settings import LimitsSettings
-from .store import KEY_RE, NUMBER_RE, AccountStore, LedgerRow, hash_secret, utc_day
+from .store import KEY_RE, NUMBER_RE, AccountStore, LedgerRow, accounts, hash_secret, tier_changes, usage_daily, utc_day
 
 if TYPE_CHECKING:  # pragma: no cover
     from adyton import Kernel
@@ -30,14 +32,14 @@ log = logging.getLogger("adyton.limits")
 
 
 class LimitsService:
-    def __init__(self, kernel: "Kernel", clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, kernel: Kernel, clock: Callable[[], float] | None = None) -> None:
         self.kernel = kernel
-        self.settings: LimitsSettings = getattr(kernel.settings, "limits", None) or LimitsSettings()
+        self.settings: LimitsSettings = kernel.section("limits", LimitsSettings)
         self.clock: Callable[[], float] = clock or time.time
         home = Path(kernel.home)
-        self.db_path = Path(self.settings.db_path or home / "limits" / "accounts.sqlite3").expanduser()
         self.admin_key_path = Path(self.settings.admin_key_file or home / "limits" / "admin.key").expanduser()
-        self.store = AccountStore(self.db_path, synchronous=self.settings.sqlite_synchronous, clock=self.clock)
+        self.db, self._own_db = self._choose_database(home)
+        self.store = AccountStore(self.db, clock=self.clock)
         self.limiter = AccountLimiter(self)
         self.counters: Counters | None = None
         self._writer: ThreadPoolExecutor | None = None
@@ -53,6 +55,25 @@ class LimitsService:
         self.pending_rows: collections.deque[LedgerRow] = collections.deque()
         self.ledger_error: str | None = None
         self._flusher: asyncio.Task[Any] | None = None
+
+    def _choose_database(self, home: Path) -> tuple[Database, bool]:
+        """Where the accounts live, and whether this plugin opened it (and
+        disposes it): ``limits.db_url``; else ``limits.db_path``; else the
+        file of the releases that kept accounts in their own SQLite file,
+        ``$ADYTON_HOME/limits/accounts.sqlite3``, while it exists (so an
+        upgrade keeps its accounts); else the kernel's ``[database]``."""
+        synchronous = self.settings.sqlite_synchronous
+        if self.settings.db_url:
+            return Database(self.settings.db_url, sqlite_synchronous=synchronous), True
+        legacy = Path(self.settings.db_path or home / "limits" / "accounts.sqlite3").expanduser()
+        if self.settings.db_path is not None or legacy.exists():
+            return Database.sqlite(legacy, sqlite_synchronous=synchronous), True
+        return self.kernel.database, False
+
+    @property
+    def db_path(self) -> Path | None:
+        """The SQLite file holding the accounts (None on PostgreSQL)."""
+        return self.db.path
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -78,7 +99,7 @@ class LimitsService:
             await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
         self.ensure_admin_key()
         self.load_metrics_token()
-        log.info("adyton-limits: accounts in %s; counters in %s", self.db_path, self.settings.storage_uri)
+        log.info("adyton-limits: accounts in %s; counters in %s", self.db.display_url, self.settings.storage_uri)
         log.info("adyton-limits: admin API key is in %s (send 'Authorization: Bearer <key>' to /admin/...)",
                  self.admin_key_path)
         if self.settings.signup_enabled:
@@ -110,7 +131,7 @@ class LimitsService:
             try:
                 while self.pending_rows:
                     await self._in_writer(self._write_oldest_kept)
-            except (sqlite3.Error, OSError) as exc:
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
                 for row in self.pending_rows:
                     log.error("adyton-limits: ledger row LOST at shutdown (%s): %s", exc,
                               json.dumps(dataclasses.asdict(row)))
@@ -118,12 +139,14 @@ class LimitsService:
         if self.counters is not None:
             try:
                 await self.counters.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("closing the limits storage failed")
         if self._writer is not None:
             self._writer.submit(self.store.close).result()
             self._writer.shutdown(wait=True)
             self._writer = None
+        if self._own_db:
+            self.db.dispose()
         self._opened = False
 
     async def in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -132,8 +155,10 @@ class LimitsService:
         naming the reason, not a 500."""
         try:
             return await self._in_writer(fn, *args)
-        except (sqlite3.OperationalError, OSError) as exc:
-            log.error("adyton-limits: writing %s failed: %s", self.db_path, exc)
+        except Exception as exc:
+            if not Database.unavailable(exc):
+                raise
+            log.error("adyton-limits: writing %s failed: %s", self.db.display_url, exc)
             raise ServiceUnavailable(f"the accounts database cannot be written ({exc}); try again later",
                                      code="accounts_db_unavailable", retry_after=10.0) from None
 
@@ -239,7 +264,7 @@ class LimitsService:
             return
         try:
             await self._write_row(row)
-        except (sqlite3.Error, OSError) as exc:
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
             self._keep(row, f"{type(exc).__name__}: {exc}")
 
     async def _write_row(self, row: LedgerRow) -> None:
@@ -262,7 +287,7 @@ class LimitsService:
     def _keep(self, row: LedgerRow, error: str) -> None:
         if self.ledger_error is None:
             log.error("adyton-limits: the usage ledger %s cannot be written (%s): refusing new requests "
-                      "with 503 until it can; rows are kept in memory meanwhile", self.db_path, error)
+                      "with 503 until it can; rows are kept in memory meanwhile", self.db.display_url, error)
         self.ledger_error = error
         if len(self.pending_rows) >= self.settings.ledger_buffer_rows:
             log.error("adyton-limits: ledger row LOST (%d rows already wait): %s", len(self.pending_rows),
@@ -285,19 +310,21 @@ class LimitsService:
             try:
                 while self.pending_rows:
                     await self._in_writer(self._write_oldest_kept)
-            except (sqlite3.Error, OSError) as exc:
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
                 self.ledger_error = f"{type(exc).__name__}: {exc}"
                 delay = min(2 * delay, 5.0)
         self.ledger_error = None
         log.info("adyton-limits: the usage ledger is writable again; every kept row is written")
 
-    def _upgrade(self, conn: sqlite3.Connection, account_id: str, day: str) -> int | None:
+    def _upgrade(self, conn: sa.Connection, account_id: str, day: str) -> int | None:
         """Inside the ledger transaction: promote ``account_id`` one tier if
         it used >= share of its daily quota on >= days days since its last
-        tier change."""
+        tier change. The account's row is locked (PostgreSQL: FOR UPDATE), so
+        servers settling at once promote it once."""
         rule = self.settings.upgrade
         tiers = self.settings.tiers
-        row = conn.execute("SELECT tier, tier_changed_at FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        row = conn.execute(sa.select(accounts.c.tier, accounts.c.tier_changed_at)
+                           .where(accounts.c.id == account_id).with_for_update()).first()
         if row is None:
             return None
         tier, changed_at = int(row[0]), float(row[1])
@@ -307,9 +334,9 @@ class LimitsService:
         req, tok = rule.thresholds(tiers[tier])
         if req is None and tok is None:
             return None
-        today = conn.execute(
-            "SELECT requests, prompt_tokens + completion_tokens FROM usage_daily WHERE account_id = ? AND day = ?",
-            (account_id, day)).fetchone()
+        u = usage_daily.c
+        today = conn.execute(sa.select(u.requests, u.prompt_tokens + u.completion_tokens)
+                             .where(u.account_id == account_id, u.day == day)).first()
         if today is None or not ((req is not None and today[0] >= req) or (tok is not None and today[1] >= tok)):
             return None  # today does not count (yet): nothing new to decide
         n = self.store.days_reaching(account_id, utc_day(changed_at), req, tok, conn)
@@ -317,7 +344,8 @@ class LimitsService:
             return None
         new = higher[0]
         now = self.clock()
-        conn.execute("UPDATE accounts SET tier = ?, tier_changed_at = ? WHERE id = ?", (new, now, account_id))
-        conn.execute("INSERT INTO tier_changes (account_id, at, old_tier, new_tier, reason) VALUES (?, ?, ?, ?, ?)",
-                     (account_id, now, tier, new, f"usage: {n} days >= {rule.share:.0%} of the daily quota"))
+        conn.execute(accounts.update().where(accounts.c.id == account_id).values(tier=new, tier_changed_at=now))
+        conn.execute(tier_changes.insert().values(
+            account_id=account_id, at=now, old_tier=tier, new_tier=new,
+            reason=f"usage: {n} days >= {rule.share:.0%} of the daily quota"))
         return new

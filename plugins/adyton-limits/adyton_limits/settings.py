@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -83,7 +82,13 @@ class LimitsSettings(BaseModel):
     redis_pool_timeout_s: float = Field(
         10.0, gt=0, description="How long a counter update waits for a free Redis connection before the "
                                 "request is refused with 503.")
-    db_path: Path | None = Field(None, description="Accounts + ledger SQLite file (default: $ADYTON_HOME/limits/accounts.sqlite3).")
+    db_url: str | None = Field(
+        None, description="Database of accounts, keys, tiers and the ledger (SQLAlchemy URL, e.g. "
+                          "postgresql+psycopg://adyton:pw@db:5432/adyton; servers sharing accounts use one). "
+                          "None: db_path, else $ADYTON_HOME/limits/accounts.sqlite3 if an earlier release "
+                          "made it, else the kernel's [database] url.")
+    db_path: Path | None = Field(
+        None, description="Accounts + ledger in this SQLite file (ignored when db_url is set; default: see db_url).")
     admin_key_file: Path | None = Field(None, description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, created 0600 at first start).")
     metrics_token_file: Path | None = Field(
         None, description="File holding a token that grants /metrics only (access level \"metrics\"), for a "
@@ -107,7 +112,7 @@ class LimitsSettings(BaseModel):
                                     description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
 
     @model_validator(mode="after")
-    def _check(self) -> "LimitsSettings":
+    def _check(self) -> LimitsSettings:
         if not self.tiers:
             raise ValueError("at least one tier is required")
         if self.default_tier not in self.tiers:

@@ -1,5 +1,8 @@
 """Fixtures for the adyton-limits tests: apps with the plugin and a test
-wire format, a fake clock, and a real Redis server on a free loopback port."""
+wire format, a fake clock, a real Redis server on a free loopback port, and a
+real PostgreSQL server (``db_url``: tests parametrized with
+``@pytest.mark.parametrize("db_url", DATABASES, indirect=True)`` run on the
+default SQLite database and on a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from adyton import create_app  # noqa: E402
-from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend, free_port  # noqa: E402
-from adyton_limits import LimitsPlugin  # noqa: E402
-from limits_helpers import FakeClock  # noqa: E402
+from limits_helpers import FakeClock
+
+from adyton import create_app
+from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend, free_port
+from adyton.testing_postgres import PostgresUnavailable, start_postgres
+from adyton_limits import LimitsPlugin
 
 
 @pytest.fixture
@@ -31,14 +36,39 @@ def home(tmp_path):
     return tmp_path / "home"
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (adyton.testing_postgres)."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        if os.environ.get("ADYTON_REQUIRE_MODEL"):  # make test: everything must run
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def make_app(home, clock):
-    """make_app(*backends, tiers=None, settings=None, clock=...) -> app"""
+def db_url(request):
+    """None (the default database: the kernel's SQLite) or, for the param
+    "postgresql", the URL of a fresh PostgreSQL database."""
+    if getattr(request, "param", "default") == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
+    return None
+
+
+@pytest.fixture
+def make_app(home, clock, db_url):
+    """make_app(*backends, tiers=None, settings=None, clock=...) -> app
+    (on ``db_url``'s database when a test is parametrized with it)"""
 
     def make(*backends, tiers=None, limits=None, settings=None, use_clock=True):
         if not backends:
             backends = (ScriptedBackend(),)
         lim = {"upgrade": {"enabled": False}}
+        if db_url is not None:
+            lim["db_url"] = db_url
         if tiers is not None:
             lim["tiers"] = tiers
         lim.update(limits or {})

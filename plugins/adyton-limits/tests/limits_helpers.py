@@ -3,9 +3,13 @@ it never collides with another test directory's conftest)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from adyton_limits import service_for
+
+#: ``@pytest.mark.parametrize("db_url", DATABASES, indirect=True)``: the
+#: test runs on the default (SQLite) database and on a real PostgreSQL one
+DATABASES = ["default", "postgresql"]
 
 BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
        "tokens_per_day": 1_000_000_000, "concurrent_requests": 1000}
@@ -19,7 +23,7 @@ class FakeClock:
     """Injectable clock: starts at a fixed UTC time; ``advance(s)``, ``set(...)``."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.t = (start or datetime(2025, 3, 10, 12, 0, 5, tzinfo=timezone.utc)).timestamp()
+        self.t = (start or datetime(2025, 3, 10, 12, 0, 5, tzinfo=UTC)).timestamp()
 
     def __call__(self) -> float:
         return self.t

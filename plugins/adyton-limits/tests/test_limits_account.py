@@ -5,18 +5,20 @@ real sockets with a scripted backend and a fake clock."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
+import pytest
+from limits_helpers import DATABASES, body, new_account, service, tier
 
 from adyton.testing import ScriptedBackend, ServerThread
-from limits_helpers import body, new_account, service, tier
 
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_account_shows_limits_usage_and_history(make_app, clock):
     app = make_app(tiers={1: tier(requests_per_day=10, tokens_per_day=1000, requests_per_minute=5),
                           2: tier()},
@@ -57,7 +59,7 @@ def test_account_shows_limits_usage_and_history(make_app, clock):
         # 5 requests = half of the day's 10: today counts toward the upgrade
         assert after["upgrade"]["days_counted"] == 1
 
-        clock.set(datetime(2025, 3, 11, 9, 0, tzinfo=timezone.utc))
+        clock.set(datetime(2025, 3, 11, 9, 0, tzinfo=UTC))
         nextday = httpx.get(url, headers=bearer(new.api_key)).json()
         assert nextday["windows"]["requests/day"]["used"] == 0
         assert nextday["history"][-2]["requests"] == 5 and nextday["history"][-1]["requests"] == 0
@@ -88,6 +90,7 @@ def test_account_refusals(make_app):
         assert r.status_code == 401 and r.json()["error"]["code"] == "account_disabled"
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_rotate_my_key(make_app):
     app = make_app()
     new = new_account(app)
@@ -108,6 +111,7 @@ def test_rotate_my_key(make_app):
         assert httpx.post(gen, json=body(), headers={"x-api-key": rotated}).status_code == 401
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_admin_accounts_search_and_pages(make_app, clock):
     app = make_app()
     made = []

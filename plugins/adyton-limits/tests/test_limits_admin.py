@@ -8,9 +8,9 @@ import stat
 import httpx
 import pytest
 from click.testing import CliRunner
+from limits_helpers import DATABASES, body, service
 
 from adyton.testing import ServerThread
-from limits_helpers import body, service
 
 
 def admin_key(app) -> str:
@@ -39,6 +39,7 @@ def test_admin_api_refuses_without_the_admin_key(make_app):
         assert r.status_code == 403
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_admin_api_manages_accounts(make_app):
     app = make_app()
     with ServerThread(app) as server:

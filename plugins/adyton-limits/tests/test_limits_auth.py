@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import httpx
+import pytest
+from limits_helpers import DATABASES, body, new_account, service
 
 from adyton.testing import ServerThread
-from limits_helpers import body, new_account, service
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_key_bearer_and_account_number(make_app):
     app = make_app()
     acct = new_account(app, name="alice")
@@ -44,6 +46,7 @@ def test_missing_malformed_unknown(make_app):
         assert r.status_code == 401 and "unknown account number" in r.json()["err"]["message"]
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_rotation_invalidates_old_key_at_once(make_app):
     app = make_app()
     acct = new_account(app)
@@ -58,6 +61,7 @@ def test_rotation_invalidates_old_key_at_once(make_app):
         assert httpx.post(url, json=body(sessionId=acct.account_number)).status_code == 200
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_disabled_account(make_app):
     app = make_app()
     acct = new_account(app)

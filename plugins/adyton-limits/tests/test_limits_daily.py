@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
+import pytest
+from limits_helpers import DATABASES, body, new_account, service, tier
 
 from adyton.testing import ServerThread
-from limits_helpers import body, new_account, service, tier
 
 
 def test_daily_quota_and_reset_at_utc_midnight(make_app, clock):
-    clock.set(datetime(2025, 3, 10, 23, 59, 50, tzinfo=timezone.utc))
+    clock.set(datetime(2025, 3, 10, 23, 59, 50, tzinfo=UTC))
     app = make_app(tiers={1: tier(requests_per_day=3)})
     acct = new_account(app)
     headers = {"x-api-key": acct.api_key}
@@ -58,6 +59,7 @@ def test_daily_token_quota(make_app, clock):
         assert 11 * 3600 < retry <= 12 * 3600  # the clock says 12:00:05 UTC
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_tier_upgrade_by_usage(make_app, clock):
     tiers = {1: tier(requests_per_day=4), 2: tier(requests_per_day=20), 3: tier(requests_per_day=1000)}
     app = make_app(tiers=tiers, limits={"upgrade": {"enabled": True, "share": 0.5, "days": 2, "max_tier": 2}})
@@ -95,6 +97,7 @@ def test_tier_upgrade_by_usage(make_app, clock):
         client.close()
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_restart_keeps_daily_counters_with_memory_storage(make_app, clock):
     tiers = {1: tier(requests_per_day=10)}
     app = make_app(tiers=tiers)

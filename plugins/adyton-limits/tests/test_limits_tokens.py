@@ -9,9 +9,10 @@ import threading
 import time
 
 import httpx
+import pytest
+from limits_helpers import DATABASES, body, new_account, service, tier
 
 from adyton.testing import ScriptedBackend, ServerThread
-from limits_helpers import body, new_account, service, tier
 
 
 class GatedBackend(ScriptedBackend):
@@ -27,6 +28,7 @@ class GatedBackend(ScriptedBackend):
 PROMPT = 3  # "<user>hi there\n<assistant>" is 3 tokens for ScriptedBackend
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_tokens_per_minute_never_exceeded_and_refunds(make_app):
     backend = GatedBackend(max_concurrency=10)
     app = make_app(backend, tiers={1: tier(tokens_per_minute=1000)})
@@ -70,6 +72,7 @@ def test_tokens_per_minute_never_exceeded_and_refunds(make_app):
     assert len(rows) == 4 and all(row["reserved_tokens"] == 303 for row in rows)
 
 
+@pytest.mark.parametrize("db_url", DATABASES, indirect=True)
 def test_cancelled_stream_settles(make_app):
     backend = ScriptedBackend(("a", " b"), delay_s=0.05, eos_at_end=False)
     app = make_app(backend, tiers={1: tier(tokens_per_minute=10_000, concurrent_requests=1)})
