@@ -16,7 +16,7 @@ LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16
 ADYTON_HOME ?= $(HOME)/.local/share/adyton
 export ADYTON_HOME
 
-.PHONY: install install-test llamacpp model test-models redis postgresql nginx chromium serve test lint bench clean
+.PHONY: install install-test llamacpp model test-models redis postgresql nginx wrk chromium serve test lint bench bench-two-servers clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ nginx:
 	  echo "installing nginx (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 
+# wrk, the load generator of the two-servers benchmark (Debian package)
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
 # a headless browser for adyton-web's console tests, driven by Playwright's
 # Python client (its bundled browsers are never downloaded: Debian's is used)
 chromium:
@@ -107,6 +113,10 @@ lint: $(VENV)/.installed-lint
 
 bench: install-test model
 	$(PY) tests/bench/kernel_overhead.py
+
+# requests/s through nginx to one adyton server vs two (docs/benchmarks.md)
+bench-two-servers: install-test redis postgresql nginx wrk
+	$(PY) tests/bench/two_servers.py
 
 clean:
 	rm -rf $(VENV)

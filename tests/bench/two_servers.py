@@ -15,6 +15,7 @@ Two nginx instances run side by side: one whose upstream block lists server
 A only, one listing A and B. wrk (Debian's package) loads them in turn
 (``--rounds`` alternating rounds); medians are compared.
 
+    make bench-two-servers        # installs what it needs (redis, postgresql, nginx, wrk), then runs:
     .venv/bin/python tests/bench/two_servers.py [--duration 10] [--connections 32] [--rounds 3]
 
 It also prints the CPU each part used during each phase (cores busy =
@@ -117,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
-        print("wrk is not installed: apt-get install wrk (Debian's package)", file=sys.stderr)
+        print("wrk is not installed: make wrk (Debian's package)", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="adyton-two-servers-"))
     print(f"run directory: {root}")

@@ -125,6 +125,16 @@ def _ledger(stack, account_id: str) -> list[tuple[str, int]]:
     return [(outcome, tokens) for outcome, tokens in rows]
 
 
+def _metric_total(stack, name: str) -> float:
+    """``name`` summed over its series on both adyton servers."""
+    total = 0.0
+    for url in (stack.a, stack.b):
+        _, _, text = _admin(stack, url, "GET", "/metrics")
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(name + "{") or line.startswith(name + " "))
+    return total
+
+
 def test_the_unit_file_passes_systemd_analyze_verify(stack):
     complaints = stack.verify_unit()
     if complaints is None:
@@ -144,16 +154,42 @@ def test_the_servers_run_the_units_command(stack):
 
 
 def test_health_and_streaming_pass_through_nginx(stack):
-    import openai
+    """The first token reaches the client while the engine is still
+    generating: the engines are paused (SIGSTOP) the moment it arrives, and
+    the request is then still running on an adyton server. A balancer that
+    buffered the answer would deliver nothing before the request had ended."""
+    import httpx
 
     acct = _new_account(stack, stack.a, "stream")
     assert http("GET", stack.url + "/health")[0] == 200
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=acct["api_key"], max_retries=0, timeout=120)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=USER, max_tokens=6, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(deltas) >= 2, chunks  # token by token, not one buffered body
-    assert chunks[-1].usage.completion_tokens == 6
+    engines = [stack.servers["engine1"], stack.servers["engine2"]]
+    body = {"model": MODEL, "messages": USER, "max_tokens": 24, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    deltas, running_at_first_token, usage = [], None, None
+    try:
+        with httpx.Client(timeout=120) as client, client.stream(
+                "POST", stack.url + "/v1/chat/completions", json=body,
+                headers={"Authorization": f"Bearer {acct['api_key']}"}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    deltas.append(chunk["choices"][0]["delta"]["content"])
+                    if running_at_first_token is None:
+                        for engine in engines:
+                            os.kill(engine.pid, signal.SIGSTOP)
+                        running_at_first_token = _metric_total(stack, "adyton_queue_running")
+                        for engine in engines:
+                            os.kill(engine.pid, signal.SIGCONT)
+    finally:
+        for engine in engines:
+            os.kill(engine.pid, signal.SIGCONT)
+    assert running_at_first_token == 1, running_at_first_token
+    assert len(deltas) >= 2 and usage["completion_tokens"] == len(deltas), (deltas, usage)
 
 
 def test_openai_sdk_example_through_nginx(stack):
@@ -280,16 +316,6 @@ def test_killing_one_adyton_server_mid_burst(stack):
     stack.start_server("a", port=stack.server_ports["a"])
     acct = _new_account(stack, stack.a, "restarted")
     assert _chat(stack.a, acct["api_key"])[0] == 200
-
-
-def _metric_total(stack, name: str) -> float:
-    """``name`` summed over its series on both adyton servers."""
-    total = 0.0
-    for url in (stack.a, stack.b):
-        _, _, text = _admin(stack, url, "GET", "/metrics")
-        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith(name + "{") or line.startswith(name + " "))
-    return total
 
 
 def test_killing_one_engine_replica_mid_burst(stack):
