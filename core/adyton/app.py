@@ -20,19 +20,24 @@ from .generation import close_orphans
 from .hookspecs import WireFormat
 from .http_errors import install_error_handlers, install_wire_error_handlers
 from .kernel import Kernel
-from .plugins import PluginManager, build_plugin_manager
+from .plugins import PluginManager, build_plugin_manager, in_call_order
 from .settings import Settings, load_settings
 
 
 def _settings_sections(pm: PluginManager) -> dict[str, type[BaseModel]]:
+    """Every plugin's settings section, taken in pluggy's call order; a name
+    registered twice is refused, naming both plugins."""
     sections: dict[str, type[BaseModel]] = {}
-    for impl in pm.hook.register_settings.get_hookimpls():
+    owners: dict[str, str] = {}
+    for impl in in_call_order(pm.hook.register_settings):
         def register(name: str, model: type, _owner: str = impl.plugin_name) -> None:
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise PluginError(f"plugin '{_owner}' registered settings '{name}' that are not a pydantic model")
             if name in sections:
-                raise PluginError(f"settings section '{name}' is registered twice (again by plugin '{_owner}')")
+                raise PluginError(f"settings section '{name}' is registered twice: by plugin "
+                                  f"'{owners[name]}' and by plugin '{_owner}'")
             sections[name] = model
+            owners[name] = _owner
         impl.function(register=register)
     return sections
 

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import weakref
 from typing import Any
 
 import click
@@ -178,15 +179,49 @@ def db_upgrade(state: CliState) -> None:
         click.echo("no installed plugin keeps tables in a database")
 
 
+#: per group, which plugin added each of its commands ("adyton": the kernel's own)
+_COMMAND_OWNERS: weakref.WeakKeyDictionary[click.Group, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def add_plugin_commands(group: click.Group, pm: Any) -> None:
+    """Let every plugin add its commands to ``group`` (``register_commands``),
+    in pluggy's call order. A command name that another plugin, or the
+    kernel, already added is refused naming both (``PluginError``; the
+    first one stays): nothing is silently replaced."""
+    from .plugins import in_call_order
+
+    owners = _COMMAND_OWNERS.setdefault(group, {})
+    for name in group.commands:
+        owners.setdefault(name, "adyton")
+    for impl in in_call_order(pm.hook.register_commands):
+        before = dict(group.commands)
+        try:
+            impl.function(**{arg: {"cli": group}[arg] for arg in impl.argnames})
+        except PluginError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(f"plugin '{impl.plugin_name}' failed in register_commands: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        for name, command in list(group.commands.items()):
+            if before.get(name) is command:
+                continue
+            owner = owners.get(name)
+            if name in before and owner is not None and owner != impl.plugin_name:
+                group.commands[name] = before[name]
+                what = "the kernel's own" if owner == "adyton" else f"added by plugin '{owner}'"
+                raise PluginError(f"plugin '{impl.plugin_name}' adds the command '{name}', which is {what}")
+            owners[name] = impl.plugin_name
+
+
 def build_cli() -> click.Group:
     """The CLI with plugin commands added (plugins from entry points)."""
     from .plugins import build_plugin_manager
 
     try:
         pm = build_plugin_manager()
+        add_plugin_commands(cli, pm)
     except PluginError as exc:
         _fail(exc)
-    pm.hook.register_commands(cli=cli)
     return cli
 
 

@@ -21,6 +21,42 @@ How results combine:
   synchronous. Kernel fallbacks (``adyton.default_plugins``) are registered
   ``trylast`` so any plugin overrides them.
 
+In which order: **pluggy's call order, everywhere** — ``@hookimpl(tryfirst=True)``
+implementations first, ``trylast=True`` ones last, and among equals the
+plugin registered last first. Plugins are registered in this order: the
+installed entry points (group ``adyton``), then ``create_app(plugins=[...])``
+in list order, then the kernel fallbacks. Whether the kernel calls a hook
+through pluggy or one implementation at a time (``adyton.plugins.in_call_order``),
+the order is the same, so each rule below follows from it
+(``tests/test_plugin_order.py`` tests each):
+
+* **authenticators** are asked in call order; the first that returns a
+  ``Principal`` wins (``authenticate`` and ``authorize`` alike). None: 401.
+* **limiters** reserve in call order and all must admit; when one refuses,
+  the reservations already made are released in reverse order. Response
+  headers: a later limiter's header of the same name replaces an earlier
+  one's (a refusal carries the refusing limiter's own).
+* **backends**: their models are listed in call order, so for a model id or
+  alias two backends both list, the backend of the plugin called first
+  serves it; with no model named, the first backend with a loaded model;
+  with no ``[models] default``, the first model listed is the default.
+* **wire formats** are mounted in call order: for the same route (path and
+  method) the wire format called first serves it. An error outside any
+  route is rendered by the wire format whose ``url_prefixes`` match the path
+  longest; on a tie, the one called first.
+* catalog names (backends, wire formats, authenticators, limiters) and
+  **settings sections** are unique: a second registration is refused at
+  startup, naming both plugins. **CLI commands** (``register_commands``) too:
+  a command name that another plugin, or the kernel, already added is refused.
+* **prepare_request** hooks run in call order (a ``trylast`` one sees what
+  the others did to the request).
+* **logits processors** are applied to each token's logits in call order (a
+  plugin's list in list order), then the sampler's ``adjust``; the
+  **sampler** is the first non-None in call order.
+* **startup** hooks run in call order (a failure stops startup, and later
+  ones do not run); **shutdown** hooks in the reverse order, the plugin that
+  started first stopping last (each runs even if another fails).
+
 The request path, in the order the kernel calls things, with the file of
 ``adyton`` that implements each stage (one stage, one file)::
 
@@ -527,14 +563,15 @@ def register_wire_formats(register: Callable[[WireFormat], None], kernel: "Kerne
 
 @hookspec
 def register_authenticators(register: Callable[[Authenticator], None], kernel: "Kernel") -> None:
-    """Register ``Authenticator`` instances, asked in registration order;
-    the first to return a Principal wins. Catalog hook; synchronous."""
+    """Register ``Authenticator`` instances, asked in pluggy's call order
+    (``tryfirst`` first); the first to return a Principal wins. Catalog hook;
+    synchronous."""
 
 
 @hookspec
 def register_limiters(register: Callable[[Limiter], None], kernel: "Kernel") -> None:
-    """Register ``Limiter`` instances; all must admit a request. Catalog
-    hook; synchronous."""
+    """Register ``Limiter`` instances; all must admit a request, asked in
+    pluggy's call order. Catalog hook; synchronous."""
 
 
 @hookspec
@@ -598,10 +635,12 @@ def register_commands(cli: "click.Group") -> None:
 @hookspec
 def startup(kernel: "Kernel") -> Awaitable[None] | None:
     """The app is about to serve: open databases, connect to Redis. Failing
-    here stops startup naming your plugin. Collect-all; may be async."""
+    here stops startup naming your plugin. Collect-all, in pluggy's call
+    order; may be async."""
 
 
 @hookspec
 def shutdown(kernel: "Kernel") -> Awaitable[None] | None:
     """The app stopped serving (in-flight requests have been settled):
-    close what ``startup`` opened. Collect-all; may be async."""
+    close what ``startup`` opened. Collect-all, in the reverse of the
+    ``startup`` order; may be async."""

@@ -28,7 +28,7 @@ from .metrics import Metrics
 from .models import ModelRegistry
 from .openapi import complete_openapi
 from .pipeline import Pipeline
-from .plugins import PluginManager, resolve_all
+from .plugins import PluginManager, in_call_order, resolve_all
 from .queue import EngineJob, EngineQueue
 from .settings import Settings
 
@@ -76,7 +76,7 @@ class Kernel(KernelAPI):
 
     def _collect(self, hook_name: str, kind: type, store: Callable[[str, Any], None]) -> None:
         hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
+        for impl in in_call_order(hook):
             owner = impl.plugin_name
 
             def register(obj: Any, _owner: str = owner) -> None:
@@ -166,7 +166,7 @@ class Kernel(KernelAPI):
         """(plugin, versions directory, version table, database) of every
         plugin's tables, as ``register_migrations`` declares them."""
         found: list[tuple[str, Path, str, Database]] = []
-        for impl in self.pm.hook.register_migrations.get_hookimpls():
+        for impl in in_call_order(self.pm.hook.register_migrations):
             owner = impl.plugin_name
 
             def register(versions: Any, version_table: str, database: Database | None = None,
@@ -213,7 +213,7 @@ class Kernel(KernelAPI):
             )
         # every plugin's tables are current before any plugin starts
         await self.offload(self.upgrade_databases)
-        for impl in self.pm.hook.startup.get_hookimpls():
+        for impl in in_call_order(self.pm.hook.startup):
             try:
                 await resolve_all([impl.function(kernel=self)])
             except Exception as exc:  # noqa: BLE001
@@ -268,7 +268,8 @@ class Kernel(KernelAPI):
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5)
-        for impl in self.pm.hook.shutdown.get_hookimpls():
+        # the reverse of startup: the plugin that started first stops last
+        for impl in reversed(in_call_order(self.pm.hook.shutdown)):
             try:
                 await resolve_all([impl.function(kernel=self)])
             except Exception:  # noqa: BLE001

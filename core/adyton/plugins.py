@@ -4,6 +4,11 @@ group ``adyton`` and from ``create_app(plugins=...)``.
 ``ADYTON_LOAD_PLUGINS`` (comma-separated entry-point names) restricts which
 entry points load; set but empty, none do. Kernel fallbacks in
 ``default_plugins`` are always registered, ``trylast``.
+
+Plugins are registered in this order: entry points, then the ``plugins``
+given to ``create_app``, then the kernel fallbacks. Wherever the kernel
+combines what several plugins give it, it takes them in pluggy's call order
+(``in_call_order``; the rules are in ``hookspecs``).
 """
 
 from __future__ import annotations
@@ -134,6 +139,24 @@ def build_plugin_manager(plugins: Iterable[Any] = (), load_entrypoints: bool = T
     pm.load_defaults()
     pm.finish()
     return pm
+
+
+def in_call_order(hook: pluggy.HookCaller) -> list[pluggy.HookImpl]:
+    """``hook``'s implementations in the order pluggy calls them: ``tryfirst``
+    ones first, ``trylast`` ones last, and among equals the plugin registered
+    last first. The kernel takes plugins in this order wherever it calls
+    implementations one by one (the catalog hooks, ``register_settings``,
+    ``register_commands``, ``startup``; ``shutdown`` in reverse), so that they
+    agree with the hooks it calls through pluggy (``prepare_request``,
+    ``logits_processors``, ``sampler``). Raises ``PluginError`` for a hook
+    wrapper: such a hook's implementations are called one by one, not
+    through pluggy's wrapper machinery."""
+    impls = hook.get_hookimpls()
+    for impl in impls:
+        if impl.hookwrapper or impl.wrapper:
+            raise PluginError(f"plugin '{impl.plugin_name}' implements {hook.name} as a hook wrapper, "
+                              f"which adyton does not support for that hook: declare a plain @hookimpl")
+    return impls[::-1]
 
 
 async def resolve_all(results: Sequence[Any]) -> list[Any]:
