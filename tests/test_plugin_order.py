@@ -175,7 +175,7 @@ def test_for_a_model_two_backends_list_the_backend_called_first_serves_it(tmp_pa
     kernel = app_with(tmp_path, *[serving(n, **opts) for n, opts in registered],
                       backends=[ScriptedBackend(name="other", models=("other-model",))]).extensions["adyton"]
     assert [name for name in kernel.backends if name != "other"] == expected
-    backend, info = kernel.models.resolve("shared-model")
+    backend, _ = kernel.models.resolve("shared-model")
     assert backend.name == expected[0]
     default_backend, default_info = kernel.models.default_model()
     assert (default_backend.name, default_info.id) == (expected[0], "shared-model")
