@@ -1,27 +1,19 @@
 """Fixtures for the adyton-limits tests: apps with the plugin and a test
-wire format, a fake clock, a real Redis server on a free loopback port, and a
-real PostgreSQL server (``db_url``: tests parametrized with
+wire format, a fake clock, Redis settings (the server is adyton.testing's
+``redis_server`` fixture), and a real PostgreSQL server (``db_url``: tests parametrized with
 ``@pytest.mark.parametrize("db_url", DATABASES, indirect=True)`` run on the
 default SQLite database and on a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 from limits_helpers import FakeClock
 
 from adyton import create_app
-from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend, free_port
+from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend
 from adyton.testing_postgres import PostgresUnavailable, start_postgres
 from adyton_limits import LimitsPlugin
 
@@ -81,38 +73,7 @@ def make_app(home, clock, db_url):
     return make
 
 
-@pytest.fixture(scope="session")
-def redis_server():
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (make redis, or apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture
 def redis_limits(redis_server):
-    """limits settings for Redis with a per-test key prefix."""
-    return {"storage_uri": redis_server, "key_prefix": "t" + uuid.uuid4().hex[:10]}
+    """limits settings for Redis (adyton.testing's redis_server fixture) with a per-test key prefix."""
+    return {"storage_uri": redis_server.url, "key_prefix": "t" + uuid.uuid4().hex[:10]}

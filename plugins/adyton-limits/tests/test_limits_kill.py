@@ -42,7 +42,7 @@ def start(home: Path, port: int, uri: str = "memory://") -> subprocess.Popen:
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 def test_kill_9_during_load(tmp_path, storage, request):
-    uri = request.getfixturevalue("redis_server") + "/0" if storage == "redis" else "memory://"
+    uri = request.getfixturevalue("redis_server").url if storage == "redis" else "memory://"
     home = tmp_path / "home"
     store = AccountStore(home / "limits" / "accounts.sqlite3").open()
     acct = store.create_account(1, "load")
