@@ -39,7 +39,7 @@ from adyton.types import ChoiceFinished, FinishReason, TextDelta
 from adyton_llama.backend import LlamaBackend, LlamaSettings
 from adyton_llama.engine import common_prefix_len, greedy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 MODEL_ID = "smollm2-135m-instruct"
 MAX_CONTEXT = 1024

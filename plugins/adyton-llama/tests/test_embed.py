@@ -17,7 +17,7 @@ from adyton import ContextTooLong, InvalidRequest, ModelInfo
 from adyton_llama.backend import LlamaBackend, LlamaSettings
 from adyton_llama.engine import greedy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 N_EMBD = 576  # SmolLM2-135M's hidden size
 

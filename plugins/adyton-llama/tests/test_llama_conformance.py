@@ -8,7 +8,7 @@ import pytest
 import adyton_llama
 from adyton.testing import BackendConformance, ConformanceServer, link_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 
 class TestLlamaConformance(BackendConformance):

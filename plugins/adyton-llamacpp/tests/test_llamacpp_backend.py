@@ -23,7 +23,7 @@ from adyton_llamacpp.backend import SHARED_SUFFIX, LlamaCppBackend, LlamaCppSett
 
 from llamacpp_helpers import SMOL, chat, generate, start_server, stream
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 PROMPTS = [
     "What is the capital of France?",

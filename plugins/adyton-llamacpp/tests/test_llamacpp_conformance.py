@@ -10,7 +10,7 @@ from adyton.testing import BackendConformance, ConformanceServer, require_model
 
 from llamacpp_helpers import SMOL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 
 class TestLlamaCppConformance(BackendConformance):

@@ -21,7 +21,7 @@ from adyton import create_app
 from adyton.testing import ServerThread, link_model, model_path
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 USER = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]

@@ -25,7 +25,7 @@ from openai_helpers import Accounts, real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France? Answer in one word."

@@ -20,7 +20,7 @@ import adyton_guided
 from openai_helpers import real_model_server
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 MODEL = "smollm2-135m-instruct"
 WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},

@@ -19,7 +19,7 @@ from adyton.testing import ServerThread, link_model
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 USER = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

@@ -20,7 +20,7 @@ import pytest
 
 from web_helpers import Stack, wait_js
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 
 def controls_without_label(page) -> list[str]:
