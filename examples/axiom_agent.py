@@ -60,7 +60,7 @@ You are a Senior Code Reviewer.
 Review the code provided by the developer.
 1. If the code is perfect and meets all requirements, respond ONLY with: {"status": "PASS"}
 2. If there are errors, bugs, or missing features, respond with: {"status": "FAIL", "feedback": "Detailed explanation of what to fix"}
-""".strip()
+""".strip()  # noqa: E501 - the prompt is sent as written
 
 ONLY_JSON = ('Your last reply was not a valid JSON object. Reply with ONLY one JSON object, for example '
              '{"action": "create_file", "path": "main.py", "content": "print(1)"} or '
@@ -390,7 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=os.environ.get("AXIOM_MODEL", DEFAULT_MODEL),
                         help=f"model name or alias (env AXIOM_MODEL; default {DEFAULT_MODEL})")
     parser.add_argument("--task", help="what to build (asked interactively when omitted)")
-    parser.add_argument("--workdir", default="axiom_work", help="directory the agent writes into (default ./axiom_work)")
+    parser.add_argument("--workdir", default="axiom_work",
+                        help="directory the agent writes into (default ./axiom_work)")
     parser.add_argument("--max-steps", type=int, default=5, help="developer turns at most (default 5)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
     parser.add_argument("--retries", type=int, default=3, help="retries on 429/503/network errors (default 3)")

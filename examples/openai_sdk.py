@@ -53,7 +53,8 @@ def main() -> None:
     # 3. JSON-schema output, enforced token by token (adyton-guided)
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 30}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "properties": {"name": {"type": "string", "maxLength": 30},
+                       "age": {"type": "integer", "minimum": 0, "maximum": 120}},
         "required": ["name", "age"],
         "additionalProperties": False,
     }

@@ -46,7 +46,7 @@ def test_serve_prints_url_and_answers_health(tmp_path):
 
 
 def test_serve_warns_when_anonymous_on_a_public_address(tmp_path):
-    proc, port, r = start(tmp_path, "--host", "0.0.0.0")
+    proc, _port, _r = start(tmp_path, "--host", "0.0.0.0")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert "no auth plugin is installed and the server binds 0.0.0.0" in out

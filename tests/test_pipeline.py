@@ -9,7 +9,6 @@ import pytest
 
 from adyton import (
     Authenticator,
-    Constraint,
     Credentials,
     GenerationRequest,
     Limiter,
@@ -54,7 +53,7 @@ async def test_streamed_stop_string_is_never_emitted_partially(make_app):
 
 
 async def test_max_tokens_gives_length(make_app):
-    status, body, _ = await call(make_app(), {**CHAT, "max_tokens": 2})
+    _status, body, _ = await call(make_app(), {**CHAT, "max_tokens": 2})
     assert body["choices"][0] == {"text": "Hello,", "finish_reason": "length", "logprobs": None, "reports": {}}
     assert body["usage"]["completion_tokens"] == 2
 
@@ -260,7 +259,7 @@ async def test_models_aliases_and_switching(make_app):
 async def test_no_model_loaded_is_503(make_app):
     backend = ScriptedBackend()
     app = make_app(backend, settings={"models": {"load_at_start": False}})
-    status, out, headers = await call(app, CHAT)
+    status, out, _headers = await call(app, CHAT)
     assert status == 503 and out["err"]["code"] == "no_model_loaded"
     assert "scripted-model" in out["err"]["message"]
 
@@ -287,7 +286,8 @@ async def test_bad_json_and_unknown_routes_render_in_the_right_shape(make_app):
         assert r.status_code == 404 and "err" in await r.get_json()
         r = await client.get("/elsewhere")
         assert r.status_code == 404 and (await r.get_json())["error"]["code"] == "not_found"
-        r = await client.post("/t/generate", data=b"x" * (5 * 1024 * 1024), headers={"content-type": "application/json"})
+        r = await client.post("/t/generate", data=b"x" * (5 * 1024 * 1024),
+                              headers={"content-type": "application/json"})
         assert r.status_code == 413 and (await r.get_json())["err"]["code"] == "request_too_large"
 
 

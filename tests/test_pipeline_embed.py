@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from test_pipeline import AuthLimitPlugin  # its KeyAuth: key "good" is principal "acct-1"
 
 from adyton import (
     BackendError,
@@ -22,7 +23,6 @@ from adyton import (
     Unauthorized,
 )
 from adyton.testing import ScriptedBackend
-from test_pipeline import AuthLimitPlugin  # its KeyAuth: key "good" is principal "acct-1"
 
 KEY = Credentials(kind="api_key", secret="good", wire_format="test")
 
@@ -90,7 +90,7 @@ async def test_refusals_happen_before_anything_is_reserved(make_app):
                                  Credentials(kind="api_key", secret="bad"))
         with pytest.raises(ModelNotFound):
             await pipeline.embed(EmbeddingRequest(inputs=["x"], model="nope"), KEY)
-        with pytest.raises(InvalidRequest, match="'plain-model'.*does not produce embeddings") as err:
+        with pytest.raises(InvalidRequest, match=r"'plain-model'.*does not produce embeddings") as err:
             await pipeline.embed(EmbeddingRequest(inputs=["x"], model="plain-model"), KEY)
         assert err.value.status == 400 and err.value.param == "model"
         with pytest.raises(InvalidRequest, match="8-dimensional") as err:

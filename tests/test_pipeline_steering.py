@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from adyton import Credentials, GenerationRequest, InvalidRequest, hookimpl
-from adyton.testing import ScriptedBackend
-from adyton import HiddenStateObserver, Steering
 from test_pipeline import AuthLimitPlugin
 from test_pipeline_embed import LedgerLimiter, kernel_of
+
+from adyton import Credentials, GenerationRequest, HiddenStateObserver, InvalidRequest, Steering, hookimpl
+from adyton.testing import ScriptedBackend
 
 KEY = Credentials(kind="api_key", secret="good", wire_format="test")
 

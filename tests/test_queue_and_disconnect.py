@@ -4,7 +4,6 @@ frees the engine within one token step."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading

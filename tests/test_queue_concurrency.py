@@ -7,8 +7,8 @@ request. (N = 1 is ``test_queue_and_disconnect.py``.)"""
 
 from __future__ import annotations
 
-import socket
 import json
+import socket
 import threading
 import time
 

@@ -60,8 +60,12 @@ def test_logit_bias_and_penalties():
     s.adjust(x)
     assert s.choose(x) == 0
     s = DefaultSampler(req(temperature=0, frequency_penalty=2.0))
-    x = logits.copy(); s.adjust(x); assert s.choose(x) == 1
-    x = logits.copy(); s.adjust(x); assert s.choose(x) == 0  # 1 was penalised
+    x = logits.copy()
+    s.adjust(x)
+    assert s.choose(x) == 1
+    x = logits.copy()
+    s.adjust(x)
+    assert s.choose(x) == 0  # 1 was penalised
 
 
 @pytest.mark.parametrize("pieces,stops,expected", [

@@ -36,6 +36,6 @@ def test_start_create_database_and_stop():
     finally:
         server.stop()
     assert not server.data_dir.exists()
-    with pytest.raises(Exception):
+    with pytest.raises(sa.exc.OperationalError):
         sa.create_engine(server.url, connect_args={"connect_timeout": 2}).connect()
     server.stop()  # idempotent

@@ -27,7 +27,8 @@ HISTORY = [
 TOOLS_TEMPLATE = (
     "{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}"
     "{% for m in messages %}[{{ m.role }}]{{ m.content }}"
-    "{% for c in m.tool_calls or [] %}CALL {{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}"
+    "{% for c in m.tool_calls or [] %}CALL {{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}"
+    "{% endfor %}"
     "{% if m.tool_call_id %} for {{ m.tool_call_id }}{% endif %}\n{% endfor %}"
     "{% if flavour %}FLAVOUR {{ flavour }}\n{% endif %}"
 )
@@ -138,7 +139,7 @@ def test_reader_streams_arguments_of_constrained_calls():
         starts = [p for p in pieces if isinstance(p, tools.CallStart)]
         assert [p.name for p in starts] == ["get_weather", "add"] and starts[0].id.startswith("call_")
         assert not [p for p in pieces if isinstance(p, (ContentPiece, CallPiece))], pieces
-        args, current = [], None
+        args, _current = [], None
         for p in pieces:
             if isinstance(p, tools.CallStart):
                 args.append("")

@@ -40,7 +40,7 @@ class Server:
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "_servers.py"), self.kind, str(self.port)],
                                      env=self.env)
         wait_for_port(self.proc, self.port, 30, f"{self.kind} server")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import Server, process_counters, run_load  # noqa: E402
+from _load import Server, process_counters, run_load
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
 

@@ -17,7 +17,8 @@ measured side by side in one run:
    backend's own decode rate for the same requests (the server's
    adyton_decode_tokens_per_second histogram).
 
-    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--threads T] [--skip-peer] [--only 12345]
+    .venv/bin/python tests/bench/llama_decode.py [--rounds R] [--max-tokens N] [--threads T]
+        [--skip-peer] [--only 12345]
 
 Both engines use --threads CPU threads (default: all usable cores, adyton's
 default). With 2 threads on 2 cores both engines' spin-waiting thread pools
@@ -32,7 +33,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import free_port, wait_for_port  # noqa: E402
+from _load import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -75,7 +75,7 @@ class Proc:
         self.env = {**os.environ, **(env or {})}
         self.log = log or CACHE / f"{name}.log"
 
-    def __enter__(self) -> "Proc":
+    def __enter__(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=subprocess.STDOUT)
@@ -113,7 +113,8 @@ def ensure_peer() -> Path:
     py = venv / "bin" / "python"
     marker = venv / "adyton-peer-build.txt"
     build_id = f"{PEER_VERSION} {PEER_CMAKE_ARGS}"
-    check = [str(py), "-c", f"import llama_cpp, llama_cpp.server, uvicorn; assert llama_cpp.__version__ == '{PEER_VERSION}'"]
+    check = [str(py), "-c",
+             f"import llama_cpp, llama_cpp.server, uvicorn; assert llama_cpp.__version__ == '{PEER_VERSION}'"]
     if (py.exists() and marker.is_file() and marker.read_text() == build_id
             and subprocess.run(check, capture_output=True).returncode == 0):
         return py
@@ -241,7 +242,8 @@ def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: in
     from adyton.types import TextDelta
     from adyton_llama.engine import LlamaEngine
 
-    app = create_app(settings={"home": str(home), "log_level": "warning", "llama": {"models_dir": str(models), "threads": threads}},
+    app = create_app(settings={"home": str(home), "log_level": "warning",
+                               "llama": {"models_dir": str(models), "threads": threads}},
                      plugins=[adyton_llama], load_entrypoints=False)
     kernel = app.extensions["adyton"]
     backend = kernel.backends["llama"]
@@ -287,7 +289,8 @@ def bench_backend_overhead(home: Path, models: Path, rounds: int, max_tokens: in
             for _ in range(rounds):
                 raw_rates.append(await loop.run_in_executor(None, raw))
                 kernel_rates.append(await through_kernel())
-                print(f"  raw engine {raw_rates[-1]:6.1f} tok/s   kernel stream {kernel_rates[-1]:6.1f} tok/s", flush=True)
+                print(f"  raw engine {raw_rates[-1]:6.1f} tok/s   kernel stream {kernel_rates[-1]:6.1f} tok/s",
+                      flush=True)
             engine.close()
 
     asyncio.run(main())
@@ -307,7 +310,7 @@ def bench_client_rate(port: int, body: dict, rounds: int, results: list) -> None
         server_side.append(s1 - s0)
         print(f"  client {client[-1]:6.1f} tok/s   server {server_side[-1]:6.1f} tok/s   ({r['tokens']} tokens)",
               flush=True)
-    ratio5 = median([c / s for c, s in zip(client, server_side)])
+    ratio5 = median([c / s for c, s in zip(client, server_side, strict=True)])
     results.append(("5 client SSE / backend decode tok/s", ratio5, ">= 0.95", ratio5 >= 0.95))
 
 
@@ -404,7 +407,8 @@ def main() -> int:
                 stream_chat(peer_port, peer_body)  # warm-up
                 ours, theirs = [], []
                 for _ in range(args.rounds):
-                    for name, p, b, out in (("adyton", port, body, ours), ("llama-cpp-python", peer_port, peer_body, theirs)):
+                    for name, p, b, out in (("adyton", port, body, ours),
+                                            ("llama-cpp-python", peer_port, peer_body, theirs)):
                         # a plain-text completion first: it shares no token with the chat
                         # prompt, so neither side starts from a cached prefix
                         post_json(p, "/v1/completions", {"model": MODEL_ID, "prompt": "Say hi.", "max_tokens": 2})

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -97,7 +96,7 @@ def main() -> int:
             engine.close()
     print("1. raw prefill, alternating, medians:")
     for threads in thread_counts:
-        ratio = statistics.median(a / b for a, b in zip(ours[threads], theirs[threads]))
+        ratio = statistics.median(a / b for a, b in zip(ours[threads], theirs[threads], strict=True))
         print(f"   {threads} thread(s): adyton-llama {statistics.median(ours[threads]):6.1f} ms   "
               f"llama.cpp {statistics.median(theirs[threads]):6.1f} ms   median ratio {ratio:.2f}")
 

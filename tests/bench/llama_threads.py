@@ -20,7 +20,6 @@ when busy.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -78,7 +77,7 @@ def main() -> int:
         finally:
             for hog in hogs:
                 hog.kill()
-        ratio = statistics.median(t / f for t, f in zip(rates["tuned"], rates["fixed-all"]))
+        ratio = statistics.median(t / f for t, f in zip(rates["tuned"], rates["fixed-all"], strict=True))
         target = 0.95 if phase == "idle" else 1.5
         med = {n: statistics.median(r) for n, r in rates.items()}
         print(f"  {phase} medians: " + ", ".join(f"{n} {v:.1f}" for n, v in med.items()))

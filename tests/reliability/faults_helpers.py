@@ -13,16 +13,16 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from adyton import create_app
-from adyton.testing import BackendPlugin, ScriptedBackend, ServerThread, free_port
-
 import adyton_axiom
 import adyton_openai
+from adyton import create_app
+from adyton.testing import BackendPlugin, ScriptedBackend, ServerThread, free_port
 from adyton_limits import LimitsPlugin, service_for
 
 BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
@@ -99,17 +99,16 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail("redis-server did not start")

@@ -14,11 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+from hostile_helpers import full_app
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from adyton_limits import service_for
-from hostile_helpers import full_app
 
 
 async def main(port: int, home: Path) -> None:

@@ -15,17 +15,29 @@ import time
 
 import httpx
 import pytest
-
+from faults_helpers import (
+    kernel_of,
+    ledger,
+    limits_app,
+    new_account,
+    raw_post,
+    serving,
+    tier,
+    wait_for,
+)
 from quart import Blueprint, Response
 
 from adyton import (
-    Credentials, GenerationRequest, WireFormat, create_app, current_kernel, default_error_response, hookimpl,
+    Credentials,
+    GenerationRequest,
+    WireFormat,
+    create_app,
+    current_kernel,
+    default_error_response,
+    hookimpl,
 )
 from adyton.testing import BackendPlugin, ScriptedBackend
 from adyton_limits import service_for
-from faults_helpers import (
-    kernel_of, ledger, limits_app, new_account, raw_post, serving, tier, wait_for,
-)
 
 STEP = 0.02
 MESSAGES = [{"role": "user", "content": "hi"}]

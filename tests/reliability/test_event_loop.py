@@ -92,7 +92,7 @@ class HealthProbe:
                 self.statuses.add(client.get(self.url + "/health").status_code)
                 self.latencies.append(time.monotonic() - due)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
@@ -143,9 +143,8 @@ def test_health_answers_while_a_burst_is_queued(real):
     def one(_):
         return httpx.post(real.url + "/v1/chat/completions", json=body, headers=real.auth(), timeout=300)
 
-    with HealthProbe(real.url) as probe:
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(one, range(8)))
+    with HealthProbe(real.url) as probe, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
     print(probe.summary())
     assert [r.status_code for r in results] == [200] * 8, [r.text[:200] for r in results]
     assert probe.statuses == {200}

@@ -6,11 +6,10 @@ no max_tokens (or lets the server fit it: Axiom) is capped instead."""
 
 from __future__ import annotations
 
-
 import httpx
+from faults_helpers import ledger, limits_app, new_account, serving, tier
 
 from adyton.testing import ScriptedBackend
-from faults_helpers import ledger, limits_app, new_account, serving, tier
 
 CHAT = [{"role": "user", "content": "hi"}]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults_helpers import kernel_of, ledger, limits_app, new_account, serving, wait_for
 
 from adyton.testing import ScriptedBackend
-from faults_helpers import kernel_of, ledger, limits_app, new_account, serving, wait_for
 from adyton_limits import service_for
 
 

@@ -13,10 +13,10 @@ import sqlite3
 import time
 
 import httpx
+from faults_helpers import live_slots, redis_server, start_server, tier, wait_for
 
 from adyton.testing import free_port
 from adyton_limits.store import AccountStore
-from faults_helpers import live_slots, redis_server, start_server, tier, wait_for
 
 LEASE = 2.0
 SLOTS = 4

@@ -18,11 +18,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from faults_helpers import (
+    limits_app,
+    live_slots,
+    new_account,
+    redis_server,
+    serving,
+    tier,
+    wait_for,
+)
 
 from adyton.testing import ScriptedBackend
-from faults_helpers import (
-    limits_app, live_slots, new_account, redis_server, serving, tier, wait_for,
-)
 
 LEASE = 2.0
 

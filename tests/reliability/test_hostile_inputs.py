@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hostile_helpers import Stack, error_of, full_app, start_stack, surface_of
 
 from adyton.testing import ScriptedBackend
-from hostile_helpers import Stack, error_of, full_app, start_stack, surface_of
 
 BAD = "a\ud800b"  # valid JSON ("a\\ud800b"), not Unicode text
 
@@ -174,7 +174,8 @@ def test_admin_tier_must_be_an_integer(real, tier):
     assert r.status_code == 201 and r.json()["tier"] == 2
 
 
-@pytest.mark.parametrize("path", ["/v1//models", "/api//models", "/admin//accounts", "/v1/models/", "/sampling//generate"])
+@pytest.mark.parametrize("path", ["/v1//models", "/api//models", "/admin//accounts", "/v1/models/",
+                                  "/sampling//generate"])
 def test_double_slash_paths_answer_json_in_the_surface_shape(real, path):
     r = httpx.get(real.url + path, headers=_auth_for(real, path), timeout=30, follow_redirects=False)
     assert r.status_code in (404, 405), (r.status_code, r.text[:200])

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults_helpers import kernel_of, limits_app, new_account, serving
 
-from adyton import create_app
-from adyton.testing import BackendPlugin, ScriptedBackend
 import adyton_axiom
 import adyton_openai
-from faults_helpers import kernel_of, limits_app, new_account, serving
+from adyton import create_app
+from adyton.testing import BackendPlugin, ScriptedBackend
 from adyton_limits import service_for
 
 MODELS = ["/v1/models", "/v1/models/scripted-model", "/api/models"]
@@ -54,7 +54,7 @@ def test_default_access_levels(served):
     for path in MODELS + SERVER_INFO + METRICS:  # no credentials: 401, in the surface's shape
         r = get(path)
         assert r.status_code == 401, (path, r.text)
-        code, message = _error(r)
+        code, _message = _error(r)
         assert code in ("missing_api_key", "unknown_session_id"), (path, code)
         assert "/home/" not in r.text and str(Path.home()) not in r.text
 

@@ -15,7 +15,7 @@ is not caught: this is an example, not a content filter.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field

@@ -2,10 +2,9 @@
 plugins the test wants (create_app(plugins=[...])), a scripted backend, and
 the kernel's JSON test wire format."""
 
+import adyton_hello
 from adyton import create_app
 from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend
-
-import adyton_hello
 
 
 def make_app(tmp_path, banned):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from adyton.testing import ScriptedBackend
 

@@ -3,7 +3,7 @@ served by hypercorn on a real loopback socket."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

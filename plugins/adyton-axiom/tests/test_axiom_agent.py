@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from axiom_helpers import ACCOUNT, RoutedBackend
 
 from adyton.testing import ScriptedBackend
-from axiom_helpers import ACCOUNT, RoutedBackend
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT = REPO / "examples" / "axiom_agent.py"
@@ -113,17 +113,16 @@ def test_agent_never_writes_outside_workdir(serve, tmp_path, path):
     outside = tmp_path / "outside"
     outside.mkdir()
     (workdir / "link").symlink_to(outside)
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
     proc, result = run_agent(server, workdir, "--max-steps", "2")
     assert proc.returncode == 0, proc.stderr
     assert result["refused_paths"] == 2 and result["files"] == []
-    assert {p for p in tmp_path.rglob("*")} == before
+    assert set(tmp_path.rglob("*")) == before
     assert not Path("/tmp/adyton-axiom-escape.py").exists()
 
 
 def test_agent_stops_on_401(serve, tmp_path):
-    from adyton import Unauthorized, hookimpl
-    from adyton import Authenticator
+    from adyton import Authenticator, Unauthorized, hookimpl
 
     class NoOne(Authenticator):
         name = "no-one"

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from axiom_helpers import ACCOUNT, chat_body
 
 from adyton.testing import ScriptedBackend
-from axiom_helpers import ACCOUNT, chat_body
 
 adyton_limits = pytest.importorskip("adyton_limits")
 
@@ -78,7 +78,7 @@ def test_unknown_account_number_is_401(limited):
 
 
 def test_malformed_is_401_before_the_auth_plugin(limited):
-    server, admin = limited()
+    server, _admin = limited()
     r = post(server, chat_body(session_id="42"))
     assert r.status_code == 401
     assert r.json()["code"] == "malformed_session_id"
@@ -106,7 +106,7 @@ def test_api_key_is_not_an_account_number(limited):
 
 
 def test_unknown_model_needs_auth_first(limited):
-    server, admin = limited()
+    server, _admin = limited()
     r = post(server, chat_body(model="nope", session_id=ACCOUNT))
     assert r.status_code == 401  # no model list for strangers
 

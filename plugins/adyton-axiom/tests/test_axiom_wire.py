@@ -7,9 +7,9 @@ import json
 
 import httpx
 import pytest
+from axiom_helpers import RoutedBackend, chat_body
 
 from adyton.testing import ScriptedBackend
-from axiom_helpers import ACCOUNT, RoutedBackend, chat_body
 
 
 def post(server, body=None, *, content=None, headers=None) -> httpx.Response:

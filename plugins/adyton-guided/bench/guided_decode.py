@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,9 +32,9 @@ from pathlib import Path
 # core per forward pass (set before numpy loads OpenBLAS)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from adyton.settings import default_home  # noqa: E402
+from adyton.settings import default_home
 
 try:  # ADYTON_TEST_MODEL, else where `adyton pull smollm2` (make model) puts the default model
     from adyton_llama.pull import model_path as _pulled_model_path
@@ -48,13 +47,26 @@ else:
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from guided_helpers import gguf_vocabulary, model_path  # noqa: E402
+
 import adyton_guided  # noqa: E402
-from adyton import Backend, Constraint, GenerationRequest, ModelInfo, PreparedPrompt, TokenPiece, Credentials, FinishReason, TextDelta, ChoiceFinished, create_app  # noqa: E402
+from adyton import (  # noqa: E402
+    Backend,
+    ChoiceFinished,
+    Constraint,
+    Credentials,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    PreparedPrompt,
+    TextDelta,
+    TokenPiece,
+    create_app,
+)
 from adyton.testing import BackendPlugin  # noqa: E402
 from adyton_guided.compile import Compiler  # noqa: E402
 from adyton_guided.processor import GuidedProcessor  # noqa: E402
 from adyton_guided.tokenizer import TokenizerCache  # noqa: E402
-from guided_helpers import gguf_vocabulary, model_path  # noqa: E402
 
 BENCH_SCHEMA = {
     "type": "object",
@@ -84,8 +96,8 @@ def compile_schemas() -> list[dict]:
                                           "when": {"type": "string", "format": "date-time"}}},
         {"type": "array", "items": {"type": "object", "properties": {
             "id": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}}},
-        {"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"},
-                                                             "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        {"$defs": {"node": {"type": "object", "properties": {
+            "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
          "$ref": "#/$defs/node"},
         {"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
                                           "b": {"type": "object", "additionalProperties": {"type": "number"}}}},
@@ -221,7 +233,8 @@ async def bench_decode(args) -> None:
     print(f"decode [{engine}], max_tokens={args.max_tokens}, median of {args.runs} interleaved runs")
     for mode in MODES:
         r = statistics.median(rates[mode])
-        line = f"  {mode:26s} {r:7.1f} tok/s  (runs: {', '.join(f'{x:.1f}' for x in rates[mode])}; tokens {counts[mode]})"
+        runs = ", ".join(f"{x:.1f}" for x in rates[mode])
+        line = f"  {mode:26s} {r:7.1f} tok/s  (runs: {runs}; tokens {counts[mode]})"
         if mode != "unconstrained":
             line += f"  ratio {r / free:.3f} {'OK' if r / free >= 0.9 else 'MISSED'} (target >= 0.9)"
         print(line)

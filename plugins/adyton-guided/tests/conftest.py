@@ -5,11 +5,11 @@ limiter."""
 from __future__ import annotations
 
 import pytest
+from guided_helpers import JSON_VOCAB, CountingLimiter, GWirePlugin, LimiterPlugin
 
 import adyton_guided
 from adyton import create_app
 from adyton.testing import BackendPlugin, ScriptedBackend
-from guided_helpers import JSON_VOCAB, CountingLimiter, GWirePlugin, LimiterPlugin
 
 
 @pytest.fixture

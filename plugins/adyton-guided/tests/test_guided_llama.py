@@ -19,13 +19,14 @@ import re
 import httpx
 import jsonschema
 import pytest
+from guided_helpers import SCHEMAS, CountingLimiter, GWirePlugin, LimiterPlugin
 
 import adyton_guided
 from adyton import create_app
 from adyton.testing import ServerThread, link_model
-from guided_helpers import SCHEMAS, CountingLimiter, GWirePlugin, LimiterPlugin
 
-adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
+adyton_llama = pytest.importorskip("adyton_llama",
+                                   reason="adyton-llama is not installed (needed for ADYTON_TEST_MODEL)")
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
 PROMPTS = {

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from guided_helpers import JSON_VOCAB, CountingLimiter, LimiterPlugin
 
 import adyton_guided
 from adyton import create_app
 from adyton.testing import BackendPlugin, ScriptedBackend
-from guided_helpers import JSON_VOCAB, CountingLimiter, LimiterPlugin
 
 adyton_openai = pytest.importorskip("adyton_openai", reason="adyton-openai is not installed")
 
@@ -49,7 +49,8 @@ async def test_openai_constrained(tmp_path, extra):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}},
+    ({"response_format": {"type": "json_schema",
+                          "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}},
      "uniqueItems"),
     ({"policy": {"constraints": {"regex_pattern": "a["}}}, "unclosed"),
 ])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from guided_helpers import JSON_VOCAB
 
 from adyton.testing import ScriptedBackend
-
-from guided_helpers import JSON_VOCAB
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}
@@ -166,7 +165,7 @@ async def test_repair_closes_the_string_before_brackets(make_app):
 async def test_repair_ends_a_complete_output_at_once(make_app):
     # a regex complete at max_tokens that could go on: end-of-sequence, not more
     app = make_app(ScriptedBackend(['a'] * 30, extra_vocab=JSON_VOCAB))
-    status, body, _ = await post(app, "/g/generate", _req(
+    _status, body, _ = await post(app, "/g/generate", _req(
         {"kind": "regex", "value": "a+", "options": {"repair_on_failure": True, "repair_budget": 5}},
         max_tokens=3))
     choice = body["choices"][0]
@@ -195,7 +194,7 @@ async def test_repair_budget_exhausted_reports_invalid(make_app):
     schema = {"type": "array", "items": {"type": "integer"}, "minItems": 20}
     script = ['['] + ['1', ', '] * 40
     app = make_app(ScriptedBackend(script, extra_vocab=JSON_VOCAB))
-    status, body, _ = await post(app, "/g/generate", _req(
+    _status, body, _ = await post(app, "/g/generate", _req(
         {"kind": "json_schema", "value": schema,
          "options": {"repair_on_failure": True, "repair_budget": 2}}, max_tokens=5))
     choice = body["choices"][0]
@@ -217,14 +216,14 @@ async def test_n_choices_reset_the_matcher(make_app):
 async def test_prefetch_on_or_off_gives_the_same_result(make_app, prefetch):
     app = make_app(ScriptedBackend(['{', '"', 'a', '"', ': ', '1', '2', '}'], extra_vocab=JSON_VOCAB),
                    settings={"guided": {"prefetch_masks": prefetch}})
-    status, body, _ = await post(app, "/g/generate", _req({"kind": "json_schema", "value": SCHEMA}))
+    _status, body, _ = await post(app, "/g/generate", _req({"kind": "json_schema", "value": SCHEMA}))
     assert body["choices"][0]["text"] == '{"a": 12}'
 
 
 async def test_unicode_digits_are_not_allowed_by_backslash_d(make_app):
     backend = ScriptedBackend(['٣', '1', '2', '3'], extra_vocab=JSON_VOCAB)
     app = make_app(backend)
-    status, body, _ = await post(app, "/g/generate", _req({"kind": "regex", "value": r"\d+"}, max_tokens=3))
+    _status, body, _ = await post(app, "/g/generate", _req({"kind": "regex", "value": r"\d+"}, max_tokens=3))
     text = body["choices"][0]["text"]
     assert len(text) == 3 and text.isascii() and text.isdigit()
 
@@ -233,6 +232,6 @@ async def test_whitespace_is_bounded_in_json(make_app):
     # a model that wants to emit newlines/spaces forever cannot
     backend = ScriptedBackend(['{', '\n', '  ', '\n', '"', 'a', '"', ': ', '1', '}'], extra_vocab=JSON_VOCAB)
     app = make_app(backend)
-    status, body, _ = await post(app, "/g/generate", _req({"kind": "json_schema", "value": SCHEMA}))
+    _status, body, _ = await post(app, "/g/generate", _req({"kind": "json_schema", "value": SCHEMA}))
     assert "\n" not in body["choices"][0]["text"]
     assert list(json.loads(body["choices"][0]["text"])) == ["a"]

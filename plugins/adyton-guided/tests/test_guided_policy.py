@@ -7,9 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from guided_helpers import JSON_VOCAB
 
 from adyton.testing import ScriptedBackend
-from guided_helpers import JSON_VOCAB
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}

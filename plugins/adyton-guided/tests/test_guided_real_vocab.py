@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-import random
 
 import jsonschema
 import numpy as np
 import pytest
+from guided_helpers import SCHEMAS, gguf_vocabulary, llama_vocabulary
 
-import adyton_guided
 from adyton import Constraint, FinishReason, UnsupportedConstraint
 from adyton_guided.compile import Compiler
 from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
-from guided_helpers import SCHEMAS, gguf_vocabulary, llama_vocabulary
 
 pytestmark = pytest.mark.requires_model
 
@@ -32,8 +30,8 @@ def tok(vocab):
 
 def processor(tok, constraint, **kw):
     compiled = Compiler().matcher(constraint, tok)
-    defaults = dict(max_tokens=None, verifiers=["syntax", "json_schema"] if constraint.kind == "json_schema" else ["syntax"],
-                    repair=False, repair_budget=0, prefetch=True)
+    verifiers = ["syntax", "json_schema"] if constraint.kind == "json_schema" else ["syntax"]
+    defaults = {"max_tokens": None, "verifiers": verifiers, "repair": False, "repair_budget": 0, "prefetch": True}
     defaults.update(kw)
     return GuidedProcessor(constraint, compiled, tok, **defaults)
 
@@ -93,7 +91,7 @@ def test_real_tokenizations_of_valid_documents_are_allowed(tok, vocab, name):
     for token in vocab.encode(text) + [vocab.eos_token_ids[0]]:
         logits = np.zeros(vocab.size, dtype=np.float32)
         proc.process(generated, logits)
-        assert np.isfinite(logits[token]), (vocab.token_bytes[token], bytes().join(vocab.token_bytes[t] for t in generated))
+        assert np.isfinite(logits[token]), (vocab.token_bytes[token], b"".join(vocab.token_bytes[t] for t in generated))
         proc.accept(token)
         generated.append(token)
     assert proc.report(text, FinishReason.STOP)["accepted"]

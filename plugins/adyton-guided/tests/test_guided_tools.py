@@ -9,13 +9,13 @@ import json
 import jsonschema
 import numpy as np
 import pytest
+from guided_helpers import llama_vocabulary
 
 from adyton import Constraint, FinishReason, UnsupportedConstraint
 from adyton.tools import split_tool_calls
 from adyton_guided.compile import Compiler, declared_keys_only
 from adyton_guided.processor import GuidedProcessor
 from adyton_guided.tokenizer import TokenizerCache
-from guided_helpers import llama_vocabulary
 
 pytestmark = pytest.mark.requires_model
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from adyton import RequestCost, Usage, create_app
 from adyton_limits import LimitsPlugin, service_for
 
-
 # every limit on, none reached: the cost of checking all five counters
 HUGE = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "requests_per_day": 10**9,
         "tokens_per_day": 10**12, "concurrent_requests": 10**6}
@@ -31,7 +30,7 @@ HUGE = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "requests_per
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def run_one(storage_uri: str, n: int, concurrency: int) -> dict[str, list[float]]:

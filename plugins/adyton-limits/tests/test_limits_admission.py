@@ -8,9 +8,9 @@ import threading
 import time
 
 import httpx
+from limits_helpers import body, new_account, service, tier
 
 from adyton.testing import ScriptedBackend, ServerThread
-from limits_helpers import body, new_account, service, tier
 
 
 async def _burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:

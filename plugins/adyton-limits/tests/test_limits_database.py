@@ -79,11 +79,13 @@ def make_old_file(path):
     now = 1741608005.0  # the tests' fake clock: 2025-03-10 12:00:05 UTC
     conn.execute("INSERT INTO accounts VALUES ('acct_old', 'veteran', ?, ?, 2, 1, ?, ?)",
                  (hash_secret(number), number[-4:], now - 86400 * 30, now - 86400 * 30))
-    conn.execute("INSERT INTO api_keys VALUES (?, 'acct_old', ?, ?, ?)", (hash_secret(old_key), old_key[:7], now - 999, now - 500))
+    conn.execute("INSERT INTO api_keys VALUES (?, 'acct_old', ?, ?, ?)",
+                 (hash_secret(old_key), old_key[:7], now - 999, now - 500))
     conn.execute("INSERT INTO api_keys VALUES (?, 'acct_old', ?, ?, NULL)", (hash_secret(key), key[:7], now - 500))
     for i in range(3):
-        conn.execute("INSERT INTO ledger (account_id, model, prompt_tokens, completion_tokens, reserved_tokens, outcome,"
-                     " wire_format, started_at, finished_at, day) VALUES ('acct_old', 'm', 10, 5, 20, 'ok', 'json',"
+        conn.execute("INSERT INTO ledger (account_id, model, prompt_tokens, completion_tokens, reserved_tokens,"
+                     " outcome, wire_format, started_at, finished_at, day)"
+                     " VALUES ('acct_old', 'm', 10, 5, 20, 'ok', 'json',"
                      " ?, ?, '2025-03-10')", (now - 60 + i, now - 59 + i))
     conn.execute("INSERT INTO usage_daily VALUES ('acct_old', '2025-03-10', 3, 30, 15)")
     conn.execute("INSERT INTO tier_changes VALUES ('acct_old', ?, 1, 2, 'manual')", (now - 86400 * 30,))
@@ -164,7 +166,7 @@ def test_ledger_rows_settled_at_once_by_several_servers_add_up(db_url, tmp_path,
 
     def settle(store, n):
         try:
-            for i in range(25):
+            for _i in range(25):
                 store.record(LedgerRow(acct.account.id, "m", 3, 4, 10, "ok", "json", clock() - 1, clock()))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)

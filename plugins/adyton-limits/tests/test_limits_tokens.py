@@ -80,15 +80,15 @@ def test_cancelled_stream_settles(make_app):
     headers = {"x-api-key": acct.api_key}
     with ServerThread(app) as server:
         url = server.base_url + "/t/generate"
-        with httpx.Client(timeout=30) as client:
-            with client.stream("POST", url, json=body(max_tokens=1000, stream=True), headers=headers) as r:
-                assert r.status_code == 200
-                seen = 0
-                for line in r.iter_lines():
-                    if "text" in json.loads(line):
-                        seen += 1
-                    if seen >= 3:
-                        break
+        with httpx.Client(timeout=30) as client, \
+                client.stream("POST", url, json=body(max_tokens=1000, stream=True), headers=headers) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                if "text" in json.loads(line):
+                    seen += 1
+                if seen >= 3:
+                    break
         # the client went away: the server stops and settles
         store = service(app).store
         deadline = time.monotonic() + 10

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from llama_reference import load_reference, reference_path
 
 from adyton.testing import require_model
-from llama_reference import load_reference, reference_path
 
 
 @pytest.fixture(scope="session")

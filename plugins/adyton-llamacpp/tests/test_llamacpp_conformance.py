@@ -4,11 +4,10 @@ against the llamacpp backend and the real default model."""
 from __future__ import annotations
 
 import pytest
+from llamacpp_helpers import SMOL
 
 import adyton_llamacpp
 from adyton.testing import BackendConformance, ConformanceServer, require_model
-
-from llamacpp_helpers import SMOL
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import pytest
-
 from llamacpp_helpers import GEMMA, SMOL, chat, generate, require_gemma, start_server, stream
 
 pytestmark = pytest.mark.slow
@@ -32,7 +31,7 @@ def test_gemma3_is_listed_and_served(two_models):
     assert r["status"] == 200, r
     assert r["model"] == GEMMA and r["usage"]["completion_tokens"] > 0
     assert r["choices"][0]["text"].startswith(" Thursday"), r  # a working model, not noise
-    text, lines = stream(two_models, {"model": GEMMA, "messages": chat("Say hello."), "max_tokens": 6})
+    _text, lines = stream(two_models, {"model": GEMMA, "messages": chat("Say hello."), "max_tokens": 6})
     assert lines[-1]["usage"]["completion_tokens"] > 0
     assert two_models.backend.loaded_model() == GEMMA
 
@@ -45,7 +44,7 @@ def test_concurrent_requests_for_two_models_each_run_on_their_own_weights(two_mo
     order = [0, 2, 1, 3, 2, 0, 3, 1]  # alternate models, so every pair of slots must switch
     with cf.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: generate(two_models, bodies[i]), order))
-    for i, r in zip(order, results):
+    for i, r in zip(order, results, strict=True):
         assert r["status"] == 200, r
         assert r["model"] == bodies[i]["model"]
         assert r["choices"][0]["text"] == solo[i], (bodies[i], r["choices"][0]["text"], solo[i])

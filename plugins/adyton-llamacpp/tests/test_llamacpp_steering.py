@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from adyton.testing import require_model
-
 from adyton_llamacpp.engine import BatchEngine, GGUFVocab
 from adyton_llamacpp.steering import side_context
 

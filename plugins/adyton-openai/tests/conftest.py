@@ -7,10 +7,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from openai_helpers import node_ready
 
 import adyton_openai
 from adyton.testing import LoopbackServers
-from openai_helpers import node_ready
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import json
 import os
 import subprocess
 
+from openai_helpers import JS_DIR, Accounts
 
 from adyton.testing import ScriptedBackend
-from openai_helpers import JS_DIR, Accounts
 
 CALL = ["<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}', "</tool_call>"]
 

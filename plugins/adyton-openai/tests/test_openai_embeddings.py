@@ -9,11 +9,11 @@ import base64
 
 import httpx
 import numpy as np
-import openai
 import pytest
-
-from adyton.testing import ScriptedBackend
 from openai_helpers import Accounts
+
+import openai
+from adyton.testing import ScriptedBackend
 
 
 @pytest.fixture

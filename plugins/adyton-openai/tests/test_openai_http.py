@@ -128,7 +128,8 @@ def test_top_logprobs_needs_logprobs(server):
 
 def test_body_without_json_content_type_is_still_parsed(server):
     # curl -d without -H sends form encoding; the body is JSON all the same
-    r = post(server, CHAT, json.dumps({"messages": USER}), headers={"content-type": "application/x-www-form-urlencoded"})
+    r = post(server, CHAT, json.dumps({"messages": USER}),
+             headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 200, r.text
 
 
@@ -331,7 +332,7 @@ def test_example_request():
 def test_settings_section(serve):
     from adyton import SettingsError, create_app
 
-    with pytest.raises(SettingsError, match="openai.strict"):
+    with pytest.raises(SettingsError, match=r"openai\.strict"):
         create_app(settings={"openai": {"strict": "maybe"}}, plugins=[adyton_openai], load_entrypoints=False)
 
 

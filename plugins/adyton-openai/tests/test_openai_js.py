@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 
-
 from openai_helpers import JS_DIR
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 
-import openai
 import pytest
 
 import adyton_openai
+import openai
 from adyton import create_app
 from adyton.testing import ServerThread, link_model, model_path
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
-
-from adyton.testing import ScriptedBackend
 from openai_helpers import Accounts
+
+import openai
+from adyton import NotFound
+from adyton.testing import ScriptedBackend
 
 STREAM_SEQUENCE = [
     "response.created", "response.in_progress", "response.output_item.added",
@@ -137,12 +138,12 @@ def test_store_is_bounded(server, sdk):
     for i in range(3):
         store.put(f"r{i}", Stored(owner="a", history=[]))
     assert len(store) == 2
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         store.get("r0", "a")
     store.get("r1", "a")  # r1 is now the most recent
     store.put("r3", Stored(owner="a", history=[]))
     store.get("r1", "a")
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         store.get("r2", "a")
 
 
@@ -231,7 +232,7 @@ def caller(serve, accounts):
 
 
 def test_function_call_output_items(caller, sdk):
-    server, backend = caller
+    server, _backend = caller
     r = sdk(server, api_key="sk-a").responses.create(model="scripted-model", input="weather in Paris?",
                                                      tools=[WEATHER])
     assert r.status == "completed" and [o.type for o in r.output] == ["message", "function_call"]

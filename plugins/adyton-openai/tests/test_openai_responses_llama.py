@@ -17,11 +17,11 @@ import base64
 import json
 
 import numpy as np
-import openai
 import pytest
+from openai_helpers import Accounts, real_model_server
 from pydantic import BaseModel
 
-from openai_helpers import Accounts, real_model_server
+import openai
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")
@@ -179,7 +179,7 @@ def test_embeddings_float_and_base64(client, ledger):
 
 
 def test_embeddings_do_not_disturb_generation(client):
-    ask = dict(model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=12)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 12}
     before = client.chat.completions.create(**ask).choices[0].message.content
     client.embeddings.create(model=MODEL, input=[QUESTION, "something else entirely"])
     assert client.chat.completions.create(**ask).choices[0].message.content == before

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
 import pytest
 
+import openai
 from adyton import (
     Authenticator,
     Limiter,
@@ -88,7 +88,7 @@ def test_stream_with_usage(server, sdk):
     # the finish reason; then the usage chunk with no choices
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[0].choices[0].finish_reason is None
-    content = [c for c in chunks[1:-2]]
+    content = list(chunks[1:-2])
     assert "".join(c.choices[0].delta.content for c in content) == "Hello, world!"
     assert all(c.choices[0].finish_reason is None for c in content)
     assert chunks[-2].choices[0].finish_reason == "stop"

@@ -100,14 +100,16 @@ def test_history_with_calls_and_results_is_rendered(serve, sdk):
     first = client.chat.completions.create(model="scripted-model", messages=USER, tools=[WEATHER])
     messages = USER + [
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_abc", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_abc", "content": "18 C and sunny"},
     ]
     resp = client.chat.completions.create(model="scripted-model", messages=messages, tools=[WEATHER])
     assert resp.choices[0].message.content == "Sunny." and first
     prompt = backend.prompts[-1]
     assert "You can call the following functions" in prompt and '"name": "get_weather"' in prompt
-    assert '<|im_start|>assistant\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in prompt
+    assert ('<|im_start|>assistant\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+            in prompt)
     assert '<tool_response>{"name": "get_weather", "content": "18 C and sunny"}</tool_response>' in prompt
 
 

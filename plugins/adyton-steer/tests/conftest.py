@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from steer_helpers import start_server
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import ClassVar
 
 import httpx
 
@@ -25,7 +26,7 @@ class Keys(Authenticator):
     the admin routes)."""
 
     name = "keys"
-    principals = {"key-a": Principal(id="acct-a"), "key-b": Principal(id="acct-b"),
+    principals: ClassVar[dict[str, Principal]] = {"key-a": Principal(id="acct-a"), "key-b": Principal(id="acct-b"),
                   "key-admin": Principal(id="admin")}
 
     async def authenticate(self, credentials):

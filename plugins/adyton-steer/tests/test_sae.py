@@ -11,10 +11,9 @@ import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from steer_helpers import ADMIN, MODEL, A, generate, post
 
 from adyton import GenerationRequest
-
-from steer_helpers import A, ADMIN, MODEL, generate, post
 
 PROMPT = "The history of the Roman empire"
 SAE_LAYER, PROBE_LAYER, FEATURE = 12, 20, 3

@@ -14,14 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from steer_helpers import ADMIN, MODEL, A, B, generate, post
 
 import adyton_steer
-from adyton import GenerationRequest
-from adyton import Steering
-
+from adyton import GenerationRequest, Steering
 from adyton_steer.store import write_control_vector
 from adyton_steer.wire import contrastive_vectors
-from steer_helpers import A, ADMIN, B, MODEL, generate, post
 
 POSITIVE = ["I love this, it is wonderful and makes me happy.", "What a fantastic, delightful day!",
             "This is great, I am so pleased.", "The food was excellent and the staff were lovely.",
@@ -217,7 +215,8 @@ def test_vectors_survive_a_restart(srv, sentiment):
     store = adyton_steer.store.VectorStore(Path(srv.kernel.home) / "steer")
     again = store.get_any(sentiment["id"])
     assert again.owner == "acct-a" and again.model == MODEL
-    assert np.array_equal(again.vectors[10], adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"]).vectors[10])
+    stored = adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"])
+    assert np.array_equal(again.vectors[10], stored.vectors[10])
 
 
 def test_openai_sdk_extra_body_and_completions(srv, sentiment):

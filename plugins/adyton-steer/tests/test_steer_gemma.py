@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from steer_helpers import MODEL, generate, post, start_server
 
 from adyton.settings import default_home
 from adyton.testing import require_model
-
-from steer_helpers import MODEL, generate, post, start_server
 
 GEMMA = "gemma-3-270m"
 

@@ -59,7 +59,7 @@ def test_vectors_belong_to_accounts(served):
 
 
 def test_admin_routes_and_counted_usage(served):
-    srv, a, _, admin, service, account = served
+    srv, a, _, admin, _service, _account = served
     probe = {"name": "P", "model": MODEL, "layer": 5, "probe": {"vector": [0.01] * 576, "threshold": 0}}
     assert httpx.post(srv.base_url + "/sae/behaviors", json=probe).status_code == 401
     assert httpx.post(srv.base_url + "/sae/behaviors", json=probe, headers=a).status_code == 403

@@ -9,10 +9,10 @@ import time
 
 import httpx
 import pytest
+from upstream_helpers import FaultServer, chat, metric, sse_events
 
 import adyton_limits
 from adyton.testing import ScriptedBackend
-from upstream_helpers import FaultServer, chat, metric, sse_events
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
           "additionalProperties": False}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 
-import openai
 import pytest
 
 import adyton_openai
 import adyton_upstream
+import openai
 from adyton import create_app
 from adyton.testing import ServerThread, link_model
 
@@ -60,9 +60,10 @@ def test_greedy_text_and_usage_through_the_proxy_equal_the_upstream(servers):
 
 def test_streaming_passes_every_token_through(servers):
     model_id, upstream, proxy = servers
-    kw = dict(messages=USER, temperature=0, max_tokens=6, stream=True, stream_options={"include_usage": True})
-    direct = [c for c in _client(upstream).chat.completions.create(model=model_id, **kw)]
-    through = [c for c in _client(proxy).chat.completions.create(model="smol", **kw)]
+    kw = {"messages": USER, "temperature": 0, "max_tokens": 6, "stream": True,
+          "stream_options": {"include_usage": True}}
+    direct = list(_client(upstream).chat.completions.create(model=model_id, **kw))
+    through = list(_client(proxy).chat.completions.create(model="smol", **kw))
 
     def deltas(chunks):
         return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]

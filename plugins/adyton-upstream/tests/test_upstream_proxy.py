@@ -12,10 +12,10 @@ import time
 
 import httpx
 import pytest
+from upstream_helpers import FaultServer, chat, metric, sse_events
 
 import adyton_limits
 from adyton.testing import ScriptedBackend
-from upstream_helpers import FaultServer, chat, metric, sse_events
 
 SCRIPT = ["Hello", ",", " world", "!"]
 
@@ -132,7 +132,7 @@ def test_a_client_leaving_before_the_first_token_hangs_up_on_a_stalled_upstream(
 
 def _limits(front_factory, tmp_path, *urls, **opts):
     proxy = front_factory(_models(*urls, **opts), plugins=[adyton_limits])
-    key = (tmp_path / f"front-0" / "limits" / "admin.key").read_text().strip()
+    key = (tmp_path / "front-0" / "limits" / "admin.key").read_text().strip()
     admin = httpx.Client(base_url=proxy.base_url + "/admin", headers={"Authorization": f"Bearer {key}"})
     account = admin.post("/accounts", json={"tier": 5}).json()
     return proxy, admin, account
@@ -147,7 +147,8 @@ def test_the_upstream_usage_settles_the_reservation(upstreams, front, tmp_path):
                               stream_options={"include_usage": True})):
         r = httpx.post(proxy.base_url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
         assert r.status_code == 200, r.text
-        usage = r.json()["usage"] if not body.get("stream") else [e for e in sse_events(r) if e.get("usage")][0]["usage"]
+        usage = (r.json()["usage"] if not body.get("stream")
+                 else next(e for e in sse_events(r) if e.get("usage"))["usage"])
         seen.append(usage)
     rows = admin.get("/usage", params={"account": account["id"]}).json()["usage"]
     assert rows == [{"account_id": account["id"], "outcome": "ok", "requests": 2,

@@ -19,6 +19,7 @@ import shutil
 
 import httpx
 import pytest
+from web_helpers import CHROMIUM, CHROMIUM_ARGS, SHOTS, WAIT_MS, Stack, Tab
 
 import adyton_guided
 import adyton_openai
@@ -26,7 +27,6 @@ import adyton_web
 from adyton import create_app
 from adyton.testing import ServerThread, link_model
 from adyton_limits import LimitsPlugin, service_for
-from web_helpers import CHROMIUM, CHROMIUM_ARGS, SHOTS, WAIT_MS, Stack, Tab
 
 
 @pytest.fixture(scope="module")

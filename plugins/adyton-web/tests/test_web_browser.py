@@ -17,7 +17,6 @@ import sys
 
 import httpx
 import pytest
-
 from web_helpers import Stack, wait_js
 
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
@@ -118,7 +117,7 @@ def test_playground_streams_token_by_token_and_copies_a_working_call(tab, stack:
                            " && !document.getElementById('pg-send').disabled")
     answer = page.text_content("#pg-log .assistant .content")
     lengths = page.evaluate("window.__lengths")
-    steps = sorted(set(x for x in lengths if x > 0))
+    steps = sorted({x for x in lengths if x > 0})
     assert len(answer) > 20
     assert len(steps) >= 5, f"the answer did not arrive in pieces: {lengths}"
     assert steps[-1] == len(answer)
