@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from pydantic import BaseModel, Field
 
@@ -60,7 +60,8 @@ def _settings(kernel: "Kernel") -> GuidedSettings:
 def policy_store(kernel: "Kernel") -> PolicyStore:
     store = _stores.get(kernel)
     if store is None:
-        store = _stores[kernel] = PolicyStore(kernel.home / "policies")
+        # the kernel's database (files of earlier releases are imported once)
+        store = _stores[kernel] = PolicyStore(kernel.database, legacy_dir=kernel.home / "policies")
     return store
 
 
@@ -75,6 +76,13 @@ def register_settings(register):
 
 
 @hookimpl
+def register_migrations(register, kernel):
+    from .migrations import VERSION_TABLE, VERSIONS
+
+    register(VERSIONS, VERSION_TABLE)  # saved policies: a table in the kernel's database
+
+
+@hookimpl
 def register_wire_formats(register, kernel):
     from .wire import AxionicGuided
 
@@ -82,7 +90,7 @@ def register_wire_formats(register, kernel):
 
 
 @hookimpl
-def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> None:
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> Awaitable[None] | None:
     extra = request.extra
     if "policy" not in extra and "policy_id" not in extra:
         return None
@@ -93,12 +101,17 @@ def prepare_request(request: GenerationRequest, principal: Principal, kernel: "K
     if policy_id is not None:
         if not isinstance(policy_id, str):
             raise InvalidRequest("'policy_id' must be a string", param="policy_id")
-        record = policy_store(kernel).get(policy_id, principal)
-        policy = parse_policy(record.get("policy", {}), param="policy_id")
-        apply_policy(request, policy, source="policy_id", policy_id=policy_id)
-    elif policy_raw is not None:
+        return _apply_saved(request, principal, kernel, policy_id)
+    if policy_raw is not None:
         apply_policy(request, parse_policy(policy_raw), source="policy")
     return None
+
+
+async def _apply_saved(request: GenerationRequest, principal: Principal, kernel: Kernel, policy_id: str) -> None:
+    # a database read: off the event loop
+    record = await kernel.offload(policy_store(kernel).get, policy_id, principal)
+    policy = parse_policy(record.get("policy", {}), param="policy_id")
+    apply_policy(request, policy, source="policy_id", policy_id=policy_id)
 
 
 def _options(constraint, settings: GuidedSettings) -> tuple[list[str], bool, int]:

@@ -14,20 +14,23 @@ less than its author believes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adyton import Constraint, GenerationRequest, InvalidRequest, NotFound, Principal, invalid_from_validation
+from adyton import Constraint, Database, GenerationRequest, InvalidRequest, NotFound, Principal, invalid_from_validation
 
-from .verify import VERIFIERS
+from .migrations import VERSION_TABLE, VERSIONS
+
+log = logging.getLogger("adyton.guided")
 
 GUIDED = "guided-generation"
 
@@ -150,23 +153,68 @@ def apply_policy(request: GenerationRequest, policy: Policy, source: str,
 
 _ID = re.compile(r"^pol_[A-Za-z0-9]{8,64}$")
 
+_policies = sa.Table(
+    "guided_policies", sa.MetaData(),
+    sa.Column("id", sa.String(80), primary_key=True), sa.Column("owner", sa.Text),
+    sa.Column("created", sa.BigInteger), sa.Column("policy", sa.Text))
+
 
 class PolicyStore:
-    """One JSON file per policy under ``<ADYTON_HOME>/policies``. A policy
-    belongs to the principal that created it (by its opaque ``id``); others
-    get 404 for it."""
+    """Saved policies in the kernel's database (table ``guided_policies``).
+    A policy belongs to the principal that created it (by its opaque
+    ``id``); others get 404 for it. Calls block: run them off the event loop.
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    Earlier releases kept one JSON file per policy under
+    ``<ADYTON_HOME>/policies``: ``open()`` imports those once (a policy
+    already in the table is left as it is), then renames the directory to
+    ``policies.imported`` so a policy deleted later does not come back."""
+
+    def __init__(self, db: Database, legacy_dir: Path | None = None) -> None:
+        self.db = db
+        self.legacy_dir = legacy_dir
+        self._opened = False
         self._lock = threading.Lock()
 
-    def _path(self, policy_id: str) -> Path | None:
-        if not _ID.match(policy_id):
-            return None
-        return self.root / f"{policy_id}.json"
+    def open(self) -> PolicyStore:
+        with self._lock:
+            if not self._opened:
+                self.db.upgrade(VERSIONS, VERSION_TABLE)
+                self._import_files()
+                self._opened = True
+        return self
+
+    def _import_files(self) -> None:
+        root = self.legacy_dir
+        if root is None or not root.is_dir():
+            return
+        records = []
+        for path in sorted(root.glob("pol_*.json")):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("adyton-guided: skipping unreadable saved policy %s: %s", path, exc)
+                continue
+            if isinstance(record, dict) and _ID.match(str(record.get("id", ""))) and record.get("owner"):
+                records.append(record)
+        with self.db.transaction() as conn:
+            have = {r[0] for r in conn.execute(sa.select(_policies.c.id).where(
+                _policies.c.id.in_([r["id"] for r in records])))} if records else set()
+            for record in records:
+                if record["id"] not in have:
+                    conn.execute(_policies.insert().values(
+                        id=record["id"], owner=str(record["owner"]), created=int(record.get("created", 0)),
+                        policy=json.dumps(record.get("policy", {}), ensure_ascii=False)))
+        target = root.with_name(root.name + ".imported")
+        n = 0
+        while target.exists():
+            n += 1
+            target = root.with_name(f"{root.name}.imported.{n}")
+        os.replace(root, target)
+        log.info("adyton-guided: imported %d saved policies from %s (the files are kept in %s)",
+                 len(records), root, target)
 
     def create(self, policy: Policy, principal: Principal) -> dict[str, Any]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.open()
         record = {
             "id": "pol_" + secrets.token_hex(12),
             "object": "policy",
@@ -174,47 +222,38 @@ class PolicyStore:
             "owner": principal.id,
             "policy": policy.model_dump(exclude_none=True, exclude_defaults=False),
         }
-        path = self._path(record["id"])
-        assert path is not None
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self.db.transaction() as conn:
+            conn.execute(_policies.insert().values(id=record["id"], owner=principal.id, created=record["created"],
+                                                   policy=json.dumps(record["policy"], ensure_ascii=False)))
         return record
 
-    def _read(self, path: Path) -> dict[str, Any] | None:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+    @staticmethod
+    def _record(row: Any) -> dict[str, Any]:
+        return {"id": row[0], "object": "policy", "owner": row[1], "created": int(row[2]),
+                "policy": json.loads(row[3])}
 
     def get(self, policy_id: str, principal: Principal) -> dict[str, Any]:
-        path = self._path(policy_id)
-        record = self._read(path) if path is not None else None
-        if record is None or record.get("owner") != principal.id:
+        self.open()
+        row = None
+        if _ID.match(policy_id):
+            with self.db.connect() as conn:
+                row = conn.execute(sa.select(_policies).where(_policies.c.id == policy_id,
+                                                              _policies.c.owner == principal.id)).first()
+        if row is None:
             raise NotFound(f"no policy '{policy_id}'", param="policy_id", code="policy_not_found")
-        return record
+        return self._record(row)
 
     def list(self, principal: Principal) -> list[dict[str, Any]]:
-        if not self.root.is_dir():
-            return []
-        out = []
-        for path in self.root.glob("pol_*.json"):
-            record = self._read(path)
-            if record is not None and record.get("owner") == principal.id:
-                out.append(record)
-        out.sort(key=lambda r: (r.get("created", 0), r["id"]))
-        return out
+        self.open()
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(_policies).where(_policies.c.owner == principal.id)
+                                .order_by(_policies.c.created, _policies.c.id)).all()
+        return [self._record(r) for r in rows]
 
     def delete(self, policy_id: str, principal: Principal) -> None:
         self.get(policy_id, principal)
-        path = self._path(policy_id)
-        assert path is not None
-        path.unlink(missing_ok=True)
+        with self.db.transaction() as conn:
+            conn.execute(_policies.delete().where(_policies.c.id == policy_id, _policies.c.owner == principal.id))
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,7 @@ class AxionicGuided(WireFormat):
         if constraint is not None:
             # refuse what could never be enforced, now (a compile can take a while: off the loop)
             await kernel.offload(compiler.grammar, constraint)
-        record = policy_store(kernel).create(policy, principal)
+        record = await kernel.offload(policy_store(kernel).create, policy, principal)
         response = jsonify(public(record))
         response.status_code = 201
         return response
@@ -170,19 +170,20 @@ class AxionicGuided(WireFormat):
         from . import policy_store
 
         kernel, principal = await self._principal()
-        return jsonify({"object": "list", "data": [public(r) for r in policy_store(kernel).list(principal)]})
+        records = await kernel.offload(policy_store(kernel).list, principal)
+        return jsonify({"object": "list", "data": [public(r) for r in records]})
 
     async def get_policy(self, policy_id: str) -> Response:
         from . import policy_store
 
         kernel, principal = await self._principal()
-        return jsonify(public(policy_store(kernel).get(policy_id, principal)))
+        return jsonify(public(await kernel.offload(policy_store(kernel).get, policy_id, principal)))
 
     async def delete_policy(self, policy_id: str) -> Response:
         from . import policy_store
 
         kernel, principal = await self._principal()
-        policy_store(kernel).delete(policy_id, principal)
+        await kernel.offload(policy_store(kernel).delete, policy_id, principal)
         return jsonify({"id": policy_id, "policy_id": policy_id, "object": "policy", "deleted": True})
 
     # -- /sampling/generate -------------------------------------------------------------
