@@ -9,7 +9,8 @@ blueprint, installs the error handlers (``http_errors.py``) and CORS
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel
 from quart import Quart

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -85,10 +86,8 @@ def serve(state: CliState, host: str | None, port: int | None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(NotImplementedError):  # pragma: no cover (no signals: Windows)
                 loop.add_signal_handler(sig, stop.set)
-            except NotImplementedError:  # pragma: no cover
-                pass
         await hypercorn_serve(state.app(), config, shutdown_trigger=stop.wait)
 
     try:
@@ -126,7 +125,7 @@ def models(state: CliState, as_json: bool) -> None:
         kernel = state.kernel()
     except (PluginError, SettingsError) as exc:
         _fail(exc)
-    infos = [info for _, info in kernel.models.list()]
+    infos = [info for _, info in kernel.list_models()]
     if as_json:
         click.echo(json.dumps([i.model_dump() for i in infos], indent=2))
         return
@@ -199,7 +198,7 @@ def add_plugin_commands(group: click.Group, pm: Any) -> None:
             impl.function(**{arg: {"cli": group}[arg] for arg in impl.argnames})
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PluginError(f"plugin '{impl.plugin_name}' failed in register_commands: "
                               f"{type(exc).__name__}: {exc}") from exc
         for name, command in list(group.commands.items()):

@@ -3,7 +3,7 @@ headers a browser may read."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from quart import Quart, Response, request
 

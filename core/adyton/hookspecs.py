@@ -107,13 +107,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pluggy
 
 from .errors import UnsupportedConstraint
-
 from .types import (
     Constraint,
     Credentials,
@@ -133,8 +133,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
     import quart
 
-    from .kernel import Kernel
     from .errors import AdytonError
+    from .kernel import Kernel
 
 hookspec = pluggy.HookspecMarker("adyton")
 hookimpl = pluggy.HookimplMarker("adyton")
@@ -383,24 +383,24 @@ class WireFormat(ABC):
     #: to every operation of this surface that does not document it itself
     error_statuses: Sequence[int] = (400, 401, 403, 404, 405, 413, 429, 500, 503)
     #: JSON schema of this surface's error body (None: not described)
-    error_schema: dict[str, Any] | None = None
+    error_schema: ClassVar[dict[str, Any] | None] = None
     #: OpenAPI operation fields for routes this surface does not document
     #: otherwise: ``{"/api/chat": {"post": {"requestBody": ..., "responses":
     #: ...}}}`` (paths as OpenAPI writes them, ``{param}``); merged into the
     #: app's document by ``Kernel.complete_openapi``
-    openapi_operations: dict[str, dict[str, dict[str, Any]]] = {}
+    openapi_operations: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 
     @property
     @abstractmethod
-    def blueprint(self) -> "quart.Blueprint":
+    def blueprint(self) -> quart.Blueprint:
         """The routes of this surface."""
 
     @abstractmethod
-    def render_error(self, error: "AdytonError") -> "quart.Response":
+    def render_error(self, error: AdytonError) -> quart.Response:
         """The response for ``error``: its ``status`` and
         ``error.response_headers()`` (Retry-After, rate-limit headers)."""
 
-    def init_app(self, app: "quart.Quart") -> None:
+    def init_app(self, app: quart.Quart) -> None:
         """Called once when the blueprint is mounted, for extensions that
         need the app itself (e.g. quart-schema's OpenAPI document)."""
 
@@ -550,32 +550,32 @@ def register_settings(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
-def register_backends(register: Callable[[Backend], None], kernel: "Kernel") -> None:
+def register_backends(register: Callable[[Backend], None], kernel: Kernel) -> None:
     """Register ``Backend`` instances. Catalog hook; synchronous; called once
     per app, before startup. Do not load weights here."""
 
 
 @hookspec
-def register_wire_formats(register: Callable[[WireFormat], None], kernel: "Kernel") -> None:
+def register_wire_formats(register: Callable[[WireFormat], None], kernel: Kernel) -> None:
     """Register ``WireFormat`` instances (HTTP surfaces with their own JSON
     and error shapes). Catalog hook; synchronous."""
 
 
 @hookspec
-def register_authenticators(register: Callable[[Authenticator], None], kernel: "Kernel") -> None:
+def register_authenticators(register: Callable[[Authenticator], None], kernel: Kernel) -> None:
     """Register ``Authenticator`` instances, asked in pluggy's call order
     (``tryfirst`` first); the first to return a Principal wins. Catalog hook;
     synchronous."""
 
 
 @hookspec
-def register_limiters(register: Callable[[Limiter], None], kernel: "Kernel") -> None:
+def register_limiters(register: Callable[[Limiter], None], kernel: Kernel) -> None:
     """Register ``Limiter`` instances; all must admit a request, asked in
     pluggy's call order. Catalog hook; synchronous."""
 
 
 @hookspec
-def register_migrations(register: Callable[..., None], kernel: "Kernel") -> None:
+def register_migrations(register: Callable[..., None], kernel: Kernel) -> None:
     """Declare the tables you keep in a SQL database:
     ``register(versions, version_table, database=None)`` — ``versions`` the
     directory of your Alembic revisions, ``version_table`` the table that
@@ -589,7 +589,7 @@ def register_migrations(register: Callable[..., None], kernel: "Kernel") -> None
 
 
 @hookspec
-def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> Awaitable[None] | None:
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: Kernel) -> Awaitable[None] | None:
     """Per request, right after authentication: adjust ``request`` in place
     (expand a saved policy into constraints, apply per-principal defaults).
 
@@ -606,8 +606,8 @@ def logits_processors(
     request: GenerationRequest,
     model: ModelInfo,
     vocabulary: Vocabulary | None,
-    kernel: "Kernel",
-) -> "LogitsProcessor | Sequence[LogitsProcessor] | Awaitable[Any] | None":
+    kernel: Kernel,
+) -> LogitsProcessor | Sequence[LogitsProcessor] | Awaitable[Any] | None:
     """Per request, before it is queued: return the logits processors this
     request needs from you (or None). Claim the request's constraints you
     enforce through ``LogitsProcessor.handles``; raise
@@ -619,13 +619,13 @@ def logits_processors(
 
 
 @hookspec(firstresult=True)
-def sampler(request: GenerationRequest, kernel: "Kernel") -> Sampler | None:
+def sampler(request: GenerationRequest, kernel: Kernel) -> Sampler | None:
     """Per request: the Sampler that picks tokens. First non-None wins; the
     kernel's DefaultSampler is registered last. Pick-one; synchronous."""
 
 
 @hookspec
-def register_commands(cli: "click.Group") -> None:
+def register_commands(cli: click.Group) -> None:
     """Add ``click`` commands or groups to the ``adyton`` CLI. Commands that
     need the server's state take ``@click.pass_obj`` and call ``.kernel()``
     on it (settings loaded, plugins registered, nothing served).
@@ -633,14 +633,14 @@ def register_commands(cli: "click.Group") -> None:
 
 
 @hookspec
-def startup(kernel: "Kernel") -> Awaitable[None] | None:
+def startup(kernel: Kernel) -> Awaitable[None] | None:
     """The app is about to serve: open databases, connect to Redis. Failing
     here stops startup naming your plugin. Collect-all, in pluggy's call
     order; may be async."""
 
 
 @hookspec
-def shutdown(kernel: "Kernel") -> Awaitable[None] | None:
+def shutdown(kernel: Kernel) -> Awaitable[None] | None:
     """The app stopped serving (in-flight requests have been settled):
     close what ``startup`` opened. Collect-all, in the reverse of the
     ``startup`` order; may be async."""

@@ -14,9 +14,10 @@ import gc
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quart import Quart, current_app
 
@@ -96,7 +97,7 @@ class Kernel(KernelAPI):
                 impl.function(**{arg: {"register": register, "kernel": self}[arg] for arg in impl.argnames})
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise PluginError(f"plugin '{owner}' failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
 
     def _store_unique(self, catalog: dict[str, Any], what: str) -> Callable[[str, Any], None]:
@@ -182,7 +183,7 @@ class Kernel(KernelAPI):
                 impl.function(**{arg: {"register": register, "kernel": self}[arg] for arg in impl.argnames})
             except PluginError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise PluginError(
                     f"plugin '{owner}' failed in register_migrations: {type(exc).__name__}: {exc}") from exc
         return found
@@ -195,7 +196,7 @@ class Kernel(KernelAPI):
         for owner, versions, table, database in self.migrations():
             try:
                 revision = database.upgrade(versions, table)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise PluginError(f"plugin '{owner}': migrating its tables ({table}) in {database.display_url} "
                                   f"failed: {type(exc).__name__}: {exc}") from exc
             done.append((owner, table, revision))
@@ -216,8 +217,9 @@ class Kernel(KernelAPI):
         for impl in in_call_order(self.pm.hook.startup):
             try:
                 await resolve_all([impl.function(kernel=self)])
-            except Exception as exc:  # noqa: BLE001
-                raise PluginError(f"plugin '{impl.plugin_name}' failed at startup: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                raise PluginError(f"plugin '{impl.plugin_name}' failed at startup: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         if self.settings.models.load_at_start:
             self._start_default_load()
         # everything built so far (modules, plugins, settings, routes) lives as
@@ -272,12 +274,12 @@ class Kernel(KernelAPI):
         for impl in reversed(in_call_order(self.pm.hook.shutdown)):
             try:
                 await resolve_all([impl.function(kernel=self)])
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("plugin '%s' failed at shutdown", impl.plugin_name)
         for backend in self.backends.values():
             try:
                 backend.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("backend '%s' failed to close", backend.name)
         for queue in self.queues.values():
             await asyncio.get_running_loop().run_in_executor(None, queue.close)

@@ -10,8 +10,9 @@ sets the attributes it reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -41,22 +42,22 @@ class KernelAPI:
     """What plugins may use on the kernel (docs/kernel.md)."""
 
     # set by Kernel.__init__ / collect_catalogs
-    settings: "Settings"
+    settings: Settings
     home: Path
     backends: dict[str, Backend]
     wire_formats: dict[str, WireFormat]
     authenticators: list[Authenticator]
     limiters: list[Limiter]
-    pipeline: "Pipeline"
-    models: "ModelRegistry"
-    metrics: "Metrics"
+    pipeline: Pipeline
+    models: ModelRegistry
+    metrics: Metrics
     _state: dict[Hashable, Any]
     _database: Database | None
     _services: dict[str, Any]
 
     # -- the pipeline's entry points ---------------------------------------------
 
-    async def submit(self, request: GenerationRequest, credentials: Credentials) -> "Generation":
+    async def submit(self, request: GenerationRequest, credentials: Credentials) -> Generation:
         """Admit a generation and start it (docs/kernel.md#kernelsubmit)."""
         return await self.pipeline.submit(request, credentials)
 
@@ -89,7 +90,7 @@ class KernelAPI:
 
     def list_models(self) -> list[tuple[Backend, ModelInfo]]:
         """Every model of every backend, ``loaded`` set on those in memory."""
-        return self.models.list()
+        return self.models.list_models()
 
     def model_names(self) -> list[str]:
         """Every name a request may use (ids and aliases), sorted."""
@@ -151,7 +152,7 @@ class KernelAPI:
     # -- HTTP extras ---------------------------------------------------------------
 
     @property
-    def metrics_registry(self) -> "CollectorRegistry":
+    def metrics_registry(self) -> CollectorRegistry:
         """The app's Prometheus registry (served at ``/metrics``)."""
         return self.metrics.registry
 

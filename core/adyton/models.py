@@ -46,7 +46,7 @@ class ModelRegistry:
             self._catalog, self._catalog_at = catalog, now
         return self._catalog
 
-    def list(self) -> list[tuple[Backend, ModelInfo]]:
+    def list_models(self) -> list[tuple[Backend, ModelInfo]]:
         """Every model, with ``loaded`` telling which are in memory now."""
         return [
             (backend, info.model_copy(update={"loaded": info.id == backend.loaded_model()}))
@@ -85,7 +85,7 @@ class ModelRegistry:
         default = self.kernel.settings.models.default
         if default:
             return self.resolve(default)
-        models = self.list()
+        models = self.list_models()
         return models[0] if models else None
 
     def load_blocking(self, backend: Backend, model_id: str) -> None:

@@ -17,8 +17,9 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pluggy
 
@@ -92,7 +93,7 @@ class PluginManager(pluggy.PluginManager):
             version = ep.dist.version if ep.dist is not None else None
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure stops startup
+            except Exception as exc:  # any import failure stops startup
                 raise PluginError(
                     f"plugin '{ep.name}' (distribution {dist} {version}) failed to import: "
                     f"{type(exc).__name__}: {exc}"

@@ -87,10 +87,7 @@ class DefaultSampler(Sampler):
 
     def choose(self, logits: np.ndarray) -> int:
         """Pick the next token from (already adjusted) logits."""
-        if self.temperature == 0.0:
-            token = int(logits.argmax())
-        else:
-            token = self._draw(logits)
+        token = int(logits.argmax()) if self.temperature == 0.0 else self._draw(logits)
         self._counts[token] = self._counts.get(token, 0) + 1
         return token
 
@@ -145,7 +142,7 @@ class StopMatcher:
     emitted, not even partly.
     """
 
-    __slots__ = ("stops", "_buffer", "_hold")
+    __slots__ = ("_buffer", "_hold", "stops")
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
@@ -199,7 +196,7 @@ class RepetitionGuard:
     keeps how many consecutive recent tokens equal the token n places
     earlier; the tail is periodic with period n over that run plus n."""
 
-    __slots__ = ("repeats", "_tokens", "_runs")
+    __slots__ = ("_runs", "_tokens", "repeats")
 
     def __init__(self, repeats: int) -> None:
         self.repeats = repeats

@@ -39,7 +39,7 @@ class KernelRoutes(WireFormat):
     async def health(self) -> Response:
         kernel = current_kernel()
         models = kernel.models
-        loaded = [info.id for _, info in models.list() if info.loaded]
+        loaded = [info.id for _, info in models.list_models() if info.loaded]
         if models.loading:
             response = jsonify({"status": "loading", "model": models.loading})
             response.status_code = 503
@@ -64,7 +64,7 @@ class KernelRoutes(WireFormat):
     async def models(self) -> Response:
         await require_access("server_info")
         kernel = current_kernel()
-        return jsonify({"models": [info.model_dump() for _, info in kernel.models.list()]})
+        return jsonify({"models": [info.model_dump() for _, info in kernel.list_models()]})
 
 
 @hookimpl(trylast=True)

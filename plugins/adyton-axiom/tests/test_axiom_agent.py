@@ -195,7 +195,7 @@ def test_agent_with_the_real_default_model(tmp_path, monkeypatch):
     app = create_app(settings={"home": str(tmp_path / "home"), "llama": {"models_dir": str(models)},
                                "axiom": {"max_tokens": 48}}, plugins=[adyton_axiom])
     kernel = app.extensions["adyton"]
-    names = [info.id for _, info in kernel.models.list()]
+    names = [info.id for _, info in kernel.list_models()]
     assert names == ["smollm2-135m-instruct"], names
     with ServerThread(app) as server:
         deadline = time.monotonic() + 120

@@ -176,7 +176,7 @@ def make_app(home: str, threads: int | None):
             llama["threads"] = threads
         app = create_app(settings={"home": home, "llama": llama},
                          plugins=[adyton_guided, adyton_llama], load_entrypoints=False)
-        if app.extensions["adyton"].models.list():
+        if app.extensions["adyton"].list_models():
             from adyton_llama.engine import default_threads
 
             return app, f"real model via adyton-llama, {threads or default_threads()} engine thread(s)"

@@ -46,7 +46,7 @@ def server(tmp_path_factory):
     app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
                      plugins=[adyton_guided, adyton_llama, GWirePlugin(), LimiterPlugin(limiter)],
                      load_entrypoints=False)
-    assert app.extensions["adyton"].models.list(), f"adyton-llama lists no model in {models}"
+    assert app.extensions["adyton"].list_models(), f"adyton-llama lists no model in {models}"
     srv = ServerThread(app).start()
     client = httpx.Client(base_url=srv.base_url, timeout=600)
     client.limiter = limiter  # type: ignore[attr-defined]

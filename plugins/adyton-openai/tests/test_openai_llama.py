@@ -33,7 +33,7 @@ def base_url(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
                      plugins=[adyton_openai, adyton_llama], load_entrypoints=False)
-    listed = [info.id for _, info in app.extensions["adyton"].models.list()]
+    listed = [info.id for _, info in app.extensions["adyton"].list_models()]
     assert listed, f"adyton-llama lists no model although {models} holds {model_path().name}"
     server = ServerThread(app).start()
     try:

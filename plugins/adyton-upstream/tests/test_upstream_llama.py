@@ -29,7 +29,7 @@ def servers(tmp_path_factory):
     models = link_model(tmp_path_factory.mktemp("models"))
     engine = create_app(settings={"home": str(tmp_path_factory.mktemp("engine")), "llama": {"models_dir": str(models)}},
                         plugins=[adyton_openai, adyton_llama, adyton_guided], load_entrypoints=False)
-    model_id = next(info.id for _, info in engine.extensions["adyton"].models.list())
+    model_id = next(info.id for _, info in engine.extensions["adyton"].list_models())
     upstream = ServerThread(engine).start()
     proxy_app = create_app(
         settings={"home": str(tmp_path_factory.mktemp("proxy")),
