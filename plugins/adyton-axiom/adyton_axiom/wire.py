@@ -33,6 +33,7 @@ from adyton import (
 )
 
 from .parse import WIRE_FORMAT, parse_chat
+from .settings import AxiomSettings
 
 #: the kernel's generic codes when no authenticator claims the credentials
 _GENERIC_AUTH_CODES = {"invalid_api_key", "missing_api_key"}
@@ -108,7 +109,7 @@ class AxiomWireFormat(WireFormat):
         if isinstance(error, ModelNotFound):
             # the error itself must still render, whatever listing the models does
             with contextlib.suppress(Exception):
-                body["available"] = current_kernel().models.names()
+                body["available"] = current_kernel().model_names()
         return _json_response(body, error.status, error.response_headers())
 
     # -- routes -------------------------------------------------------------------
@@ -118,26 +119,26 @@ class AxiomWireFormat(WireFormat):
         # JSON, application/json, not too deep, valid text; over server.max_body_bytes: 413
         body = await read_json_body(require_content_type=True)
         chat = parse_chat(body, client_address=request.remote_addr)
-        settings = getattr(kernel.settings, "axiom", None)
+        settings = kernel.section("axiom", AxiomSettings)
         try:
             gen_request = GenerationRequest(
                 model=chat.model,
                 messages=chat.messages,
-                temperature=settings.temperature if settings else 0.7,
-                top_p=settings.top_p if settings else 0.95,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
                 # the operator's cap: Axiom clients cannot choose max_tokens, so a
                 # long chat lowers the cap to fit instead of failing
-                max_tokens=settings.max_tokens if settings else None,
+                max_tokens=settings.max_tokens,
                 fit_context=True,
                 # Axiom clients cannot shape the output: the operator's budget and loop stop apply
-                time_budget_s=settings.time_budget_s if settings else 45.0,
-                stop_repetition=settings.stop_repetition if settings else 4,
+                time_budget_s=settings.time_budget_s,
+                stop_repetition=settings.stop_repetition,
                 extra=chat.extra,
             )
         except Exception as exc:  # noqa: BLE001 - pydantic: never a 500 for input
             raise InvalidRequest(f"invalid request: {exc}") from None
         try:
-            generation = await kernel.pipeline.submit(gen_request, chat.credentials)
+            generation = await kernel.submit(gen_request, chat.credentials)
         except Unauthorized as exc:
             raise self._axiom_unauthorized(exc) from None
         result = await generation.result()
@@ -149,7 +150,7 @@ class AxiomWireFormat(WireFormat):
         the credentials come in headers (``Authorization: Bearer <account
         number or API key>``, or ``x-api-key``)."""
         await require_access("models")
-        return _json_response({"models": current_kernel().models.names()})
+        return _json_response({"models": current_kernel().model_names()})
 
     # -- helpers ------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class AxiomWireFormat(WireFormat):
     def example_request(self, base_url: str) -> str | None:
         model = "qwen3_4b"  # as Axiom clients send it; map it with [models] aliases
         if self.kernel is not None:
-            found = self.kernel.models.default_model()
+            found = self.kernel.default_model()
             if found is not None:
                 model = found[1].id
         payload = {

@@ -11,8 +11,7 @@ Also serves Axionic's saved policies (``/v1/policies``) and
 from __future__ import annotations
 
 import asyncio
-import weakref
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Awaitable
 
 from pydantic import BaseModel, Field
 
@@ -42,9 +41,6 @@ __all__ = ["GuidedProcessor", "GuidedSettings", "compiler", "tokenizers"]
 compiler = Compiler()
 tokenizers = TokenizerCache()
 
-_stores: "weakref.WeakKeyDictionary[Any, PolicyStore]" = weakref.WeakKeyDictionary()
-
-
 class GuidedSettings(BaseModel):
     repair_budget: int = Field(64, ge=1, le=4096, description="Tokens repair_on_failure may add past max_tokens to complete a constrained output.")
     prefetch_masks: bool = Field(False, description="Compute the next token mask on a helper thread while the engine runs its forward pass (off: a mask takes ~0.05 ms of a ~12 ms token on the default model, and the helper thread competes with an engine using every core).")
@@ -54,15 +50,12 @@ class GuidedSettings(BaseModel):
 
 
 def _settings(kernel: "Kernel") -> GuidedSettings:
-    return getattr(kernel.settings, "guided", None) or GuidedSettings()
+    return kernel.section("guided", GuidedSettings)
 
 
 def policy_store(kernel: "Kernel") -> PolicyStore:
-    store = _stores.get(kernel)
-    if store is None:
-        # the kernel's database (files of earlier releases are imported once)
-        store = _stores[kernel] = PolicyStore(kernel.database, legacy_dir=kernel.home / "policies")
-    return store
+    # the kernel's database (files of earlier releases are imported once)
+    return kernel.state(PolicyStore, lambda: PolicyStore(kernel.database, legacy_dir=kernel.home / "policies"))
 
 
 # --------------------------------------------------------------------------

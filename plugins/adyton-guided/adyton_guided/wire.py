@@ -93,6 +93,8 @@ def credentials_from_headers(wire: str) -> Credentials:
 class AxionicGuided(WireFormat):
     name = "guided"
     url_prefixes = ("/v1/policies", "/sampling/")
+    #: added by this plugin's logits processors, on whichever surface served the request
+    exposed_headers = ("x-adyton-guided",)
     error_schema = {
         "type": "object",
         "required": ["detail", "error"],
@@ -143,7 +145,7 @@ class AxionicGuided(WireFormat):
 
     async def _principal(self):
         kernel = current_kernel()
-        return kernel, await kernel.pipeline.authenticate(credentials_from_headers(self.name))
+        return kernel, await kernel.authenticate(credentials_from_headers(self.name))
 
     async def create_policy(self) -> Response:
         from . import compiler, policy_store
@@ -196,7 +198,7 @@ class AxionicGuided(WireFormat):
             name = sorted(unknown)[0]
             raise InvalidRequest(f"unsupported field '{name}'", param=name)
         gen_request = self._request(body)
-        generation = await kernel.pipeline.submit(gen_request, credentials_from_headers(self.name))
+        generation = await kernel.submit(gen_request, credentials_from_headers(self.name))
         result = await generation.result()
         choice = result.choices[0]
         report = choice.reports.get("guided")

@@ -10,13 +10,14 @@ The only code in adyton that knows what an account is. It registers
 * the ``[limits]`` settings section and the ``adyton accounts`` commands.
 
 Installed, the entry point ``limits`` registers this module; its hooks keep
-their state per kernel. Tests build ``LimitsPlugin(clock=...)`` to inject a
-clock: ``create_app(plugins=[LimitsPlugin(clock=fake)], load_entrypoints=False)``.
+their state per kernel (``kernel.state``), and other plugins, the CLI and
+tests reach it as ``kernel.service("limits")`` (or ``service_for(kernel)``).
+Tests build ``LimitsPlugin(clock=...)`` to inject a clock:
+``create_app(plugins=[LimitsPlugin(clock=fake)], load_entrypoints=False)``.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable
 
 from adyton import Authenticator, Credentials, Principal, hookimpl
@@ -49,19 +50,21 @@ class AccountAuthenticator(Authenticator):
 
 
 class LimitsPlugin:
-    """The plugin's hooks; state lives in one ``LimitsService`` per kernel."""
+    """The plugin's hooks; state lives in one ``LimitsService`` per kernel,
+    kept by the kernel (``kernel.state``) and provided as ``kernel.service("limits")``."""
 
     def __init__(self, clock: Callable[[], float] | None = None, name: str = "limits") -> None:
         self.clock = clock
         self.__name__ = name
-        self._services: "weakref.WeakKeyDictionary[Any, LimitsService]" = weakref.WeakKeyDictionary()
 
     def service(self, kernel: Any) -> LimitsService:
-        svc = self._services.get(kernel)
-        if svc is None:
-            svc = LimitsService(kernel, clock=self.clock)
-            self._services[kernel] = svc
-            kernel.limits_service = svc  # for tests and tools: service_for(kernel)
+        """The kernel's service, made on first use (its catalog hooks run
+        first, before anything is served)."""
+        return kernel.state(LimitsService, lambda: self._new_service(kernel))
+
+    def _new_service(self, kernel: Any) -> LimitsService:
+        svc = LimitsService(kernel, clock=self.clock)
+        kernel.provide("limits", svc)
         return svc
 
     @hookimpl
@@ -112,17 +115,13 @@ class LimitsPlugin:
 
     @hookimpl
     async def shutdown(self, kernel):
-        svc = self._services.get(kernel)
-        if svc is not None:
-            await svc.shutdown()
+        await self.service(kernel).shutdown()
 
 
 def service_for(kernel: Any) -> LimitsService:
-    """The service of an app's kernel (created by whichever LimitsPlugin serves it)."""
-    svc = getattr(kernel, "limits_service", None)
-    if svc is None:
-        svc = _plugin.service(kernel)
-    return svc
+    """The service of an app's kernel (``kernel.service("limits")``: made by
+    whichever LimitsPlugin serves it, else now, with the real clock)."""
+    return _plugin.service(kernel)
 
 
 _plugin = LimitsPlugin()

@@ -296,6 +296,9 @@ def next_utc_midnight(now: float) -> float:
 
 class AccountLimiter(Limiter):
     name = "limits"
+    #: the headers ``_headers`` adds to responses and to 429s
+    exposed_headers = tuple(f"x-ratelimit-{what}-{dimension}" for dimension in ("requests", "tokens")
+                            for what in ("limit", "remaining", "reset"))
 
     def __init__(self, service: "LimitsService") -> None:
         self.service = service

@@ -34,7 +34,7 @@ def register_settings(register):
 
 @hookimpl
 def register_backends(register, kernel):
-    register(LlamaBackend(kernel.settings.llama, kernel.home))
+    register(LlamaBackend(kernel.section("llama", LlamaSettings), kernel.home))
 
 
 @hookimpl
@@ -43,7 +43,7 @@ def prepare_request(request, principal, kernel):
     vocabulary). The kernel calls ``prepare`` on the event loop for small prompts, so read it
     here first, in a worker thread: other requests go on meanwhile."""
     try:
-        backend, info = kernel.models.resolve(request.model)
+        backend, info = kernel.resolve_model(request.model)
     except AdytonError:
         return None  # the pipeline reports it
     if isinstance(backend, LlamaBackend) and not backend.has_tokenizer(info.id):
@@ -67,7 +67,7 @@ def register_commands(cli):
             raise click.UsageError(f"unknown model '{name}'; pullable: {', '.join(sorted(REGISTRY))}")
         if models_dir is None:
             kernel = state.kernel()
-            models_dir = kernel.settings.llama.models_dir or Path(kernel.home) / "models"
+            models_dir = kernel.section("llama", LlamaSettings).models_dir or Path(kernel.home) / "models"
         try:
             path = pull_model(name, Path(models_dir).expanduser(), progress=not quiet)
         except PullError as exc:

@@ -33,7 +33,7 @@ def register_settings(register):
 
 @hookimpl
 def register_backends(register, kernel):
-    register(LlamaCppBackend(kernel.settings.llamacpp, kernel.home, kernel))
+    register(LlamaCppBackend(kernel.section("llamacpp", LlamaCppSettings), kernel.home, kernel))
 
 
 @hookimpl
@@ -45,7 +45,7 @@ def prepare_request(request, principal, kernel):
     if not (request.constraints or request.tools or request.logprobs is not None or request.min_tokens):
         return None
     try:
-        backend, info = kernel.models.resolve(request.model)
+        backend, info = kernel.resolve_model(request.model)
     except AdytonError:
         return None  # the pipeline reports it
     if isinstance(backend, LlamaCppBackend) and not backend.has_vocabulary(info.id):
@@ -78,7 +78,7 @@ def register_commands(cli):
             raise click.UsageError(f"unknown model '{name}'; pullable: {', '.join(sorted(REGISTRY))}")
         if models_dir is None:
             kernel = state.kernel()
-            models_dir = kernel.settings.llamacpp.models_dir or Path(kernel.home) / "models"
+            models_dir = kernel.section("llamacpp", LlamaCppSettings).models_dir or Path(kernel.home) / "models"
         try:
             path = pull_model(name, Path(models_dir).expanduser(), progress=not quiet)
         except PullError as exc:

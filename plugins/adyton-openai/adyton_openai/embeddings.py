@@ -1,4 +1,4 @@
-"""POST /v1/embeddings over ``kernel.pipeline.embed``.
+"""POST /v1/embeddings over ``kernel.embed``.
 
 Inputs: a text, a list of texts, a token array or a list of token arrays.
 ``encoding_format`` "float" (numbers) or "base64" (little-endian float32
@@ -99,7 +99,7 @@ async def create(wire: Any) -> Response:
 
     body, _ = await wire._body(EmbeddingsRequest)
     request = kernel_request(body)
-    result = await current_kernel().pipeline.embed(request, credentials_from_request(wire.name))
+    result = await current_kernel().embed(request, credentials_from_request(wire.name))
     response = jsonify(body_of(result, wire._model_name(result.model), body.encoding_format or "float"))
     response.headers.update(result.headers)
     response.headers["x-request-id"] = result.id

@@ -1,4 +1,4 @@
-"""POST /v1/responses (OpenAI's Responses API) over ``kernel.pipeline.submit``.
+"""POST /v1/responses (OpenAI's Responses API) over ``kernel.submit``.
 
 A request becomes a kernel chat: ``instructions`` as a system message, then
 the turns of ``previous_response_id`` (if any), then ``input`` (a text: one
@@ -628,7 +628,7 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     credentials = wire_module.credentials_from_request(wire.name)
     history: list[ChatMessage] = []
     if body.previous_response_id is not None:
-        principal = await current_kernel().pipeline.authenticate(credentials)
+        principal = await current_kernel().authenticate(credentials)
         history = list(store.get(body.previous_response_id, principal.id).history)
     parsed = parse(body, history)
     wire._check_ignored(parsed.convert)
@@ -659,7 +659,7 @@ async def _owner(wire: Any) -> str:
     from . import wire as wire_module
 
     credentials = wire_module.credentials_from_request(wire.name)
-    return (await current_kernel().pipeline.authenticate(credentials)).id
+    return (await current_kernel().authenticate(credentials)).id
 
 
 class DeletedOut(BaseModel):

@@ -45,11 +45,9 @@ from .settings import OpenAISettings
 
 log = logging.getLogger("adyton.openai")
 
-_DEFAULTS = OpenAISettings()
-
 
 def _settings() -> OpenAISettings:
-    return getattr(current_kernel().settings, "openai", _DEFAULTS)
+    return current_kernel().section("openai", OpenAISettings)
 
 
 def _documented(func: Callable[..., Awaitable[Response]], body: type | None,
@@ -87,6 +85,7 @@ class OpenAIWire(WireFormat):
     name = "openai"
     url_prefixes = ("/v1/",)
     error_schema = DEFAULT_ERROR_SCHEMA  # {"error": {"message", "type", "param", "code"}}
+    exposed_headers = ("x-request-id", "x-adyton-ignored-params")
 
     def __init__(self) -> None:
         self.started = int(time.time())
@@ -176,7 +175,7 @@ class OpenAIWire(WireFormat):
         settings = _settings()
         if not settings.namespaced_ids:
             return model_id
-        for _, info in current_kernel().models.list():
+        for _, info in current_kernel().list_models():
             if info.id == model_id:
                 return self._public_id(model_id, settings.owned_by or info.owned_by, settings)
         return model_id
@@ -186,7 +185,7 @@ class OpenAIWire(WireFormat):
         settings = _settings()
         data: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for _, info in current_kernel().models.list():
+        for _, info in current_kernel().list_models():
             owned_by = settings.owned_by or info.owned_by
             names = [self._public_id(info.id, owned_by, settings)]
             if settings.list_aliases:
@@ -199,7 +198,7 @@ class OpenAIWire(WireFormat):
 
     async def retrieve_model(self, model: str) -> Response:
         await require_access("models", credentials_from_request(self.name))
-        _, info = current_kernel().models.resolve(model)
+        _, info = current_kernel().resolve_model(model)
         settings = _settings()
         return jsonify(self._entry(model, settings.owned_by or info.owned_by, info.created))
 
@@ -241,10 +240,10 @@ class OpenAIWire(WireFormat):
 
     @staticmethod
     def _submitter(credentials: Credentials) -> Callable[[convert.Parsed], Awaitable[Generation]]:
-        pipeline = current_kernel().pipeline
+        kernel = current_kernel()
 
         async def submit(parsed: convert.Parsed) -> Generation:
-            generation = await pipeline.submit(parsed.request, credentials)
+            generation = await kernel.submit(parsed.request, credentials)
             if parsed.request.stream:
                 await generation.wait_started()
             return generation

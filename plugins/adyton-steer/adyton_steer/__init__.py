@@ -15,7 +15,6 @@ Pieces: ``store`` (vectors on disk, the GGUF format), ``sae`` (behaviors),
 from __future__ import annotations
 
 import math
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +45,16 @@ class _Stores:
 
 
 def settings(kernel: "Kernel") -> SteerSettings:
-    return kernel.settings.steer
-
-
-#: the stores of each kernel (an app per kernel; tests run several)
-_stores: "weakref.WeakKeyDictionary[Any, _Stores]" = weakref.WeakKeyDictionary()
+    return kernel.section("steer", SteerSettings)
 
 
 def stores(kernel: "Kernel") -> _Stores:
-    found = _stores.get(kernel)
-    if found is None:
+    """The kernel's stores (one app per kernel; tests run several)."""
+    def make() -> _Stores:
         root = Path(settings(kernel).dir or Path(kernel.home) / "steer").expanduser()
-        found = _stores[kernel] = _Stores(root)
-    return found
+        return _Stores(root)
+
+    return kernel.state(_Stores, make)
 
 
 @hookimpl

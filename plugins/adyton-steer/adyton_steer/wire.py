@@ -112,6 +112,7 @@ _BEHAVIOR_SCHEMA = {"type": "object", "required": ["name", "layer"], "properties
 class SteerWire(WireFormat):
     name = "steer"
     url_prefixes = ("/v1/steering_vectors", "/sae/")
+    exposed_headers = ("x-request-id",)
     error_schema = DEFAULT_ERROR_SCHEMA
     openapi_operations = {
         "/v1/steering_vectors": {
@@ -161,17 +162,17 @@ class SteerWire(WireFormat):
 
     async def _user(self):
         kernel = current_kernel()
-        return kernel, await kernel.pipeline.authenticate(_credentials())
+        return kernel, await kernel.authenticate(_credentials())
 
     async def _admin(self):
         kernel = current_kernel()
-        return kernel, await kernel.pipeline.authorize(_credentials(), "admin")
+        return kernel, await kernel.authorize(_credentials(), "admin")
 
     @staticmethod
     def _model(kernel, name: Any):
         if name is not None and not isinstance(name, str):
             raise InvalidRequest("'model' must be a string", param="model")
-        backend, model = kernel.models.resolve(name)
+        backend, model = kernel.resolve_model(name)
         layers = backend.steering_layers(model)
         shape = backend.hidden_layers(model)
         if layers is None or shape is None:
@@ -261,8 +262,8 @@ class SteerWire(WireFormat):
         if pooling not in ("last", "mean"):
             raise InvalidRequest("'pooling' must be 'last' (the last token's state) or 'mean'", param="pooling")
         name = _name(body.get("name"))
-        _, states, usage = await kernel.pipeline.hidden_states(positive + negative, layers, model.id,
-                                                              _credentials())
+        _, states, usage = await kernel.hidden_states(positive + negative, layers, model.id,
+                                                     _credentials())
         vectors = contrastive_vectors(states[:len(positive)], states[len(positive):], layers, pooling)
         return await kernel.offload(
             stores(kernel).vectors.create, principal, model.id, vectors, model_hint=model.id, name=name,
@@ -337,7 +338,7 @@ class SteerWire(WireFormat):
         model_name = body.get("model")
         if model_name is not None and not isinstance(model_name, str):
             raise InvalidRequest("'model' must be a string", param="model")
-        _, model = kernel.models.resolve(model_name)
+        _, model = kernel.resolve_model(model_name)
         behaviors = stores(kernel).behaviors.get_many(names, model.id)
         gen_request = _sae_request(body, model.id)
         observed: collections.deque[tuple[int, int, dict[str, float]]] = collections.deque()
@@ -346,8 +347,8 @@ class SteerWire(WireFormat):
             observed.append((index, token, {b.name: b.activation(states[b.layer]) for b in behaviors}))
 
         gen_request.observer = HiddenStateObserver(tuple(sorted({b.layer for b in behaviors})), observe)
-        backend, _ = kernel.models.resolve(model.id)
-        generation = await kernel.pipeline.submit(gen_request, _credentials())
+        backend, _ = kernel.resolve_model(model.id)
+        generation = await kernel.submit(gen_request, _credentials())
         await generation.wait_started()
         vocabulary = await kernel.offload(backend.vocabulary, model)  # (built once: not on the loop)
         eos = set(vocabulary.eos_token_ids) if vocabulary is not None else set()

@@ -30,9 +30,9 @@ def register_settings(register):
 
 @hookimpl
 def register_backends(register, kernel):
-    backend = UpstreamBackend(kernel.settings.upstream)
+    backend = UpstreamBackend(kernel.section("upstream", UpstreamSettings))
     register(backend)
-    kernel.metrics.registry.register(_Collector(backend))
+    kernel.metrics_registry.register(_Collector(backend))
 
 
 @hookimpl
