@@ -19,7 +19,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import jsonschema
@@ -30,11 +30,14 @@ from adyton import Constraint, UnsupportedConstraint
 
 from .tokenizer import GuidedTokenizer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from llguidance._lib import JsonCompileOptions
+
 #: JSON layout the model must follow: one space after ':' and ',', no other
 #: whitespace (unbounded whitespace lets a small model loop on spaces or
 #: newlines until max_tokens). A schema's own "x-guidance" options override
 #: these (they are llguidance "defaults").
-JSON_OPTIONS: dict[str, Any] = {
+JSON_OPTIONS: JsonCompileOptions = {
     "whitespace_flexible": False,
     "item_separator": ", ",
     "key_separator": ": ",
@@ -247,7 +250,7 @@ def tool_calls_lark(value: Any, source: str, declared_keys: bool) -> str:
         if not isinstance(name, str) or not name:
             raise UnsupportedConstraint(f"tool {i} from '{source}' has no name", param=source)
         where = f"{source} (tool '{name}')"
-        check_schema(params, where)
+        params = check_schema(params, where)
         _check_tool_schema(name, params, source, declared_keys)
         params = dict(params)
         defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
@@ -270,9 +273,10 @@ def tool_calls_lark(value: Any, source: str, declared_keys: bool) -> str:
     return "\n".join(["%llguidance {}", *head, f"body: ({body}) {close}", *bodies]) + "\n"
 
 
-def check_schema(schema: Any, source: str) -> None:
+def check_schema(schema: Any, source: str) -> dict[str, Any]:
     """Metaschema check (the schema's own $schema, else draft 2020-12), a
-    depth limit and no self-referring ``$ref``."""
+    depth limit and no self-referring ``$ref``. Returns ``schema``, now
+    known to be an object."""
     if not isinstance(schema, dict):
         raise UnsupportedConstraint(
             f"the JSON schema from '{source}' must be a JSON object, not {type(schema).__name__}",
@@ -288,6 +292,7 @@ def check_schema(schema: Any, source: str) -> None:
         raise UnsupportedConstraint(
             f"invalid JSON schema from '{source}' at {where}: {exc.message}", param=source
         ) from None
+    return schema
 
 
 def _what(constraint: Constraint) -> str:
