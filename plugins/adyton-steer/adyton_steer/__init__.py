@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from pydantic import BaseModel, Field
 
-from adyton import GenerationRequest, InvalidRequest, Principal, Steering, hookimpl
+from adyton import Database, GenerationRequest, InvalidRequest, Principal, Steering, hookimpl
 
 from .sae import BehaviorStore
 from .store import VectorStore
@@ -32,27 +32,31 @@ if TYPE_CHECKING:  # pragma: no cover
 class SteerSettings(BaseModel):
     """The ``[steer]`` settings section."""
 
-    dir: Path | None = Field(None, description="Where steering vectors and SAE behaviors are kept (default: $ADYTON_HOME/steer).")
+    dir: Path | None = Field(None,
+                             description="Where steering vectors and SAE behaviors are kept (default: "
+                                         "$ADYTON_HOME/steer).")
     max_strength: float = Field(10.0, gt=0, description="steering_strength must lie in [-max_strength, max_strength].")
     max_prompts: int = Field(64, ge=1, description="Most positive + negative prompts one computed vector may read.")
-    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest control-vector GGUF accepted by POST /v1/steering_vectors.")
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                  description="Largest control-vector GGUF accepted by POST /v1/steering_vectors.")
 
 
 class _Stores:
-    def __init__(self, root: Path) -> None:
-        self.vectors = VectorStore(root)
+    def __init__(self, database: Database, root: Path) -> None:
+        # vectors: the kernel's database (files of earlier releases under root imported once)
+        self.vectors = VectorStore(database, legacy_root=root)
         self.behaviors = BehaviorStore(root)
 
 
-def settings(kernel: "Kernel") -> SteerSettings:
+def settings(kernel: Kernel) -> SteerSettings:
     return kernel.section("steer", SteerSettings)
 
 
-def stores(kernel: "Kernel") -> _Stores:
+def stores(kernel: Kernel) -> _Stores:
     """The kernel's stores (one app per kernel; tests run several)."""
     def make() -> _Stores:
         root = Path(settings(kernel).dir or Path(kernel.home) / "steer").expanduser()
-        return _Stores(root)
+        return _Stores(kernel.database, root)
 
     return kernel.state(_Stores, make)
 
@@ -60,6 +64,13 @@ def stores(kernel: "Kernel") -> _Stores:
 @hookimpl
 def register_settings(register):
     register("steer", SteerSettings)
+
+
+@hookimpl
+def register_migrations(register, kernel):
+    from .migrations import VERSION_TABLE, VERSIONS
+
+    register(VERSIONS, VERSION_TABLE)  # steering vectors: a table in the kernel's database
 
 
 @hookimpl
@@ -80,10 +91,10 @@ def parse_strength(value: Any, limit: float, param: str = "steering_strength") -
 
 
 @hookimpl(trylast=True)  # after adyton-guided, whose policies may carry steering fields
-def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> None:
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: Kernel) -> Awaitable[None] | None:
     extra = request.extra
     if "steering_vector_id" not in extra and "steering_strength" not in extra:
-        return
+        return None
     vector_id = extra.pop("steering_vector_id", None)
     strength = extra.pop("steering_strength", None)
     if vector_id is None:
@@ -91,6 +102,12 @@ def prepare_request(request: GenerationRequest, principal: Principal, kernel: "K
     if not isinstance(vector_id, str):
         raise InvalidRequest("'steering_vector_id' must be a string (sv_...)", param="steering_vector_id")
     strength = 1.0 if strength is None else parse_strength(strength, settings(kernel).max_strength)
-    vector = stores(kernel).vectors.get(vector_id, principal, param="steering_vector_id")
+    return _steer(request, principal, kernel, vector_id, strength)
+
+
+async def _steer(request: GenerationRequest, principal: Principal, kernel: Kernel, vector_id: str,
+                 strength: float) -> None:
+    # a database read: off the event loop
+    vector = await kernel.offload(stores(kernel).vectors.get, vector_id, principal, param="steering_vector_id")
     request.steering = Steering(model=vector.model, vectors=vector.vectors, strength=strength,
                                 source="steering_vector_id")

@@ -1,6 +1,8 @@
-"""The on-disk stores under ``[steer] dir`` (default ``$ADYTON_HOME/steer``).
+"""Steering vectors, in the kernel's database (table ``steer_vectors``: the
+metadata and the GGUF bytes, so every server sharing the database serves the
+same vectors), and the GGUF format.
 
-* ``vectors/<id>.gguf`` — a steering vector in llama.cpp's control-vector
+* the GGUF — a steering vector in llama.cpp's control-vector
   format (what ``llama-cvector-generator`` and ``repeng`` write, and what
   ``llama-cli --control-vector`` reads): ``general.architecture =
   "controlvector"``, ``controlvector.model_hint`` (the model's
@@ -8,16 +10,18 @@
   ``direction.<layer>`` of the hidden size per layer (layer numbers as
   llama.cpp counts them: ``direction.<il>`` is added to the output of layer
   ``il``, 0-based, and layer 0 has none).
-* ``vectors/<id>.json`` — who owns it, which model it was made for, how.
-* ``behaviors.json`` — the SAE features and probes ``/sae/generate`` reports.
+* its row — who owns it, which model it was made for, how, whether shared.
 
-Writes go to a temporary file renamed into place, so a crash never leaves a
-half-written vector.
+Earlier releases kept ``vectors/<id>.gguf`` + ``vectors/<id>.json`` under
+``[steer] dir``: the first start imports them, then renames the directory to
+``vectors.imported``. (``behaviors.json`` — the SAE features and probes
+``/sae/generate`` reports — stays a file: ``sae``.)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -28,8 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
-from adyton import Forbidden, InvalidRequest, NotFound, Principal
+from adyton import Database, Forbidden, InvalidRequest, NotFound, Principal
+
+from .migrations import VERSION_TABLE, VERSIONS
+
+log = logging.getLogger("adyton.steer")
 
 
 @dataclass
@@ -149,53 +158,121 @@ def read_control_vector(path: Path, *, param: str = "file") -> tuple[dict[int, n
 # -- the vector store ------------------------------------------------------------------------
 
 
-class VectorStore:
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "vectors"
-        self._lock = threading.Lock()
-        self._cache: dict[str, Vector] = {}
+_vectors = sa.Table(
+    "steer_vectors", sa.MetaData(),
+    sa.Column("id", sa.String(80), primary_key=True), sa.Column("owner", sa.Text), sa.Column("model", sa.Text),
+    sa.Column("name", sa.Text), sa.Column("method", sa.Text), sa.Column("shared", sa.Integer),
+    sa.Column("created", sa.BigInteger), sa.Column("details", sa.Text), sa.Column("gguf", sa.LargeBinary))
+_META = [c for c in _vectors.c if c.name != "gguf"]
 
-    def _paths(self, vector_id: str) -> tuple[Path, Path]:
-        return self.dir / f"{vector_id}.gguf", self.dir / f"{vector_id}.json"
+
+def control_vector_bytes(vectors: dict[int, np.ndarray], model_hint: str) -> bytes:
+    """``vectors`` as the bytes of llama.cpp's control-vector GGUF."""
+    with tempfile.TemporaryDirectory(prefix="adyton-steer-") as tmp:
+        path = Path(tmp) / "vector.gguf"
+        write_control_vector(path, vectors, model_hint)
+        return path.read_bytes()
+
+
+def parse_control_vector(data: bytes, *, param: str = "file") -> tuple[dict[int, np.ndarray], str | None]:
+    """``read_control_vector`` of GGUF bytes."""
+    with tempfile.TemporaryDirectory(prefix="adyton-steer-") as tmp:
+        path = Path(tmp) / "vector.gguf"
+        path.write_bytes(data)
+        return read_control_vector(path, param=param)
+
+
+class VectorStore:
+    """Steering vectors in ``db`` (the kernel's database). Rows are read on
+    every use — a vector deleted or shared through one server is so on every
+    server at once; only the decoded arrays are cached (a vector's content
+    never changes). Calls block: run them off the event loop."""
+
+    def __init__(self, db: Database, legacy_root: Path | None = None) -> None:
+        self.db = db
+        self.legacy_dir = legacy_root / "vectors" if legacy_root is not None else None
+        self._lock = threading.Lock()
+        self._opened = False
+        self._arrays: dict[str, dict[int, np.ndarray]] = {}
+
+    def open(self) -> VectorStore:
+        with self._lock:
+            if not self._opened:
+                self.db.upgrade(VERSIONS, VERSION_TABLE)
+                self._import_files()
+                self._opened = True
+        return self
+
+    def _import_files(self) -> None:
+        root = self.legacy_dir
+        if root is None or not root.is_dir():
+            return
+        imported = 0
+        with self.db.transaction() as conn:
+            for meta_path in sorted(root.glob("sv_*.json")):
+                gguf_path = meta_path.with_suffix(".gguf")
+                try:
+                    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                    data = gguf_path.read_bytes()
+                    parse_control_vector(data)  # refuse to import what could not be used
+                except (OSError, ValueError, InvalidRequest) as exc:
+                    log.warning("adyton-steer: skipping unreadable steering vector %s: %s", meta_path, exc)
+                    continue
+                if conn.execute(sa.select(_vectors.c.id).where(_vectors.c.id == meta_path.stem)).first():
+                    continue
+                conn.execute(_vectors.insert().values(
+                    id=meta_path.stem, owner=str(meta["owner"]), model=str(meta["model"]), name=meta.get("name"),
+                    method=meta.get("method", "upload"), shared=1 if meta.get("shared") else 0,
+                    created=int(meta.get("created", 0)), details=json.dumps(meta.get("details") or {}), gguf=data))
+                imported += 1
+        target = root.with_name(root.name + ".imported")
+        n = 0
+        while target.exists():
+            n += 1
+            target = root.with_name(f"{root.name}.imported.{n}")
+        os.replace(root, target)
+        log.info("adyton-steer: imported %d steering vectors from %s (the files are kept in %s)",
+                 imported, root, target)
 
     def create(self, principal: Principal, model: str, vectors: dict[int, np.ndarray], *, model_hint: str,
                name: str | None, method: str, details: dict[str, Any]) -> Vector:
+        self.open()
         vector = Vector(id="sv_" + secrets.token_hex(12), owner=principal.id, model=model,
                         vectors={k: np.asarray(v, np.float32) for k, v in vectors.items()}, name=name,
                         method=method, created=int(time.time()), details=details)
-        gguf_path, meta_path = self._paths(vector.id)
-        write_control_vector(gguf_path, vector.vectors, model_hint)
-        self._write_meta(vector)
+        data = control_vector_bytes(vector.vectors, model_hint)
+        with self.db.transaction() as conn:
+            conn.execute(_vectors.insert().values(
+                id=vector.id, owner=vector.owner, model=vector.model, name=vector.name, method=vector.method,
+                shared=0, created=vector.created, details=json.dumps(vector.details), gguf=data))
         with self._lock:
-            self._cache[vector.id] = vector
+            self._arrays[vector.id] = vector.vectors
         return vector
 
-    def _write_meta(self, vector: Vector) -> None:
-        meta = {"id": vector.id, "owner": vector.owner, "model": vector.model, "name": vector.name,
-                "method": vector.method, "shared": vector.shared, "created": vector.created,
-                "details": vector.details}
-        _atomic_write(self._paths(vector.id)[1],
-                      lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    def _vector(self, row: Any) -> Vector:
+        with self._lock:
+            arrays = self._arrays.get(row.id)
+        if arrays is None:
+            with self.db.connect() as conn:
+                data = conn.execute(sa.select(_vectors.c.gguf).where(_vectors.c.id == row.id)).scalar_one()
+            arrays, _ = parse_control_vector(bytes(data))
+            with self._lock:
+                self._arrays[row.id] = arrays
+        return Vector(id=row.id, owner=row.owner, model=row.model, vectors=arrays, name=row.name,
+                      method=row.method, shared=bool(row.shared), created=int(row.created),
+                      details=json.loads(row.details or "{}"))
 
     def _load(self, vector_id: str) -> Vector | None:
         if not vector_id.startswith("sv_") or not vector_id[3:].isalnum():
             return None
-        with self._lock:
-            cached = self._cache.get(vector_id)
-        if cached is not None:
-            return cached
-        gguf_path, meta_path = self._paths(vector_id)
-        if not (gguf_path.is_file() and meta_path.is_file()):
+        self.open()
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(*_META).where(_vectors.c.id == vector_id)).first()
+        if row is None:
+            with self._lock:
+                self._arrays.pop(vector_id, None)
             return None
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        vectors, _ = read_control_vector(gguf_path)
-        vector = Vector(id=vector_id, owner=meta["owner"], model=meta["model"], vectors=vectors,
-                        name=meta.get("name"), method=meta.get("method", "upload"),
-                        shared=bool(meta.get("shared")), created=int(meta.get("created", 0)),
-                        details=meta.get("details") or {})
-        with self._lock:
-            self._cache[vector_id] = vector
-        return vector
+        return self._vector(row)
 
     def get(self, vector_id: str, principal: Principal, *, param: str = "id") -> Vector:
         """The vector, if ``principal`` may use it; 404 otherwise (another
@@ -212,29 +289,32 @@ class VectorStore:
         return vector
 
     def list(self, principal: Principal) -> list[Vector]:
-        out = []
-        if self.dir.is_dir():
-            for meta in sorted(self.dir.glob("sv_*.json")):
-                vector = self._load(meta.stem)
-                if vector is not None and vector.visible_to(principal):
-                    out.append(vector)
-        return sorted(out, key=lambda v: (v.created, v.id))
+        self.open()
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(*_META).where(sa.or_(_vectors.c.owner == principal.id,
+                                                               _vectors.c.shared == 1))
+                                .order_by(_vectors.c.created, _vectors.c.id)).all()
+        return [self._vector(row) for row in rows]
 
     def delete(self, vector_id: str, principal: Principal) -> None:
         vector = self.get(vector_id, principal)
         if vector.owner != principal.id:
             raise Forbidden(f"steering vector {vector_id!r} is shared with you, not yours to delete",
                             code="insufficient_access")
-        for path in self._paths(vector_id):
-            path.unlink(missing_ok=True)
+        with self.db.transaction() as conn:
+            conn.execute(_vectors.delete().where(_vectors.c.id == vector_id, _vectors.c.owner == principal.id))
         with self._lock:
-            self._cache.pop(vector_id, None)
+            self._arrays.pop(vector_id, None)
 
     def set_shared(self, vector_id: str, shared: bool) -> Vector:
-        vector = self.get_any(vector_id)
-        vector.shared = shared
-        self._write_meta(vector)
-        return vector
+        with self.db.transaction() as conn:
+            conn.execute(_vectors.update().where(_vectors.c.id == vector_id).values(shared=1 if shared else 0))
+        return self.get_any(vector_id)
 
-    def gguf_path(self, vector: Vector) -> Path:
-        return self._paths(vector.id)[0]
+    def gguf_bytes(self, vector: Vector) -> bytes:
+        """The vector's control-vector GGUF, byte for byte as stored."""
+        with self.db.connect() as conn:
+            data = conn.execute(sa.select(_vectors.c.gguf).where(_vectors.c.id == vector.id)).scalar()
+        if data is None:
+            raise NotFound(f"no steering vector {vector.id!r}", param="id", code="steering_vector_not_found")
+        return bytes(data)

@@ -27,17 +27,17 @@ import collections
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import ValidationError
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
+    DEFAULT_ERROR_SCHEMA,
     AdytonError,
     ChoiceFinished,
     Credentials,
-    DEFAULT_ERROR_SCHEMA,
     GenerationRequest,
     HiddenStateObserver,
     InvalidRequest,
@@ -114,7 +114,7 @@ class SteerWire(WireFormat):
     url_prefixes = ("/v1/steering_vectors", "/sae/")
     exposed_headers = ("x-request-id",)
     error_schema = DEFAULT_ERROR_SCHEMA
-    openapi_operations = {
+    openapi_operations: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "/v1/steering_vectors": {
             "post": json_operation("Make a steering vector (contrastive prompts, or a control-vector GGUF)",
                                    request=_VECTOR_BODY, status=201),
@@ -248,7 +248,7 @@ class SteerWire(WireFormat):
         most = settings(kernel).max_prompts
         if len(positive) + len(negative) > most:
             raise InvalidRequest(f"at most {most} prompts in all (positive + negative)", param="positive")
-        model, allowed, (n_layers, _) = self._model(kernel, body.get("model"))
+        model, allowed, (_n_layers, _) = self._model(kernel, body.get("model"))
         layers = body.get("layers", [allowed[len(allowed) // 2]])
         if (not isinstance(layers, list) or not layers
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)):
@@ -278,13 +278,13 @@ class SteerWire(WireFormat):
 
     async def show(self, vector_id: str) -> Response:
         kernel, principal = await self._user()
-        return jsonify(stores(kernel).vectors.get(vector_id, principal).public())
+        return jsonify((await kernel.offload(stores(kernel).vectors.get, vector_id, principal)).public())
 
     async def content(self, vector_id: str) -> Response:
         kernel, principal = await self._user()
         store = stores(kernel).vectors
-        vector = store.get(vector_id, principal)
-        data = await kernel.offload(store.gguf_path(vector).read_bytes)
+        vector = await kernel.offload(store.get, vector_id, principal)
+        data = await kernel.offload(store.gguf_bytes, vector)
         return Response(data, content_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{vector.id}.gguf"'})
 
@@ -387,7 +387,7 @@ class SteerWire(WireFormat):
                         yield b": keep-alive\n\n"
                 for line in drain():
                     yield line
-                summary = {n: summarize(b, values[n], tokens) for n, b in zip(names, behaviors)}
+                summary = {n: summarize(b, values[n], tokens) for n, b in zip(names, behaviors, strict=True)}
                 yield _sse({"type": "summary", "id": generation.id, "model": generation.model,
                             "text": "".join(text), "finish_reason": finish, "behaviors": summary,
                             "usage": generation.usage.as_dict()})

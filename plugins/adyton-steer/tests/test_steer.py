@@ -9,7 +9,6 @@ import base64
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from steer_helpers import ADMIN, MODEL, A, B, generate, post
 
 import adyton_steer
-from adyton import GenerationRequest, Steering
+from adyton import Database, GenerationRequest, Steering
 from adyton_steer.store import write_control_vector
 from adyton_steer.wire import contrastive_vectors
 
@@ -187,7 +186,7 @@ def test_gguf_upload_round_trip(srv, sentiment, tmp_path):
     theirs = generate(srv, **body, extra={"steering_vector_id": uploaded["id"], "steering_strength": 3})
     assert ours == theirs
     content = httpx.get(srv.base_url + f"/v1/steering_vectors/{uploaded['id']}/content", headers=A)
-    assert content.status_code == 200 and content.content[:4] == b"GGUF"
+    assert content.status_code == 200 and content.content == data  # the file as uploaded, byte for byte
     # JSON upload (base64) of the same file
     r = post(srv, "/v1/steering_vectors", {"model": MODEL, "gguf": base64.b64encode(data).decode()})
     assert r.status_code == 201 and r.json()["norms"] == uploaded["norms"]
@@ -212,11 +211,13 @@ def test_bad_uploads_are_400s(srv, tmp_path):
 
 
 def test_vectors_survive_a_restart(srv, sentiment):
-    store = adyton_steer.store.VectorStore(Path(srv.kernel.home) / "steer")
+    # another server on the same database: a new engine, nothing cached
+    store = adyton_steer.store.VectorStore(Database(srv.kernel.database.url))
     again = store.get_any(sentiment["id"])
     assert again.owner == "acct-a" and again.model == MODEL
     stored = adyton_steer.stores(srv.kernel).vectors.get_any(sentiment["id"])
     assert np.array_equal(again.vectors[10], stored.vectors[10])
+    store.db.dispose()
 
 
 def test_openai_sdk_extra_body_and_completions(srv, sentiment):
