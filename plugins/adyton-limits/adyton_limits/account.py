@@ -18,12 +18,12 @@ without a CORS preflight that this server only grants to the configured
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, jsonify, request
 
-from adyton import Credentials, InvalidRequest, RequestCost, Unauthorized
+from adyton import Credentials, RequestCost, Unauthorized
 
 from .http import _JsonSurface, refuse_form_posts
 from .store import Account, utc_day
@@ -40,7 +40,7 @@ class AccountApi(_JsonSurface):
     name = "limits-account"
     url_prefixes = ("/v1/account",)
 
-    def __init__(self, service: "LimitsService") -> None:
+    def __init__(self, service: LimitsService) -> None:
         self.service = service
         bp = Blueprint("adyton_limits_account", __name__, url_prefix="/v1/account")
         bp.add_url_rule("", "show", self.show, methods=["GET"])
@@ -134,7 +134,7 @@ class AccountApi(_JsonSurface):
 
     def _history(self, account_id: str, now: float) -> list[dict[str, Any]]:
         """The last ``HISTORY_DAYS`` UTC days, oldest first, zeros included."""
-        today = datetime.fromtimestamp(now, timezone.utc).date()
+        today = datetime.fromtimestamp(now, UTC).date()
         days = [(today - timedelta(days=i)).isoformat() for i in range(HISTORY_DAYS - 1, -1, -1)]
         rows = self.service.store.daily_totals(account_id, days[0])
         found = {day: (requests, prompt, completion) for day, requests, prompt, completion in rows}

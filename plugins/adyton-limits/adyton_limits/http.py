@@ -4,9 +4,8 @@ endpoint (``POST /create-account``), as wire formats with JSON errors."""
 from __future__ import annotations
 
 import sys
-
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from quart import Blueprint, Response, jsonify, request
 
@@ -45,7 +44,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     except ValueError:
         raise ValueError(f"cannot read {value!r}: use an ISO date (2025-01-31) or a duration (24h, 7d)") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -76,7 +75,7 @@ class AdminApi(_JsonSurface):
 
     name = "limits-admin"
     url_prefixes = ("/admin/",)
-    openapi_operations = {
+    openapi_operations: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "/admin/accounts": {"post": json_operation(
             "Create an account", status=201,
             request={"type": "object", "properties": {"name": {"type": "string"}, "tier": {"type": "integer"}}})},
@@ -85,7 +84,7 @@ class AdminApi(_JsonSurface):
             request={"type": "object", "required": ["tier"], "properties": {"tier": {"type": "integer"}}})},
     }
 
-    def __init__(self, service: "LimitsService") -> None:
+    def __init__(self, service: LimitsService) -> None:
         self.service = service
         bp = Blueprint("adyton_limits_admin", __name__, url_prefix="/admin")
         bp.before_request(self._guard)
@@ -222,7 +221,7 @@ class SignupApi(_JsonSurface):
     name = "limits-signup"
     url_prefixes = ("/create-account",)
 
-    def __init__(self, service: "LimitsService") -> None:
+    def __init__(self, service: LimitsService) -> None:
         self.service = service
         bp = Blueprint("adyton_limits_signup", __name__)
         bp.add_url_rule("/create-account", "create_account", self.create, methods=["POST"])

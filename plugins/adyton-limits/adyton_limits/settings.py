@@ -89,7 +89,9 @@ class LimitsSettings(BaseModel):
                           "made it, else the kernel's [database] url.")
     db_path: Path | None = Field(
         None, description="Accounts + ledger in this SQLite file (ignored when db_url is set; default: see db_url).")
-    admin_key_file: Path | None = Field(None, description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, created 0600 at first start).")
+    admin_key_file: Path | None = Field(None,
+                                        description="Admin API key file (default: $ADYTON_HOME/limits/admin.key, "
+                                                    "created 0600 at first start).")
     metrics_token_file: Path | None = Field(
         None, description="File holding a token that grants /metrics only (access level \"metrics\"), for a "
                           "Prometheus scraper; the admin key always does. None: only the admin key.")
