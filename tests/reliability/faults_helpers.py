@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 import adyton_axiom
 import adyton_openai
 from adyton import create_app
-from adyton.testing import BackendPlugin, ScriptedBackend, ServerThread, free_port
+from adyton.testing import BackendPlugin, RedisServer, ScriptedBackend, ServerThread
 from adyton_limits import LimitsPlugin, service_for
 
 BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
@@ -86,53 +85,9 @@ def ledger(db: Path, account_id: str) -> list[dict[str, Any]]:
         conn.close()
 
 
-class RedisServer:
-    """A real redis-server on a free loopback port, owned by one test (so it
-    may be paused, killed and restarted)."""
-
-    def __init__(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not installed (make redis, or apt-get install redis-server)")
-        self.exe = exe
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-    def command(self, *args: str) -> Any:
-        import redis
-
-        with contextlib.closing(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)) as client:
-            return client.execute_command(*args)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+#: ``with redis_server() as redis:``: a real redis-server owned by one test (it may be
+#: paused, killed and restarted)
+redis_server = RedisServer
 
 
 @contextlib.contextmanager
