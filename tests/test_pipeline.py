@@ -6,17 +6,15 @@ import asyncio
 import json
 
 import pytest
+from kernel_helpers import AuthLimitPlugin
 
 from adyton import (
-    Authenticator,
     Credentials,
     GenerationRequest,
     Limiter,
     LogitsProcessor,
-    Principal,
     RateLimited,
     Reservation,
-    Unauthorized,
     hookimpl,
 )
 from adyton.testing import ScriptedBackend
@@ -159,17 +157,6 @@ async def test_logits_processor_claims_and_changes_output(make_app):
     assert choice["reports"]["forbid"]["text"] == choice["text"]
 
 
-class KeyAuth(Authenticator):
-    name = "keys"
-
-    async def authenticate(self, credentials):
-        if credentials.kind != "api_key":
-            return None
-        if credentials.secret == "good":
-            return Principal(id="acct-1")
-        raise Unauthorized("unknown key")
-
-
 class CountingLimiter(Limiter):
     name = "counting"
 
@@ -187,21 +174,6 @@ class CountingLimiter(Limiter):
     async def settle(self, reservation, usage, outcome):
         self.active -= 1
         self.settled.append((reservation.principal.id, usage.completion_tokens, outcome))
-
-
-class AuthLimitPlugin:
-    __name__ = "authlimit"
-
-    def __init__(self, limiter):
-        self.limiter = limiter
-
-    @hookimpl
-    def register_authenticators(self, register, kernel):
-        register(KeyAuth())
-
-    @hookimpl
-    def register_limiters(self, register, kernel):
-        register(self.limiter)
 
 
 async def test_auth_and_limits(make_app):

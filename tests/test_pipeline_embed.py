@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from test_pipeline import AuthLimitPlugin  # its KeyAuth: key "good" is principal "acct-1"
+from kernel_helpers import AuthLimitPlugin, LedgerLimiter, kernel_of
 
 from adyton import (
     BackendError,
@@ -15,38 +15,14 @@ from adyton import (
     Credentials,
     EmbeddingRequest,
     InvalidRequest,
-    Limiter,
     ModelNotFound,
     RateLimited,
-    Reservation,
     ServerBusy,
     Unauthorized,
 )
 from adyton.testing import ScriptedBackend
 
 KEY = Credentials(kind="api_key", secret="good", wire_format="test")
-
-
-class LedgerLimiter(Limiter):
-    name = "ledger"
-
-    def __init__(self, refuse=False):
-        self.refuse = refuse
-        self.reserved = []
-        self.settled = []
-
-    async def reserve(self, principal, cost):
-        if self.refuse:
-            raise RateLimited("spent", retry_after=5)
-        self.reserved.append(cost)
-        return Reservation(principal, cost, headers={"x-ratelimit-remaining-tokens": "99"})
-
-    async def settle(self, reservation, usage, outcome):
-        self.settled.append((reservation.principal.id, usage.prompt_tokens, usage.completion_tokens, outcome))
-
-
-def kernel_of(app):
-    return app.extensions["adyton"]
 
 
 async def test_vectors_usage_and_one_settle(make_app):

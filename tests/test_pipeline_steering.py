@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_pipeline import AuthLimitPlugin
-from test_pipeline_embed import LedgerLimiter, kernel_of
+from kernel_helpers import AuthLimitPlugin, LedgerLimiter, kernel_of
 
 from adyton import Credentials, GenerationRequest, HiddenStateObserver, InvalidRequest, Steering, hookimpl
 from adyton.testing import ScriptedBackend
