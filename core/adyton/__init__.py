@@ -48,7 +48,7 @@ from .kernel import Kernel, current_kernel
 from .openapi import json_operation
 from .sampling import DefaultSampler, StopMatcher
 from .settings import Settings, load_settings
-from .types import *  # noqa: F403
+from .types import *  # noqa: F403 - types.__all__ is the public data model
 
 __all__ = [
     "DEFAULT_ERROR_SCHEMA",

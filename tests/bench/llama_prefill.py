@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from llama_decode import CACHE, MODEL, MODEL_ID, STORY, ensure_peer  # noqa: E402
+from llama_decode import CACHE, MODEL, MODEL_ID, STORY, ensure_peer  # noqa: E402 - after the sys.path line
 
 #: runs in the peer venv: one engine per thread count; for each line "THREADS"
 #: on stdin, prints the time (ms) of one cold prefill of the prompt

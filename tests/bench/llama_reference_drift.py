@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "plugins" / "adyton-llama"))
-from llama_decode import MODEL, ensure_peer  # noqa: E402
+from llama_decode import MODEL, ensure_peer  # noqa: E402 - after the sys.path line
 
 REFERENCE = HERE.parents[2] / "shared" / "reference" / "smollm2-135m-instruct-q4_1.llamacpp.json"
 

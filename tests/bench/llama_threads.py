@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "plugins" / "adyton-llama"))
-from llama_decode import MODEL  # noqa: E402
+from llama_decode import MODEL  # noqa: E402 - after the sys.path line
 
 PROMPT = "<|im_start|>user\nWrite a long story about a dragon who learns to paint.<|im_end|>\n<|im_start|>assistant\n"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "deploy"))
-from deploy_stack import VENV, Stack, free_port, http  # noqa: E402
+from deploy_stack import VENV, Stack, free_port, http  # noqa: E402 - after the sys.path line
 
 BODY = '{"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
 #: the benchmark's tier 1: no limit gets in the way of the load

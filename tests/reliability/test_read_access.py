@@ -47,8 +47,9 @@ def served(tmp_path):
 
 def test_default_access_levels(served):
     base, acct, admin = served
-    get = lambda path, key=None, header="Authorization": httpx.get(  # noqa: E731
-        base + path, timeout=10, headers={header: f"Bearer {key}" if header == "Authorization" else key} if key else {})
+    def get(path, key=None, header="Authorization"):
+        headers = {header: f"Bearer {key}" if header == "Authorization" else key} if key else {}
+        return httpx.get(base + path, timeout=10, headers=headers)
     assert get("/health").status_code == 200
 
     for path in MODELS + SERVER_INFO + METRICS:  # no credentials: 401, in the surface's shape

@@ -62,7 +62,7 @@ class ServerThread:
 
             try:
                 loop.run_until_complete(main())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which re-raises it
                 self._error = exc
                 started.set()
             finally:

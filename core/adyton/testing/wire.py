@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
 from quart import Blueprint, Response, jsonify, request
 
 from ..body import read_json_body
@@ -65,7 +66,7 @@ class JsonTestWire(WireFormat):
         credentials = self.credentials(body)
         try:
             gen_request = GenerationRequest.model_validate(body)
-        except Exception as exc:  # noqa: BLE001
+        except ValidationError as exc:
             raise InvalidRequest(str(exc)) from None
         generation = await current_kernel().pipeline.submit(gen_request, credentials)
         if not gen_request.stream:

@@ -47,10 +47,10 @@ else:
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from guided_helpers import gguf_vocabulary, model_path  # noqa: E402
+from guided_helpers import gguf_vocabulary, model_path  # noqa: E402 - after the sys.path line
 
-import adyton_guided  # noqa: E402
-from adyton import (  # noqa: E402
+import adyton_guided  # noqa: E402 - after the sys.path line
+from adyton import (  # noqa: E402 - after the sys.path line
     Backend,
     ChoiceFinished,
     Constraint,
@@ -63,10 +63,10 @@ from adyton import (  # noqa: E402
     TokenPiece,
     create_app,
 )
-from adyton.testing import BackendPlugin  # noqa: E402
-from adyton_guided.compile import Compiler  # noqa: E402
-from adyton_guided.processor import GuidedProcessor  # noqa: E402
-from adyton_guided.tokenizer import TokenizerCache  # noqa: E402
+from adyton.testing import BackendPlugin  # noqa: E402 - after the sys.path line
+from adyton_guided.compile import Compiler  # noqa: E402 - after the sys.path line
+from adyton_guided.processor import GuidedProcessor  # noqa: E402 - after the sys.path line
+from adyton_guided.tokenizer import TokenizerCache  # noqa: E402 - after the sys.path line
 
 BENCH_SCHEMA = {
     "type": "object",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from quart import Blueprint, jsonify, request
 
 from adyton import (
@@ -52,7 +53,7 @@ class GWire(WireFormat):
         body = await request.get_json(force=True, silent=True)
         try:
             gen_request = GenerationRequest.model_validate(body)
-        except Exception as exc:  # noqa: BLE001
+        except ValidationError as exc:
             raise InvalidRequest(str(exc)) from None
         generation = await current_kernel().pipeline.submit(
             gen_request, Credentials(kind="none", wire_format=self.name))

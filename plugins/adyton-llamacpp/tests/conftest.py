@@ -14,7 +14,7 @@ import pytest
 from adyton.testing import require_model
 
 try:
-    import llama_cpp  # noqa: F401
+    import llama_cpp  # noqa: F401 - only whether it imports
 except ImportError:
     collect_ignore_glob = ["test_*.py"]
 

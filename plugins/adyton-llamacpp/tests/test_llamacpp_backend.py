@@ -150,7 +150,8 @@ def test_a_long_prompt_is_read_in_chunks_beside_the_running_sequences(server):
     running = backend.prepare(GenerationRequest(messages=chat(PROMPTS[0])), info)
     long = backend.prepare(GenerationRequest(prompt="one two three four five " * 90), info)
     assert len(long.token_ids) > 3 * backend.settings.prefill_chunk
-    greedy = lambda logits: int(np.argmax(logits))  # noqa: E731
+    def greedy(logits):
+        return int(np.argmax(logits))
     ticks: list[str] = []
     lock = threading.Lock()
 
@@ -192,7 +193,8 @@ def test_cancelled_sequence_frees_its_slot_within_a_step(server):
 
     info = backend.list_models()[0]
     prepared = [backend.prepare(GenerationRequest(messages=chat(p)), info) for p in PROMPTS[:2]]
-    greedy = lambda logits: int(np.argmax(logits))  # noqa: E731
+    def greedy(logits):
+        return int(np.argmax(logits))
     stop = [threading.Event(), threading.Event()]
     gens = [backend.generate(p, greedy, 400, e) for p, e in zip(prepared, stop, strict=True)]
     for g in gens:

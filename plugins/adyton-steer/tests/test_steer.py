@@ -86,7 +86,8 @@ def _word_logprobs(srv, vector_id: str, strength: float) -> tuple[float, float]:
 
     list(backend.generate(prepared, step, 1, threading.Event()))
     vocab = backend.vocabulary(model)
-    first = lambda words: [vocab.encode(w)[0] for w in words]  # noqa: E731
+    def first(words):
+        return [vocab.encode(w)[0] for w in words]
     return float(seen["lp"][first(POSITIVE_WORDS)].sum()), float(seen["lp"][first(NEGATIVE_WORDS)].sum())
 
 
