@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .chain import _Chain
@@ -122,6 +122,10 @@ class Generation:
         self.deadline = None if request.time_budget_s is None else time.monotonic() + request.time_budget_s
         self._chain = _Chain(processors, sampler, vocabulary, request.logprobs)
         self._events = _Channel(asyncio.get_running_loop())
+        self._queue = self.kernel.queue_for(backend)
+        #: how the engine work sends its events: straight into the channel
+        #: when it runs on the event loop (an inline queue)
+        self._emit = self._events.put if self._queue.inline else self._events.put_threadsafe
         self._cancelled = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._consumed = False
@@ -138,9 +142,9 @@ class Generation:
     async def _run(self) -> None:
         """Loop side: queue the engine work, wait for it, settle, report."""
         metrics = self.kernel.metrics
-        queue = self.kernel.queue_for(self.backend)
+        queue = self._queue
         outcome = "error"
-        job = EngineJob(self._engine_work)
+        job = EngineJob(self._engine_work, steps=True)
         try:
             try:
                 position = queue.submit(job)
@@ -182,8 +186,10 @@ class Generation:
                 await asyncio.shield(self.pipeline.settle(self.reservations, self.usage, outcome))
             self._events.put(_END)
 
-    def _engine_work(self) -> None:
-        """Engine thread: load the model if needed, then run every choice."""
+    def _engine_work(self) -> Iterator[None]:
+        """Engine thread (the event loop for an inline queue, a slice of
+        steps per loop pass): load the model if needed, then run every
+        choice, a step per piece."""
         self.kernel.models.load_blocking(self.backend, self.prepared.model.id)
         if self.backend.exposes_logits:  # (a self-sampling one starts at its first piece)
             self._started()
@@ -192,17 +198,18 @@ class Generation:
             if self._cancelled.is_set():
                 return
             seed = None if self.request.seed is None else self.request.seed + index
-            self._run_choice(index, seed, started)
+            yield from self._run_choice(index, seed, started)
 
     def _started(self) -> None:
         if not self._started_sent:
             self._started_sent = True
-            self._events.put_threadsafe(Started(self.model))
+            self._emit(Started(self.model))
 
-    def _run_choice(self, index: int, seed: int | None, started: float) -> None:
-        """Engine thread: one choice, token by token, with stop strings and
-        limits applied here so the backend is closed the moment we are done."""
-        emit = self._events.put_threadsafe
+    def _run_choice(self, index: int, seed: int | None, started: float) -> Iterator[None]:
+        """Engine thread: one choice, token by token (a step each), with stop
+        strings and limits applied here so the backend is closed the moment
+        we are done."""
+        emit = self._emit
         chain = self._chain
         chain.reset(seed)
         stopper = StopMatcher(self.request.stop)
@@ -267,6 +274,7 @@ class Generation:
                     self.kernel.metrics.cut_short("time_budget", self.wire_format)
                     finish = FinishReason.LENGTH  # the time budget is spent
                     break
+                yield
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:

@@ -159,7 +159,8 @@ class Backend(ABC):
     ``Kernel.offload``), possibly while another ``prepare`` or ``generate``
     runs: it must be thread-safe and must not load weights. ``load_model``
     and ``generate`` are blocking and run in an engine thread, never two at
-    once on one backend unless ``max_concurrency > 1``.
+    once on one backend unless ``max_concurrency > 1`` (on the event loop
+    if the backend declares ``runs_inline``).
 
     Concurrency: the kernel gives each backend one engine queue with
     ``max_concurrency`` engine threads (read once, when the app is built).
@@ -192,6 +193,23 @@ class Backend(ABC):
     #: how many requests may run on this backend at once: its queue's engine
     #: threads (a batching engine: its sequence slots); see the class docstring
     max_concurrency: int = 1
+    #: True only for a backend whose engine work never blocks: ``load_model``,
+    #: each step of ``generate``'s iterator, ``embed`` and ``hidden_states``
+    #: return within microseconds, waiting on no I/O, on no lock another
+    #: thread holds and on no heavy computation (a scripted or synthetic
+    #: engine, one that replays answers computed elsewhere). The kernel then
+    #: runs its jobs on the event loop instead of on engine threads (a
+    #: generation a slice of ~2 ms of tokens per loop pass, so the loop
+    #: answers others meanwhile; ``queue.py``): no hand-off (GIL transfers,
+    #: thread and loop wake-ups), which is most of the kernel's own time when
+    #: a job takes microseconds. The queue's promises are the same (429 when
+    #: the line is full, 503 + Retry-After past ``queue.max_wait_s``, a
+    #: client that leaves sets ``cancelled`` and the job stops within a step,
+    #: settled exactly once). Read once, when the app is built. A backend
+    #: that may block must leave it False — while a step runs, the server
+    #: answers nobody: every first-party engine does (adyton-llama and
+    #: adyton-llamacpp compute, adyton-upstream waits on HTTP reads).
+    runs_inline: bool = False
     #: False for engines that sample themselves and cannot hand logits to the
     #: kernel (remote OpenAI-compatible engines): a *self-sampling* backend.
     #: For such a backend the kernel

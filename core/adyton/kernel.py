@@ -129,6 +129,7 @@ class Kernel(KernelAPI):
                 concurrency=max(1, int(backend.max_concurrency)),
                 max_waiting=self.settings.queue.max_waiting,
                 max_wait_s=self.settings.queue.max_wait_s,
+                inline=bool(backend.runs_inline),
             )
 
     def wire_format_for(self, path: str) -> WireFormat | None:

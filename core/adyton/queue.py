@@ -8,6 +8,15 @@ for the event loop between two requests. At most ``max_waiting`` jobs wait
 within ``max_wait_s`` is abandoned with 503 and a Retry-After estimated from
 the measured service time and its position. A job whose client goes away
 before it starts is simply dropped from the queue.
+
+A backend that never blocks (``Backend.runs_inline``) gets an *inline* queue:
+the same slots, waiting line, deadlines and refusals, but its jobs run on the
+event loop instead of on engine threads: a job that finds a free slot starts
+at once, inside ``submit``; a long one runs a slice of steps (tokens) per
+loop pass, so the loop still answers others meanwhile. Handing a job to a
+thread and its events back costs GIL transfers, thread wake-ups and loop
+wake-ups per request: nothing next to a forward pass, but most of the
+kernel's own time when the job itself takes microseconds.
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ from .errors import ServerBusy, ServiceUnavailable
 log = logging.getLogger("adyton.queue")
 
 _WAITING, _RUNNING, _ABANDONED, _DONE = "waiting", "running", "abandoned", "done"
+
+#: an inline queue (``Backend.runs_inline``) runs a job's steps for up to this
+#: many seconds per event-loop pass
+INLINE_SLICE_S = 0.002
 
 
 class LoopMailbox:
@@ -85,15 +98,20 @@ def mailbox_for(loop: asyncio.AbstractEventLoop) -> LoopMailbox:
 
 
 class EngineJob:
-    """Blocking work for one request, run on an engine thread.
+    """Blocking work for one request, run on an engine thread (on the event
+    loop for an inline queue).
 
     ``work()`` runs on the engine thread; its return value or exception
-    becomes the result of ``wait_done()``."""
+    becomes the result of ``wait_done()``. With ``steps=True``, ``work()``
+    returns an iterator that does the work a step at a time (e.g. a token per
+    item; the items are ignored and the result is None): an engine thread
+    runs every step, an inline queue a slice of steps per event-loop pass."""
 
-    __slots__ = ("_deadline", "_done", "_loop", "_mailbox", "service_s", "state", "work")
+    __slots__ = ("_deadline", "_done", "_loop", "_mailbox", "service_s", "state", "steps", "work")
 
-    def __init__(self, work: Callable[[], Any]) -> None:
+    def __init__(self, work: Callable[[], Any], *, steps: bool = False) -> None:
         self.work = work
+        self.steps = steps
         self.state = _WAITING
         self._loop = asyncio.get_running_loop()
         self._mailbox = mailbox_for(self._loop)
@@ -118,7 +136,11 @@ class EngineJob:
         thread posts once the queue's books say the engine is free again."""
         t0 = time.monotonic()
         try:
-            return _set_result, self.work()
+            value = self.work()
+            if self.steps:
+                collections.deque(value, maxlen=0)  # every step, here
+                value = None
+            return _set_result, value
         except BaseException as exc:  # noqa: BLE001 - handed to the loop
             return _set_exception, exc
         finally:
@@ -143,6 +165,7 @@ class EngineQueue:
         concurrency: int = 1,
         max_waiting: int = 16,
         max_wait_s: float = 60.0,
+        inline: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -150,6 +173,9 @@ class EngineQueue:
         self.concurrency = concurrency
         self.max_waiting = max_waiting
         self.max_wait_s = max_wait_s
+        #: jobs run on the event loop (``Backend.runs_inline``), not on engine threads
+        self.inline = inline
+        self._pump: asyncio.Handle | None = None
         self._lock = threading.Condition()
         self._waiting: collections.deque[EngineJob] = collections.deque()
         self._running = 0
@@ -196,15 +222,27 @@ class EngineQueue:
 
     def submit(self, job: EngineJob) -> int | None:
         """Queue ``job``. Returns its position among the jobs that must wait
-        (0 = next), or None if an engine thread takes it at once. Raises
-        ServerBusy. A job still waiting after ``max_wait_s`` is abandoned and
-        its ``wait_done()`` raises ServiceUnavailable with a Retry-After."""
+        (0 = next), or None if an engine thread takes it at once (an inline
+        queue with a free slot: it has already run its first slice of steps,
+        or the whole job, here). Raises ServerBusy. A job still waiting after
+        ``max_wait_s`` is abandoned and its ``wait_done()`` raises
+        ServiceUnavailable with a Retry-After."""
+        start_now = False
         with self._lock:
             self.check_admission()
             ahead = self._queued_behind_busy_engines()
-            self._waiting.append(job)
-            self._ensure_threads()
-            self._lock.notify()
+            if self.inline:
+                start_now = ahead < 0 and not self._waiting  # a free slot, nobody ahead
+                if not start_now:
+                    self._waiting.append(job)
+                    self._schedule_inline(job._loop)
+            else:
+                self._waiting.append(job)
+                self._ensure_threads()
+                self._lock.notify()
+        if start_now:
+            self._start_inline(job)
+            return None
         if ahead >= 0:
             job._deadline = job._loop.call_later(self.max_wait_s, self._expire, job)
             return ahead
@@ -231,6 +269,73 @@ class EngineQueue:
                 del self._waiting[position]
             job.state = _ABANDONED
             return position
+
+    # -- inline: jobs on the event loop ---------------------------------------
+
+    def _schedule_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pump is None:
+            self._pump = loop.call_soon(self._pump_inline, loop)
+
+    def _pump_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Event loop: start the next waiting job if a slot is free (one per
+        loop pass). A job whose ``max_wait_s`` went by while the jobs ahead
+        of it ran is refused with 503 instead, as its timer would have."""
+        self._pump = None
+        while self._waiting and self._running < self.concurrency:
+            job = self._waiting[0]
+            deadline = job._deadline
+            if deadline is not None:
+                deadline.cancel()
+                if deadline.when() <= loop.time():
+                    self._expire(job)
+                    continue
+            self._waiting.popleft()
+            self._start_inline(job)
+            break
+        if self._waiting and self._running < self.concurrency:
+            self._schedule_inline(loop)
+
+    def _start_inline(self, job: EngineJob) -> None:
+        job.state = _RUNNING
+        self._running += 1
+        job.service_s = time.monotonic()  # (the start, until the job is done)
+        try:
+            value = job.work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's waiter
+            self._finish_inline(job, _set_exception, exc)
+            return
+        if job.steps:
+            self._step_inline(job, iter(value))
+        else:
+            self._finish_inline(job, _set_result, value)
+
+    def _step_inline(self, job: EngineJob, steps: Any) -> None:
+        """Event loop: run ``job``'s steps for up to ``INLINE_SLICE_S``, then
+        let the loop answer others before the next slice (a client that
+        leaves meanwhile sets its ``cancelled``: the job stops within a step)."""
+        end = time.perf_counter() + INLINE_SLICE_S
+        try:
+            for _ in steps:
+                if time.perf_counter() >= end:
+                    job._loop.call_soon(self._step_inline, job, steps)
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's waiter
+            self._finish_inline(job, _set_exception, exc)
+            return
+        self._finish_inline(job, _set_result, None)
+
+    def _finish_inline(self, job: EngineJob, resolve: Callable[[asyncio.Future[Any], Any], None],
+                       value: Any) -> None:
+        job.service_s = time.monotonic() - job.service_s
+        job.state = _DONE
+        self._running -= 1
+        self._record_service(job.service_s)
+        resolve(job._done, value)
+        if self._waiting:
+            self._schedule_inline(job._loop)
+
+    def _record_service(self, s: float) -> None:
+        self._service_s = s if self._service_s is None else 0.7 * self._service_s + 0.3 * s
 
     # -- engine threads -------------------------------------------------------
 
@@ -266,8 +371,7 @@ class EngineQueue:
             with self._lock:
                 job.state = _DONE
                 self._running -= 1
-                s = job.service_s
-                self._service_s = s if self._service_s is None else 0.7 * self._service_s + 0.3 * s
+                self._record_service(job.service_s)
             # only now: a client that has its answer must find the engine free
             job._mailbox.post(resolve, job._done, value)
 

@@ -2,7 +2,10 @@
 
 bare      a bare Quart route returning the same JSON an OpenAI chat completion has
 pipeline  the full adyton pipeline (adyton-openai if installed, scripted backend
-          that yields its tokens instantly)
+          that yields its tokens instantly; it never blocks, so it declares
+          ``runs_inline`` and its jobs run on the event loop)
+pipeline-thread  the same, with the backend's jobs on an engine thread (what
+          every blocking engine gets: the thread hand-off on top)
 adyton-bare  the pipeline app, plus the bare route at /bare/v1/chat/completions:
           what the adyton app's own middleware costs, without the pipeline
 deployed  `adyton serve` as deploy/systemd/adyton@.service runs it (settings from
@@ -41,7 +44,7 @@ def bare_app():
     return app
 
 
-def pipeline_app(extra_plugins=()):
+def pipeline_app(extra_plugins=(), inline=True):
     import adyton_openai
     from adyton import create_app
     from adyton.testing import BackendPlugin, ScriptedBackend
@@ -50,7 +53,7 @@ def pipeline_app(extra_plugins=()):
         settings={"home": "/tmp/adyton-bench-home", "log_level": "warning",
                   "queue": {"max_waiting": 1000}},
         plugins=[adyton_openai,
-                 BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"],
+                 BackendPlugin(ScriptedBackend(["Hello", ",", " world", "!"], runs_inline=inline,
                                                max_concurrency=int(os.environ.get("BENCH_CONCURRENCY", "1")))),
                  *extra_plugins],
         load_entrypoints=False,
@@ -74,6 +77,8 @@ def main() -> None:
         app = bare_app()
     elif kind == "pipeline":
         app = pipeline_app()
+    elif kind == "pipeline-thread":
+        app = pipeline_app(inline=False)
     elif kind == "adyton-bare":  # the bare route inside an adyton app: framework cost, no pipeline
         app = pipeline_app()
         bare = bare_app()

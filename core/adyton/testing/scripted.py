@@ -35,8 +35,13 @@ class ScriptedBackend(Backend):
         eos_at_end: bool = True,
         extra_vocab: Sequence[str] = (),
         embedding_dimensions: int | None = None,
+        runs_inline: bool = False,
     ) -> None:
+        if runs_inline and (delay_s or load_s):
+            raise ValueError("a ScriptedBackend that sleeps (delay_s, load_s) blocks: it cannot run inline")
         self.name = name
+        #: ``Backend.runs_inline``: with no delays, nothing here blocks
+        self.runs_inline = runs_inline
         self.script = list(script)
         self.model_ids = list(models)
         self.delay_s = delay_s
@@ -52,6 +57,7 @@ class ScriptedBackend(Backend):
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         self.eos_id = 0
         self._loaded: str | None = None
+        self._vocabulary: Vocabulary | None = None
         self.loads: list[str] = []
         self.generations = 0
         self.prompts: list[str] = []
@@ -86,6 +92,13 @@ class ScriptedBackend(Backend):
                               context_length=self.context_length)
 
     def vocabulary(self, model: ModelInfo) -> Vocabulary:
+        # built once, as a real backend keeps its tokenizer's (every model
+        # here shares the one script vocabulary)
+        if self._vocabulary is None:
+            self._vocabulary = self._build_vocabulary()
+        return self._vocabulary
+
+    def _build_vocabulary(self) -> Vocabulary:
         def encode(text: str) -> list[int]:
             out, rest = [], text
             while rest:
