@@ -16,12 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import adyton_axiom
 import adyton_openai
 from adyton import create_app
-from adyton.testing import BackendPlugin, RedisServer, ScriptedBackend, ServerThread
+from adyton.testing import BackendPlugin, RedisServer, ScriptedBackend, ServerProcess, ServerThread
 from adyton_limits import LimitsPlugin, service_for
 
 BIG = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "requests_per_day": 1_000_000,
@@ -96,29 +94,12 @@ def serving(app: Any) -> Iterator[ServerThread]:
         yield server
 
 
-SERVE = Path(__file__).with_name("faults_serve.py")
-
-
 def start_server(port: int, settings: dict, delay_s: float = 0.002) -> subprocess.Popen:
-    """``faults_serve.py`` in its own process, answering /health."""
-    import os
-    import sys
-
-    import httpx
-
-    proc = subprocess.Popen([sys.executable, str(SERVE), str(port), json.dumps(settings), str(delay_s)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the server did not start")
+    """``faults_app`` in its own process, answering /health."""
+    server = ServerProcess("faults_app:make_app", {"settings": settings, "delay_s": delay_s}, port=port,
+                           path=Path(__file__).parent).start()
+    assert server.proc is not None
+    return server.proc
 
 
 def live_slots(redis: RedisServer, key: str) -> int:

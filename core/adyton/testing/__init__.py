@@ -17,7 +17,9 @@ marker and the ``real_model``, ``real_models_dir``, ``make_app`` and
 * ``serve_in_thread``: run an app on hypercorn on a free loopback port in a
   background thread, for tests over a real socket; ``LoopbackServers``: a
   fixture's worth of them (fixed plugins plus scripted backends);
-  ``RedisServer``: a real redis-server. (``servers.py``)
+  ``ServerProcess``: an app in its own process, for tests that kill it
+  (``python -m adyton.testing.serve``); ``RedisServer``: a real
+  redis-server. (``servers.py``, ``serve.py``)
 * ``BackendConformance`` (with ``ConformanceServer`` and ``RecordingLimiter``):
   the backend-neutral tests every backend plugin runs against itself
   (OpenAI and Axiom wires, guided JSON, the context check, exact limits).
@@ -35,7 +37,7 @@ from __future__ import annotations
 from .conformance import BackendConformance, ConformanceServer, RecordingLimiter
 from .model import link_model, model_path, require_model, required, unavailable
 from .scripted import BackendPlugin, ScriptedBackend
-from .servers import LoopbackServers, RedisServer, ServerThread, free_port, serve_in_thread
+from .servers import LoopbackServers, RedisServer, ServerProcess, ServerThread, free_port, serve_in_thread
 from .wire import JsonTestWire, JsonTestWirePlugin
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "RecordingLimiter",
     "RedisServer",
     "ScriptedBackend",
+    "ServerProcess",
     "ServerThread",
     "free_port",
     "link_model",

@@ -1,18 +1,22 @@
 """Servers on loopback for tests over a real socket: ``ServerThread`` /
 ``serve_in_thread`` (an app on hypercorn in a background thread),
 ``LoopbackServers`` (a fixture's worth of apps made of fixed plugins and
-scripted backends), ``RedisServer`` (a real redis-server), ``free_port``."""
+scripted backends), ``ServerProcess`` (an app in its own process, to kill),
+``RedisServer`` (a real redis-server), ``free_port``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -185,3 +189,43 @@ class RedisServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class ServerProcess:
+    """An app served by hypercorn in its own process on 127.0.0.1, for tests
+    that ``kill -9`` the server: ``factory`` ("module:function", importable
+    from ``path``) is called with ``kwargs`` (JSON-able) and returns the app
+    (``python -m adyton.testing.serve``). ``start()`` waits until ``/health``
+    answers 200; ``proc`` is the ``subprocess.Popen``."""
+
+    def __init__(self, factory: str, kwargs: dict[str, Any] | None = None, *, port: int | None = None,
+                 path: str | os.PathLike[str] | None = None) -> None:
+        self.factory = factory
+        self.kwargs = kwargs or {}
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.path = path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(self.path), env.get("PYTHONPATH")) if p)
+        self.proc = proc = subprocess.Popen(
+            [sys.executable, "-m", "adyton.testing.serve", str(self.port), self.factory, json.dumps(self.kwargs)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server ({self.factory}) exited with {proc.returncode}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.base_url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the server ({self.factory}) did not answer /health within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -8,36 +8,23 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from adyton.testing import free_port
+from adyton.testing import ServerProcess, free_port
 from adyton_limits.store import AccountStore
 
-SCRIPT = Path(__file__).with_name("serve_limits_app.py")
 WORKERS = 12
 
 
 def start(home: Path, port: int, uri: str = "memory://") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(home), str(port), uri],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the server did not start")
+    """``limits_kill_app`` in its own process, answering /health."""
+    server = ServerProcess("limits_kill_app:make_app", {"home": str(home), "uri": uri}, port=port,
+                           path=Path(__file__).parent).start()
+    assert server.proc is not None
+    return server.proc
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])

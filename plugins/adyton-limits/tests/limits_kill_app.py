@@ -1,14 +1,10 @@
-"""Serve an app with ScriptedBackend + adyton-limits + the test wire format
-(for the kill -9 test). Usage: serve_limits_app.py HOME PORT [STORAGE_URI]"""
+"""The app of the kill -9 test: ScriptedBackend + adyton-limits + the test
+wire format, served in its own process by ``adyton.testing.ServerProcess``
+(``ServerProcess("limits_kill_app:make_app", {"home": ..., "uri": ...})``)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sys
-
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from typing import Any
 
 from adyton import create_app
 from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend
@@ -18,22 +14,11 @@ TIER = {"requests_per_minute": 1_000_000, "tokens_per_minute": 100_000_000, "req
         "tokens_per_day": 100_000_000, "concurrent_requests": 1000}
 
 
-def main() -> None:
-    home, port = sys.argv[1], int(sys.argv[2])
-    uri = sys.argv[3] if len(sys.argv) > 3 else "memory://"
-    logging.basicConfig(level=logging.INFO)
+def make_app(home: str, uri: str = "memory://") -> Any:
     backend = ScriptedBackend(("a", " b", " c", " d", " e"), delay_s=0.002, max_concurrency=4)
-    app = create_app(
+    return create_app(
         settings={"home": home, "queue": {"max_waiting": 500},
                   "limits": {"storage_uri": uri, "tiers": {1: TIER}, "upgrade": {"enabled": False}}},
         plugins=[JsonTestWirePlugin(), BackendPlugin(backend), LimitsPlugin()],
         load_entrypoints=False,
     )
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    asyncio.run(serve(app, config))
-
-
-if __name__ == "__main__":
-    main()
