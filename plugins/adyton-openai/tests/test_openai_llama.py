@@ -11,14 +11,11 @@ small ``max_tokens`` (the model decodes ~60-90 tokens/s on 2 cores)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
+from openai_helpers import real_model_server
 
-import adyton_openai
 import openai
-from adyton import create_app
-from adyton.testing import ServerThread, link_model, model_path
+from adyton.testing import model_path
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]
@@ -29,18 +26,8 @@ STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    models = link_model(tmp_path_factory.mktemp("models"))
-    home = tmp_path_factory.mktemp("home")
-    app = create_app(settings={"home": str(home), "llama": {"models_dir": str(models)}},
-                     plugins=[adyton_openai, adyton_llama], load_entrypoints=False)
-    listed = [info.id for _, info in app.extensions["adyton"].list_models()]
-    assert listed, f"adyton-llama lists no model although {models} holds {model_path().name}"
-    server = ServerThread(app).start()
-    try:
-        yield server.base_url
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
+    with real_model_server(tmp_path_factory) as url:  # model_id checks that /v1/models lists it
+        yield url
 
 
 @pytest.fixture(scope="module")
