@@ -41,7 +41,7 @@ class LimitsService:
         self.db, self._own_db = self._choose_database(home)
         self.store = AccountStore(self.db, clock=self.clock)
         self.limiter = AccountLimiter(self)
-        self.counters: Counters | None = None
+        self._counters: Counters | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._admin_hash: str | None = None
@@ -84,17 +84,28 @@ class LimitsService:
             self._opened = True
         return self.store
 
+    @property
+    def counters(self) -> Counters:
+        """The rate-limit counters (memory or Redis), made by ``startup``."""
+        if self._counters is None:
+            raise RuntimeError("adyton-limits has not started: its counters are made at app startup")
+        return self._counters
+
+    @counters.setter
+    def counters(self, counters: Counters) -> None:  # (tests put a storage that is down in its place)
+        self._counters = counters
+
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adyton-limits-db")
         await loop.run_in_executor(self._writer, self.open_store)
-        self.counters = Counters(self.settings.storage_uri, self.settings.key_prefix,
-                                 max_connections=self.settings.redis_max_connections,
-                                 pool_timeout_s=self.settings.redis_pool_timeout_s,
-                                 timeout_s=self.settings.redis_timeout_s)
-        await self.counters.check()
+        counters = self._counters = Counters(self.settings.storage_uri, self.settings.key_prefix,
+                                             max_connections=self.settings.redis_max_connections,
+                                             pool_timeout_s=self.settings.redis_pool_timeout_s,
+                                             timeout_s=self.settings.redis_timeout_s)
+        await counters.check()
         self.spawn(self._renew_slots())
-        if not self.counters.shared:
+        if not counters.shared:
             today = utc_day(self.clock())
             await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
         self.ensure_admin_key()
@@ -136,9 +147,9 @@ class LimitsService:
                     log.error("adyton-limits: ledger row LOST at shutdown (%s): %s", exc,
                               json.dumps(dataclasses.asdict(row)))
                 self.pending_rows.clear()
-        if self.counters is not None:
+        if self._counters is not None:
             try:
-                await self.counters.close()
+                await self._counters.close()
             except Exception:
                 log.exception("closing the limits storage failed")
         if self._writer is not None:
