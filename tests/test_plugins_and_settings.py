@@ -18,7 +18,8 @@ from adyton import PluginError, SettingsError, create_app, hookimpl
 from adyton.testing import BackendPlugin, ScriptedBackend
 
 
-def make_distribution(root: Path, dist: str, version: str, module: str, source: str, ep_name: str | None = None) -> None:
+def make_distribution(root: Path, dist: str, version: str, module: str, source: str,
+                      ep_name: str | None = None) -> None:
     """A real installed distribution: a module plus its .dist-info with an
     ``adyton`` entry point, on a directory we put on sys.path."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
@@ -129,7 +130,7 @@ def test_registering_the_wrong_kind_of_object_is_refused(tmp_path):
         def register_backends(self, register, kernel):
             register(object())
 
-    with pytest.raises(PluginError, match="wrong.*not a Backend"):
+    with pytest.raises(PluginError, match=r"wrong.*not a Backend"):
         create_app(settings={"home": str(tmp_path)}, plugins=[Wrong()], load_entrypoints=False)
 
 
