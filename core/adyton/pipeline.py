@@ -1,7 +1,7 @@
 """The one request path.
 
-A wire format calls ``await kernel.pipeline.submit(request, credentials)``.
-``submit`` runs admission on the event loop — authenticate (``access.py``),
+A wire format calls ``await kernel.submit(request, credentials)`` (docs/kernel.md),
+which is ``Pipeline.submit``. It runs admission on the event loop — authenticate (``access.py``),
 the ``prepare_request`` hooks, resolve the model (``models.py``), prepare
 (tokenize) and check the context (``admission.py``), build the sampler chain
 (refusing unenforceable constraints; ``chain.py``), check the queue
@@ -47,8 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Pipeline:
-    """The stages of the request path, in order; what plugins call as
-    ``kernel.pipeline``."""
+    """The stages of the request path, in order; plugins reach them through
+    ``kernel.submit`` / ``embed`` / ``hidden_states`` / ``authenticate`` /
+    ``authorize`` (``kernel_api.py``), never as ``kernel.pipeline``."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel

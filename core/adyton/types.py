@@ -326,7 +326,7 @@ class EmbeddingRequest(BaseModel):
     ``inputs`` are texts (tokenized by the model's backend) or token arrays
     (ids of the model's own tokenizer). Served by backends that declare the
     ability (``Backend.embedding_dimensions``) through
-    ``kernel.pipeline.embed``."""
+    ``kernel.embed``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -567,7 +567,7 @@ class GenerationResult:
 
 @dataclass(slots=True)
 class EmbeddingResult:
-    """What ``kernel.pipeline.embed`` returns: one float32 vector per input,
+    """What ``kernel.embed`` returns: one float32 vector per input,
     in input order, with the usage (``prompt_tokens`` = the input tokens)."""
 
     id: str
