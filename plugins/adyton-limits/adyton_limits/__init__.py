@@ -18,7 +18,8 @@ Tests build ``LimitsPlugin(clock=...)`` to inject a clock:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from adyton import Authenticator, Credentials, Principal, hookimpl
 

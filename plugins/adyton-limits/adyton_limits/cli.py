@@ -65,7 +65,7 @@ def create(state, tier: int | None, name: str, as_json: bool) -> None:
 def list_(state, as_json: bool) -> None:
     """List accounts."""
     svc = _service(state)
-    rows = [a.as_dict() for a in svc.store.list()]
+    rows = [a.as_dict() for a in svc.store.list_accounts()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

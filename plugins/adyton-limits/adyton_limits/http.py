@@ -89,7 +89,7 @@ class AdminApi(_JsonSurface):
         bp = Blueprint("adyton_limits_admin", __name__, url_prefix="/admin")
         bp.before_request(self._guard)
         bp.add_url_rule("/accounts", "create", self.create, methods=["POST"])
-        bp.add_url_rule("/accounts", "list", self.list, methods=["GET"])
+        bp.add_url_rule("/accounts", "list", self.list_accounts, methods=["GET"])
         bp.add_url_rule("/accounts/<ref>", "show", self.show, methods=["GET"])
         bp.add_url_rule("/accounts/<ref>/rotate-key", "rotate", self.rotate, methods=["POST"])
         bp.add_url_rule("/accounts/<ref>/tier", "tier", self.tier, methods=["POST"])
@@ -155,10 +155,10 @@ class AdminApi(_JsonSurface):
         response.status_code = 201
         return response
 
-    async def list(self) -> Response:
+    async def list_accounts(self) -> Response:
         args = request.args
         if not any(k in args for k in ("q", "limit", "offset")):
-            return jsonify({"accounts": [a.as_dict() for a in self.service.store.list()]})
+            return jsonify({"accounts": [a.as_dict() for a in self.service.store.list_accounts()]})
         limit = self._int_arg("limit", 50, 1, 500)
         offset = self._int_arg("offset", 0, 0, 2**62)
         total, accounts = self.service.store.page(args.get("q", "").strip(), limit, offset)

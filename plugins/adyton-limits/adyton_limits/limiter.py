@@ -78,7 +78,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adyton import (
@@ -117,7 +117,7 @@ class Counters:
 
     def __init__(self, uri: str, prefix: str = "adyton", *, max_connections: int = 50,
                  pool_timeout_s: float = 10.0, timeout_s: float = 5.0) -> None:
-        from limits.aio.storage import MemoryStorage
+        from limits.aio.storage import MemoryStorage, Storage
         from limits.storage import storage_from_string
 
         self.uri = uri
@@ -125,6 +125,7 @@ class Counters:
         self._pool = None
         self._client: Any = None
         self._slots: dict[str, dict[str, float]] = {}  #: memory: key -> member -> lease end
+        self.storage: Storage
         scheme = uri.split(":", 1)[0].lower()
         if scheme in ("memory", "async+memory"):
             self.storage = MemoryStorage()
@@ -139,8 +140,12 @@ class Counters:
             pool = BlockingConnectionPool.from_url(redis_url, max_connections=max_connections,
                                                    timeout=pool_timeout_s, socket_timeout=timeout_s,
                                                    socket_connect_timeout=timeout_s)
-            self.storage = storage_from_string("async+" + bare, implementation="redispy",
-                                               key_prefix=prefix, connection_pool=pool)
+            # limits types storage options as scalars; its redispy storage takes a connection pool
+            storage = storage_from_string("async+" + bare, implementation="redispy",
+                                          key_prefix=prefix, connection_pool=pool)  # type: ignore[arg-type]
+            if not isinstance(storage, Storage):  # "async+" asks for the asyncio storage
+                raise TypeError(f"limits made a synchronous storage for {uri!r}")
+            self.storage = storage
             self._pool = pool
             from redis.asyncio import Redis
 
@@ -155,10 +160,10 @@ class Counters:
         if not await self.storage.check():
             raise RuntimeError(f"the limits storage at {self.uri} does not answer")
 
-    async def incr(self, key: str, expiry: int, amount: int) -> int:
+    async def incr(self, key: str, expiry: float, amount: int) -> int:
         return int(await self.storage.incr(f"{self.prefix}/{key}", int(expiry), amount=int(amount)))
 
-    async def incr_many(self, items: list[tuple[str, int, int]]) -> list[int | BaseException]:
+    async def incr_many(self, items: list[tuple[str, float, int]]) -> list[int | BaseException]:
         """Each increment's new value, or the exception that stopped it."""
         if self.shared:  # overlap the round trips; each INCRBY stays atomic
             return list(await asyncio.gather(*(self.incr(k, e, a) for k, e, a in items), return_exceptions=True))
@@ -259,7 +264,7 @@ class Counter:
     dimension: str   #: "requests" | "tokens" | "concurrency"
     period: str      #: "minute" | "day" | ""
     key: str
-    expiry: int
+    expiry: float    #: seconds: a window counter's time to live, a slot's lease
     amount: int
     limit: int
     reset_at: float  #: when the window ends (clock time)
@@ -290,7 +295,7 @@ def fmt_duration(seconds: float) -> str:
 
 
 def next_utc_midnight(now: float) -> float:
-    d = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    d = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return (d + timedelta(days=1)).timestamp()
 
 
@@ -300,7 +305,7 @@ class AccountLimiter(Limiter):
     exposed_headers = tuple(f"x-ratelimit-{what}-{dimension}" for dimension in ("requests", "tokens")
                             for what in ("limit", "remaining", "reset"))
 
-    def __init__(self, service: "LimitsService") -> None:
+    def __init__(self, service: LimitsService) -> None:
         self.service = service
 
     @property
@@ -398,9 +403,9 @@ class AccountLimiter(Limiter):
         failed = [v for v in values if isinstance(v, BaseException)]
         if failed:
             # the storage (Redis) is unreachable: undo what did land, refuse with 503
-            landed = [c for c, v in zip(counters, values) if not isinstance(v, BaseException)]
+            landed = [c for c, v in zip(counters, values, strict=True) if not isinstance(v, BaseException)]
             await self._give_back_all(principal.id, [(c, c.amount) for c in landed])
-            for c, v in zip(counters, values):
+            for c, v in zip(counters, values, strict=True):
                 if c.dimension == "concurrency" and isinstance(v, BaseException):
                     # the slot may still land (a paused Redis runs the queued
                     # script later): remove it once the storage answers again;
@@ -409,7 +414,7 @@ class AccountLimiter(Limiter):
             log.error("limits storage %s failed: %r", counts.uri, failed[0])
             raise ServiceUnavailable("the rate-limit storage is unavailable; try again shortly",
                                      retry_after=5.0)
-        for c, v in zip(counters, values):
+        for c, v in zip(counters, values, strict=True):
             c.value = v
         over = [c for c in counters if c.value > c.limit]
         if over:
@@ -515,7 +520,7 @@ class AccountLimiter(Limiter):
 
     async def _give_back_all(self, account: str, refunds: list[tuple[Counter, int]]) -> None:
         results = await self._all([self._give_back(c, amount) for c, amount in refunds])
-        for (c, amount), result in zip(refunds, results):
+        for (c, amount), result in zip(refunds, results, strict=True):
             if isinstance(result, BaseException):
                 self._refund_failed(account, c, amount, result)
 

@@ -222,7 +222,7 @@ class AccountStore:
                 return _account(rows[0])
         return None
 
-    def list(self) -> list[Account]:
+    def list_accounts(self) -> list[Account]:
         return [_account(r) for r in self._read(sa.select(*_ACCOUNT_COLS).order_by(accounts.c.created_at))]
 
     def by_api_key(self, key: str) -> Account | None:

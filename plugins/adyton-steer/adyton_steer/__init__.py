@@ -15,8 +15,9 @@ Pieces: ``store`` (vectors on disk, the GGUF format), ``sae`` (behaviors),
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 

@@ -117,7 +117,7 @@ class BehaviorStore:
         data = json.dumps([b.record() for b in self._all().values()])
         _atomic_write(self.path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
 
-    def list(self) -> list[Behavior]:
+    def list_behaviors(self) -> list[Behavior]:
         with self._lock:
             return sorted(self._all().values(), key=lambda b: b.name)
 

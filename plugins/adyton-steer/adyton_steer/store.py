@@ -288,7 +288,7 @@ class VectorStore:
             raise NotFound(f"no steering vector {vector_id!r}", param="id", code="steering_vector_not_found")
         return vector
 
-    def list(self, principal: Principal) -> list[Vector]:
+    def list_vectors(self, principal: Principal) -> list[Vector]:
         self.open()
         with self.db.connect() as conn:
             rows = conn.execute(sa.select(*_META).where(sa.or_(_vectors.c.owner == principal.id,

@@ -140,7 +140,7 @@ class SteerWire(WireFormat):
         bp = Blueprint("adyton_steer", __name__)
         add = bp.add_url_rule
         add("/v1/steering_vectors", "create", self.create, methods=["POST"])
-        add("/v1/steering_vectors", "list", self.list, methods=["GET"])
+        add("/v1/steering_vectors", "list", self.list_vectors, methods=["GET"])
         add("/v1/steering_vectors/<vector_id>", "show", self.show, methods=["GET"])
         add("/v1/steering_vectors/<vector_id>/content", "content", self.content, methods=["GET"])
         add("/v1/steering_vectors/<vector_id>", "delete", self.delete, methods=["DELETE"])
@@ -271,9 +271,9 @@ class SteerWire(WireFormat):
             details={"pooling": pooling, "pairs": {"positive": len(positive), "negative": len(negative)},
                      "usage": usage.as_dict()})
 
-    async def list(self) -> Response:
+    async def list_vectors(self) -> Response:
         kernel, principal = await self._user()
-        vectors = await kernel.offload(stores(kernel).vectors.list, principal)
+        vectors = await kernel.offload(stores(kernel).vectors.list_vectors, principal)
         return jsonify({"object": "list", "data": [v.public() for v in vectors]})
 
     async def show(self, vector_id: str) -> Response:
@@ -306,7 +306,7 @@ class SteerWire(WireFormat):
 
     async def behaviors(self) -> Response:
         kernel, _ = await self._user()
-        return jsonify({"object": "list", "data": [b.public() for b in stores(kernel).behaviors.list()]})
+        return jsonify({"object": "list", "data": [b.public() for b in stores(kernel).behaviors.list_behaviors()]})
 
     async def add_behavior(self) -> Response:
         kernel, _ = await self._admin()

@@ -31,11 +31,11 @@ def test_two_servers_on_one_database_see_writes_at_once(tmp_path):
         b.get(vector.id, BOB)
     a.set_shared(vector.id, True)
     assert b.get(vector.id, BOB).shared  # b had it cached: the sharing is still seen
-    assert [v.id for v in b.list(BOB)] == [vector.id]
+    assert [v.id for v in b.list_vectors(BOB)] == [vector.id]
     a.delete(vector.id, ALICE)
     with pytest.raises(NotFound):
         b.get(vector.id, ALICE)
-    assert b.list(ALICE) == []
+    assert b.list_vectors(ALICE) == []
     for store in (a, b):
         store.db.dispose()
 
