@@ -11,7 +11,8 @@ Also serves Axionic's saved policies (``/v1/policies``) and
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Awaitable
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -42,18 +43,31 @@ compiler = Compiler()
 tokenizers = TokenizerCache()
 
 class GuidedSettings(BaseModel):
-    repair_budget: int = Field(64, ge=1, le=4096, description="Tokens repair_on_failure may add past max_tokens to complete a constrained output.")
-    prefetch_masks: bool = Field(False, description="Compute the next token mask on a helper thread while the engine runs its forward pass (off: a mask takes ~0.05 ms of a ~12 ms token on the default model, and the helper thread competes with an engine using every core).")
+    repair_budget: int = Field(64, ge=1, le=4096,
+                               description="Tokens repair_on_failure may add past max_tokens to complete a "
+                                           "constrained output.")
+    prefetch_masks: bool = Field(False,
+                                 description="Compute the next token mask on a helper thread while the engine runs "
+                                             "its forward pass (off: a mask takes ~0.05 ms of a ~12 ms token on the "
+                                             "default model, and the helper thread competes with an engine using "
+                                             "every core).")
     compile_cache_size: int = Field(256, ge=1, description="Compiled constraints kept per process (by content hash).")
-    declared_keys_only: bool = Field(True, description="A JSON schema object that lists 'properties' and does not say 'additionalProperties' gets no other keys (what structured-output users expect; xgrammar and llama.cpp do the same). False: the JSON Schema reading, any extra key allowed.")
-    auto_tool_calls: bool = Field(True, description="With tools and tool_choice 'auto' (and no other constraint), constrain a tool call once the model starts one (<tool_call>), so every call it makes is valid; the text before it stays free.")
+    declared_keys_only: bool = Field(True,
+                                     description="A JSON schema object that lists 'properties' and does not say "
+                                                 "'additionalProperties' gets no other keys (what structured-output "
+                                                 "users expect; xgrammar and llama.cpp do the same). False: the JSON"
+                                                 " Schema reading, any extra key allowed.")
+    auto_tool_calls: bool = Field(True,
+                                  description="With tools and tool_choice 'auto' (and no other constraint), "
+                                              "constrain a tool call once the model starts one (<tool_call>), so "
+                                              "every call it makes is valid; the text before it stays free.")
 
 
-def _settings(kernel: "Kernel") -> GuidedSettings:
+def _settings(kernel: Kernel) -> GuidedSettings:
     return kernel.section("guided", GuidedSettings)
 
 
-def policy_store(kernel: "Kernel") -> PolicyStore:
+def policy_store(kernel: Kernel) -> PolicyStore:
     # the kernel's database (files of earlier releases are imported once)
     return kernel.state(PolicyStore, lambda: PolicyStore(kernel.database, legacy_dir=kernel.home / "policies"))
 
@@ -83,7 +97,7 @@ def register_wire_formats(register, kernel):
 
 
 @hookimpl
-def prepare_request(request: GenerationRequest, principal: Principal, kernel: "Kernel") -> Awaitable[None] | None:
+def prepare_request(request: GenerationRequest, principal: Principal, kernel: Kernel) -> Awaitable[None] | None:
     extra = request.extra
     if "policy" not in extra and "policy_id" not in extra:
         return None
@@ -140,7 +154,7 @@ def _lazy_tool_calls(request: GenerationRequest) -> Constraint | None:
 
 
 @hookimpl
-def logits_processors(request: GenerationRequest, model: ModelInfo, vocabulary: Vocabulary | None, kernel: "Kernel"):
+def logits_processors(request: GenerationRequest, model: ModelInfo, vocabulary: Vocabulary | None, kernel: Kernel):
     mine = list(request.constraints)
     settings = _settings(kernel)
     lazy = _lazy_tool_calls(request) if settings.auto_tool_calls else None

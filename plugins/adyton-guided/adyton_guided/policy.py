@@ -243,7 +243,7 @@ class PolicyStore:
             raise NotFound(f"no policy '{policy_id}'", param="policy_id", code="policy_not_found")
         return self._record(row)
 
-    def list(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_policies(self, principal: Principal) -> list[dict[str, Any]]:
         self.open()
         with self.db.connect() as conn:
             rows = conn.execute(sa.select(_policies).where(_policies.c.owner == principal.id)

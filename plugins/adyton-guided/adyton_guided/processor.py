@@ -15,8 +15,9 @@ re-entrant).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class JsonTail:
     that closes it syntactically (the constraint may still want more first:
     a required key, a string's minLength)."""
 
-    __slots__ = ("stack", "in_string", "escape", "unicode_left")
+    __slots__ = ("escape", "in_string", "stack", "unicode_left")
 
     def __init__(self) -> None:
         self.reset()
@@ -190,11 +191,12 @@ class GuidedProcessor(LogitsProcessor):
             only = np.zeros_like(allowed)
             only[eos] = allowed[eos]
             return only
-        if self._tail is None:
+        by_bytes = self._by_bytes  # made with the tail (repair of JSON)
+        if self._tail is None or by_bytes is None:
             return allowed
         closing = self._tail.completion()
         ids = [i for n in range(1, len(closing) + 1)
-               for i in self._by_bytes.get(closing[:n], ()) if i < allowed.shape[0] and allowed[i]]
+               for i in by_bytes.get(closing[:n], ()) if i < allowed.shape[0] and allowed[i]]
         if not ids:
             return allowed
         only = np.zeros_like(allowed)
@@ -228,13 +230,11 @@ class GuidedProcessor(LogitsProcessor):
         m = self._matcher
         if m.is_error() or not m.is_accepting():
             return False
-        if self.repair and self.max_tokens is not None and self._count >= self.max_tokens:
-            # Past max_tokens with a finished output repair allows only
-            # end-of-sequence: let the engine emit it (one more step, inside
-            # the repair budget) so that the choice ends with finish_reason
-            # "stop" rather than "length".
-            return False
-        return True
+        # Past max_tokens with a finished output repair allows only
+        # end-of-sequence: let the engine emit it (one more step, inside the
+        # repair budget) so that the choice ends with finish_reason "stop"
+        # rather than "length".
+        return not (self.repair and self.max_tokens is not None and self._count >= self.max_tokens)
 
     def response_headers(self) -> dict[str, str]:
         return {} if self.quiet else {"x-adyton-guided": "enforced"}

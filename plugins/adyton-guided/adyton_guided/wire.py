@@ -16,16 +16,15 @@ Credentials: ``x-api-key`` or ``Authorization: Bearer``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 from quart import Blueprint, Response, jsonify, request
 
 from adyton import (
-    AdytonError,
-    ChatMessage,
-    Credentials,
     DEFAULT_ERROR_SCHEMA,
+    AdytonError,
+    Credentials,
     GenerationRequest,
     InvalidRequest,
     UnsupportedConstraint,
@@ -36,7 +35,7 @@ from adyton import (
     read_json_body,
 )
 
-from .policy import GUIDED, Policy, parse_policy, policy_constraint, public
+from .policy import GUIDED, parse_policy, policy_constraint, public
 
 _PARAMS = {"temperature", "top_p", "top_k", "seed", "stop", "min_p"}
 _BODY = {"prompt", "messages", "model", "method", "max_new_tokens", "max_tokens", "params",
@@ -95,12 +94,12 @@ class AxionicGuided(WireFormat):
     url_prefixes = ("/v1/policies", "/sampling/")
     #: added by this plugin's logits processors, on whichever surface served the request
     exposed_headers = ("x-adyton-guided",)
-    error_schema = {
+    error_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "required": ["detail", "error"],
         "properties": {"detail": {"type": "string"}, "error": DEFAULT_ERROR_SCHEMA["properties"]["error"]},
     }
-    openapi_operations = {
+    openapi_operations: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "/sampling/generate": {"post": json_operation("Guided generation", request=_GENERATE_SCHEMA)},
         "/v1/policies": {
             "post": json_operation("Save a policy", request=_POLICY_SCHEMA, status=201),
@@ -172,7 +171,7 @@ class AxionicGuided(WireFormat):
         from . import policy_store
 
         kernel, principal = await self._principal()
-        records = await kernel.offload(policy_store(kernel).list, principal)
+        records = await kernel.offload(policy_store(kernel).list_policies, principal)
         return jsonify({"object": "list", "data": [public(r) for r in records]})
 
     async def get_policy(self, policy_id: str) -> Response:
