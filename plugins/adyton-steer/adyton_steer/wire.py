@@ -26,6 +26,7 @@ import binascii
 import collections
 import json
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -356,7 +357,7 @@ class SteerWire(WireFormat):
         def token_text(token: int) -> str:
             return vocabulary.token_text(token) if vocabulary is not None and token < vocabulary.size else ""
 
-        async def events():
+        async def events() -> AsyncIterator[bytes]:
             text: list[str] = []
             tokens: list[str] = []
             values: dict[str, list[float]] = {n: [] for n in names}
