@@ -3,7 +3,6 @@ per-plugin Alembic migrations with their own version tables."""
 
 from __future__ import annotations
 
-import os
 import textwrap
 import threading
 
@@ -14,7 +13,6 @@ from click.testing import CliRunner
 from adyton import create_app, hookimpl
 from adyton.database import Database
 from adyton.errors import PluginError, SettingsError
-from adyton.testing_postgres import PostgresUnavailable, start_postgres
 
 REV1 = '''
 import sqlalchemy as sa
@@ -46,16 +44,10 @@ def versions(tmp_path, plugin, *revs):
     return d
 
 
-@pytest.fixture(scope="module")
-def pg():
-    try:
-        server = start_postgres()
-    except PostgresUnavailable as exc:
-        if os.environ.get("ADYTON_REQUIRE_MODEL"):
-            raise
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
+@pytest.fixture
+def pg(postgres_server):
+    """The session's PostgreSQL cluster (adyton's pytest plugin)."""
+    return postgres_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,4 +1,4 @@
-"""adyton.testing_postgres: a real throw-away PostgreSQL cluster on loopback."""
+"""adyton.testing.postgres: a real throw-away PostgreSQL cluster on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from adyton.testing_postgres import PostgresUnavailable, start_postgres
+from adyton.testing.postgres import PostgresUnavailable, start_postgres
 
 
 def test_start_create_database_and_stop():

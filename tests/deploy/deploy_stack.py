@@ -1,6 +1,6 @@
 """The deployment of docs/deploy.md, "Several machines", started on loopback
 from the files in deploy/: PostgreSQL (Debian's, a throw-away cluster:
-adyton.testing_postgres), Redis (``redis-server``), adyton servers started
+adyton.testing.postgres), Redis (``redis-server``), adyton servers started
 from ``deploy/systemd/adyton@.service`` (each with its environment file,
 all reading one settings file rendered from ``deploy/adyton.toml``), nginx
 (Debian's) running ``deploy/nginx/adyton.conf`` in front, and engines for
@@ -229,7 +229,7 @@ class Stack:
 
     def start_postgres(self) -> str:
         """A throw-away PostgreSQL cluster and a fresh database in it: its URL."""
-        from adyton.testing_postgres import start_postgres
+        from adyton.testing.postgres import start_postgres
 
         self.postgres = start_postgres()
         return self.postgres.create_database("adyton")

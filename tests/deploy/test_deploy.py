@@ -53,7 +53,7 @@ USER = [{"role": "user", "content": "Name three colours."}]
 
 
 def _missing_parts() -> list[str]:
-    from adyton.testing_postgres import PostgresUnavailable, find_postgres_bin
+    from adyton.testing.postgres import PostgresUnavailable, find_postgres_bin
 
     missing = [name for name in ("nginx", "redis-server")
                if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()]

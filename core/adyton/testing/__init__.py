@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from .conformance import BackendConformance, ConformanceServer, RecordingLimiter
 from .model import link_model, model_path, require_model, required, unavailable
+from .postgres import PostgresServer, PostgresUnavailable, start_postgres
 from .scripted import BackendPlugin, ScriptedBackend
 from .servers import LoopbackServers, RedisServer, ServerProcess, ServerThread, free_port, serve_in_thread
 from .wire import JsonTestWire, JsonTestWirePlugin
@@ -47,6 +48,8 @@ __all__ = [
     "JsonTestWire",
     "JsonTestWirePlugin",
     "LoopbackServers",
+    "PostgresServer",
+    "PostgresUnavailable",
     "RecordingLimiter",
     "RedisServer",
     "ScriptedBackend",
@@ -58,5 +61,6 @@ __all__ = [
     "require_model",
     "required",
     "serve_in_thread",
+    "start_postgres",
     "unavailable",
 ]

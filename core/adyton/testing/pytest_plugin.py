@@ -16,6 +16,10 @@ importing anything (``-p no:adyton`` turns it off):
   ``ScriptedBackend()``) and ``plugins``, its home in the test's tmp_path.
 * ``redis_server`` (session): a real ``redis-server`` on a loopback port
   (``RedisServer``: ``.url``, ``.command(...)``).
+* ``postgres_server`` (session): a real throw-away PostgreSQL cluster on a
+  loopback port (``PostgresServer``: ``.create_database()`` returns the URL
+  of a fresh database). Missing PostgreSQL skips, or fails under
+  ``ADYTON_REQUIRE_MODEL``, as above.
 
 A conftest.py fixture of the same name overrides any of these for its
 directory.
@@ -29,7 +33,8 @@ from typing import Any
 
 import pytest
 
-from .model import link_model, require_model
+from .model import link_model, require_model, unavailable
+from .postgres import PostgresServer, PostgresUnavailable, start_postgres
 from .scripted import BackendPlugin, ScriptedBackend
 from .servers import RedisServer
 from .wire import JsonTestWirePlugin
@@ -86,3 +91,17 @@ def redis_server() -> Iterator[RedisServer]:
     fails it under ``ADYTON_REQUIRE_MODEL``."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the session (``adyton.testing.postgres``);
+    a missing PostgreSQL skips the test, or fails it under ``ADYTON_REQUIRE_MODEL``."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,12 +1,12 @@
 """Fixtures for the adyton-limits tests: apps with the plugin and a test
 wire format, a fake clock, Redis settings (the server is adyton.testing's
-``redis_server`` fixture), and a real PostgreSQL server (``db_url``: tests parametrized with
+``redis_server`` fixture), and a real PostgreSQL server (adyton.testing's
+``postgres_server`` fixture; ``db_url``: tests parametrized with
 ``@pytest.mark.parametrize("db_url", DATABASES, indirect=True)`` run on the
 default SQLite database and on a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -14,7 +14,6 @@ from limits_helpers import FakeClock
 
 from adyton import create_app
 from adyton.testing import BackendPlugin, JsonTestWirePlugin, ScriptedBackend
-from adyton.testing_postgres import PostgresUnavailable, start_postgres
 from adyton_limits import LimitsPlugin
 
 
@@ -28,25 +27,12 @@ def home(tmp_path):
     return tmp_path / "home"
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A real PostgreSQL server for the session (adyton.testing_postgres)."""
-    try:
-        server = start_postgres()
-    except PostgresUnavailable as exc:
-        if os.environ.get("ADYTON_REQUIRE_MODEL"):  # make test: everything must run
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def db_url(request):
     """None (the default database: the kernel's SQLite) or, for the param
     "postgresql", the URL of a fresh PostgreSQL database."""
     if getattr(request, "param", "default") == "postgresql":
-        return request.getfixturevalue("postgres").create_database()
+        return request.getfixturevalue("postgres_server").create_database()
     return None
 
 
