@@ -9,10 +9,10 @@ import base64
 
 import httpx
 import numpy as np
+import openai
 import pytest
 from openai_helpers import Accounts
 
-import openai
 from adyton.testing import ScriptedBackend
 
 

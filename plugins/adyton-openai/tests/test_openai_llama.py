@@ -11,10 +11,10 @@ small ``max_tokens`` (the model decodes ~60-90 tokens/s on 2 cores)."""
 
 from __future__ import annotations
 
+import openai
 import pytest
 from openai_helpers import real_model_server
 
-import openai
 from adyton.testing import model_path
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")

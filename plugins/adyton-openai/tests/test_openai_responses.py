@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 from openai_helpers import Accounts
 
-import openai
 from adyton import NotFound
 from adyton.testing import ScriptedBackend
 

@@ -17,11 +17,10 @@ import base64
 import json
 
 import numpy as np
+import openai
 import pytest
 from openai_helpers import Accounts, real_model_server
 from pydantic import BaseModel
-
-import openai
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 adyton_guided = pytest.importorskip("adyton_guided", reason="adyton-guided is not installed")

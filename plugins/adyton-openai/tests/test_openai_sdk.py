@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
 
-import openai
 from adyton import (
     Authenticator,
     Limiter,

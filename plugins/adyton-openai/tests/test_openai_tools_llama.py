@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import openai
 import pytest
 from openai_helpers import real_model_server
 from pydantic import BaseModel, Field
 
 import adyton_guided
-import openai
 
 adyton_llama = pytest.importorskip("adyton_llama", reason="adyton-llama is not installed")
 pytestmark = [pytest.mark.slow, pytest.mark.requires_model]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 
+import openai
 import pytest
 
 import adyton_openai
 import adyton_upstream
-import openai
 from adyton import create_app
 from adyton.testing import ServerThread, link_model
 
