@@ -38,6 +38,9 @@ from .errors import SettingsError
 __all__ = ["Database", "sqlite_url"]
 
 log = logging.getLogger("adyton.database")
+# alembic announces each of its own extensions at INFO on every start; the
+# migrations it runs ("Running upgrade ...") stay visible
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 _MIGRATIONS_ENV = Path(__file__).parent / "_migrations"
 

@@ -24,7 +24,7 @@ How results combine:
 In which order: **pluggy's call order, everywhere** — ``@hookimpl(tryfirst=True)``
 implementations first, ``trylast=True`` ones last, and among equals the
 plugin registered last first. Plugins are registered in this order: the
-installed entry points (group ``adyton``), then ``create_app(plugins=[...])``
+installed entry points (group ``adyton``) in name order, then ``create_app(plugins=[...])``
 in list order, then the kernel fallbacks. Whether the kernel calls a hook
 through pluggy or one implementation at a time (``adyton.plugins.in_call_order``),
 the order is the same, so each rule below follows from it

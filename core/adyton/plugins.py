@@ -83,7 +83,9 @@ class PluginManager(pluggy.PluginManager):
 
     def load_entrypoints(self, only: set[str] | None) -> None:
         seen: set[str] = set()
-        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        # in name order, so the order (and what it decides: the default model,
+        # who serves a shared route) does not depend on how site-packages lists them
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
             if ep.name in seen:
                 continue
             seen.add(ep.name)

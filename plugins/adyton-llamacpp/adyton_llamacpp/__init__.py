@@ -31,7 +31,10 @@ def register_settings(register):
     register("llamacpp", LlamaCppSettings)
 
 
-@hookimpl
+# trylast: with adyton-llama installed too, the embedded default engine stays
+# the default backend (its models are listed first); this one serves its own
+# ids (``<id>-llamacpp``) either way
+@hookimpl(trylast=True)
 def register_backends(register, kernel):
     register(LlamaCppBackend(kernel.section("llamacpp", LlamaCppSettings), kernel.home, kernel))
 

@@ -399,3 +399,28 @@ def test_loading_the_loaded_model_does_not_wait_for_running_sequences(server):
     next(gen)  # and the sequence goes on
     gen.close()
     assert backend._leases == 0
+
+
+@pytest.mark.parametrize("order", ["llama-first", "llamacpp-first"])
+def test_with_adyton_llama_installed_its_model_stays_the_default(tmp_path, models_dir, order):
+    """adyton-llama, the embedded default engine, keeps the default model when
+    this engine is installed beside it, whatever the registration order; this
+    one serves the same file under its suffixed id."""
+    import adyton_llama
+    import adyton_llamacpp
+    from adyton import create_app
+
+    plugins = [adyton_llama, adyton_llamacpp] if order == "llama-first" else [adyton_llamacpp, adyton_llama]
+    app = create_app(settings={"home": str(tmp_path / "home"), "llama": {"models_dir": str(models_dir)},
+                               "llamacpp": {"models_dir": str(models_dir)}},
+                     plugins=plugins, load_entrypoints=False)
+    kernel = app.extensions["adyton"]
+    try:
+        backend, info = kernel.default_model()
+        assert (backend.name, info.id) == ("llama", SMOL)
+        assert SMOL + SHARED_SUFFIX in kernel.model_names()
+    finally:
+        for b in kernel.backends.values():
+            close = getattr(b, "close", None)
+            if close:
+                close()
