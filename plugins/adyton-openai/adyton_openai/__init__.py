@@ -2,7 +2,9 @@
 
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``
 and ``POST /v1/completions``, streaming and not, with OpenAI's error shape,
-so the official SDKs work unmodified. Settings: the ``[openai]`` section.
+so the official SDKs work unmodified, and ``/v1/responses`` (stored
+responses: a table in the kernel's database). Settings: the ``[openai]``
+section.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ __all__ = ["OpenAISettings", "OpenAIWire"]
 @hookimpl
 def register_settings(register):
     register("openai", OpenAISettings)
+
+
+@hookimpl
+def register_migrations(register, kernel):
+    from .migrations import VERSION_TABLE, VERSIONS
+
+    register(VERSIONS, VERSION_TABLE)  # stored /v1/responses: a table in the kernel's database
 
 
 @hookimpl

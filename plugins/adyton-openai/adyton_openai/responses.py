@@ -15,15 +15,16 @@ Streaming sends OpenAI's event sequence, each with a ``sequence_number``:
 ``response.incomplete`` when ``max_output_tokens`` ran out, or ``error`` +
 ``response.failed``).
 
-Stored responses (``store``, default true) are kept in memory, per wire
-format, bounded (least recently used out first), and readable only by the
-account that made them: another account's id is "not found", as is an
-evicted or unknown one.
+Stored responses (``store``, default true) are kept in the kernel's
+database (``adyton_openai.store``), so every server sharing it can continue,
+return or delete them and a restart keeps them; bounded per account (least
+recently used out first), expiring (``openai.responses_ttl_days``), and
+readable only by the account that made them: another account's id is "not
+found", as is an evicted, expired or unknown one.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -39,10 +40,12 @@ from adyton import (
     ChatMessage,
     ChoiceFinished,
     Constraint,
+    Database,
     FinishReason,
     Generation,
     InvalidRequest,
-    NotFound,
+    Kernel,
+    ServiceUnavailable,
     TextDelta,
     TokenLogprob,
     Tool,
@@ -54,14 +57,10 @@ from adyton import (
 
 from . import convert, render
 from .schemas import ResponsesRequest
+from .settings import OpenAISettings
+from .store import ResponseStore, Stored
 
 log = logging.getLogger("adyton.openai.responses")
-
-#: stored responses kept per app (least recently used out first) ...
-MAX_STORED = 1024
-#: ... and the characters they may hold together (a conversation's turns are
-#: counted in every response of it: a long chain is evicted sooner)
-MAX_STORED_CHARS = 32 * 2**20
 
 #: accepted, not honoured: listed in x-adyton-ignored-params (400 with openai.strict)
 _IGNORED = ("service_tier", "prompt_cache_key", "safety_identifier", "max_tool_calls",
@@ -98,66 +97,28 @@ class ResponseOut(BaseModel):
 # --------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Stored:
-    owner: str
-    #: the conversation so far, instructions excluded (they are not carried over)
-    history: list[ChatMessage]
-    #: the response object as it was returned (GET /v1/responses/{id})
-    response: dict[str, Any] | None = None
-
-    @property
-    def chars(self) -> int:
-        """What it holds, roughly: the text of its turns and of its response."""
-        turns = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in self.history)
-        response = self.response or {}
-        tools = response.get("tools")
-        return turns + len(response.get("instructions") or "") + (len(json.dumps(tools)) if tools else 0)
+def response_store(kernel: Kernel) -> ResponseStore:
+    """This app's store, on the kernel's database, bounded as ``[openai]`` says."""
+    settings = kernel.section("openai", OpenAISettings)
+    ttl = settings.responses_ttl_days
+    return kernel.state(ResponseStore, lambda: ResponseStore(
+        kernel.database, capacity=settings.responses_max_stored, max_chars=settings.responses_max_chars,
+        ttl_s=None if ttl is None else ttl * 86400.0))
 
 
-class ResponseStore:
-    """Responses kept for ``previous_response_id``: bounded in number and in
-    characters, least recently used out first, each readable by its owner
-    only. One per app (the event loop is its only user)."""
-
-    def __init__(self, capacity: int = MAX_STORED, max_chars: int = MAX_STORED_CHARS) -> None:
-        self.capacity = capacity
-        self.max_chars = max_chars
-        self.chars = 0
-        self._items: collections.OrderedDict[str, tuple[Stored, int]] = collections.OrderedDict()
-
-    def put(self, response_id: str, stored: Stored) -> None:
-        self._drop(response_id)
-        size = stored.chars
-        if size > self.max_chars:
-            return  # too big to keep at all: continuing it is a 404, like an evicted one
-        self._items[response_id] = (stored, size)
-        self.chars += size
-        while len(self._items) > self.capacity or self.chars > self.max_chars:
-            self._drop(next(iter(self._items)))
-
-    def _drop(self, response_id: str) -> None:
-        entry = self._items.pop(response_id, None)
-        if entry is not None:
-            self.chars -= entry[1]
-
-    def get(self, response_id: str, owner: str, *, param: str = "previous_response_id") -> Stored:
-        entry = self._items.get(response_id)
-        stored = entry[0] if entry is not None else None
-        if stored is None or stored.owner != owner:  # another account's: not found either
-            if param == "previous_response_id":
-                raise NotFound(f"Previous response with id '{response_id}' not found.",
-                               param=param, code="previous_response_not_found")
-            raise NotFound(f"Response with id '{response_id}' not found.", param=param)
-        self._items.move_to_end(response_id)
-        return stored
-
-    def delete(self, response_id: str, owner: str) -> None:
-        self.get(response_id, owner, param="response_id")
-        self._drop(response_id)
-
-    def __len__(self) -> int:
-        return len(self._items)
+async def in_store(kernel: Kernel, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (a store call) off the event loop; a database
+    that refuses the work (server gone, disk full, locked too long) is a 503
+    naming it, not a 500."""
+    try:
+        return await kernel.offload(fn, *args, **kwargs)
+    except Exception as exc:
+        if not Database.unavailable(exc):
+            raise
+        log.error("adyton-openai: the stored responses' database failed: %s", exc)
+        raise ServiceUnavailable("stored responses cannot be read or written right now (the database "
+                                 "failed); try again later", code="response_store_unavailable",
+                                 retry_after=10.0) from None
 
 
 # --------------------------------------------------------------------------
@@ -557,12 +518,13 @@ class Output:
                            tool_calls=list(self.calls))
 
 
-def remember(store: ResponseStore, parsed: Parsed, generation: Generation, output: Output,
-             response: dict[str, Any]) -> None:
+async def remember(kernel: Kernel, store: ResponseStore, parsed: Parsed, generation: Generation,
+                   output: Output, response: dict[str, Any]) -> None:
     if parsed.body.store is False:
         return
     history = [*parsed.turns, output.turn()]
-    store.put(response["id"], Stored(owner=generation.principal.id, history=history, response=response))
+    await in_store(kernel, store.put, response["id"],
+                   Stored(owner=generation.principal.id, history=history, response=response))
 
 
 class Events:
@@ -577,7 +539,8 @@ class Events:
         return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
-async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) -> AsyncIterator[str]:
+async def stream_events(renderer: Renderer, kernel: Kernel, store: ResponseStore,
+                        ping: bool) -> AsyncIterator[str]:
     """Runs after the handler returned: no request or app context here."""
     generation = renderer.generation
     event = Events()
@@ -611,7 +574,13 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
     for kind, fields in output.finish(finish):
         yield event(kind, **fields)
     final = renderer.final(output.items, finish)
-    remember(store, renderer.parsed, generation, output, final)
+    try:
+        await remember(kernel, store, renderer.parsed, generation, output, final)
+    except AdytonError as exc:  # asked to be stored and it was not: the client must know
+        yield event("error", code=exc.code or exc.type, message=exc.message, param=exc.param)
+        yield event("response.failed", response=renderer.response("failed", output.items, usage=True,
+                                                                   error=exc))
+        return
     yield event("response.completed" if final["status"] == "completed" else "response.incomplete",
                 response=final)
 
@@ -621,15 +590,17 @@ async def stream_events(renderer: Renderer, store: ResponseStore, ping: bool) ->
 # --------------------------------------------------------------------------
 
 
-async def create(wire: Any, store: ResponseStore) -> Response:
+async def create(wire: Any) -> Response:
     from . import wire as wire_module
 
     body, _ = await wire._body(ResponsesRequest)
     credentials = wire_module.credentials_from_request(wire.name)
+    kernel = current_kernel()
+    store = response_store(kernel)
     history: list[ChatMessage] = []
     if body.previous_response_id is not None:
-        principal = await current_kernel().authenticate(credentials)
-        history = list(store.get(body.previous_response_id, principal.id).history)
+        principal = await kernel.authenticate(credentials)
+        history = list((await in_store(kernel, store.get, body.previous_response_id, principal.id)).history)
     parsed = parse(body, history)
     wire._check_ignored(parsed.convert)
     wire._server_limits(parsed.convert)
@@ -641,7 +612,7 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     headers = wire._headers(parsed.convert, generation)
     renderer = Renderer(parsed, generation, wire._model_name(generation.model))
     if parsed.convert.request.stream:
-        return wire._stream(stream_events(renderer, store, wire_module._settings().ping), headers)
+        return wire._stream(stream_events(renderer, kernel, store, wire_module._settings().ping), headers)
     result = await generation.result()
     choice = result.choices[0]
     output = Output(renderer)
@@ -649,7 +620,7 @@ async def create(wire: Any, store: ResponseStore) -> Response:
     output.feed(choice.text, choice.logprobs)
     output.finish(choice.finish_reason)
     final = renderer.final(output.items, choice.finish_reason)
-    remember(store, parsed, generation, output, final)
+    await remember(kernel, store, parsed, generation, output, final)
     response = jsonify(final)
     response.headers.update(headers)
     return response
@@ -670,9 +641,7 @@ class DeletedOut(BaseModel):
 
 def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]]:
     """(rule, endpoint, view, documented body, documented response, methods)
-    for the wire format's blueprint; the store lives as long as the wire."""
-    store = ResponseStore()
-    wire.response_store = store
+    for the wire format's blueprint; the store is the app's (``response_store``)."""
 
     async def create_response() -> Response:
         """Create a model response
@@ -680,19 +649,22 @@ def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]
         OpenAI Responses API: text and structured (`text.format`) output,
         `instructions`, `previous_response_id`; `stream: true` answers with
         the response.* server-sent events."""
-        return await create(wire, store)
+        return await create(wire)
 
     async def get_response(response_id: str) -> Response:
         """Retrieve a stored response
 
         The response object as it was returned; 404 for an unknown, evicted,
-        unstored or another account's response."""
-        stored = store.get(response_id, await _owner(wire), param="response_id")
+        unstored, expired or another account's response."""
+        kernel = current_kernel()
+        stored = await in_store(kernel, response_store(kernel).get, response_id, await _owner(wire),
+                                param="response_id")
         return jsonify(stored.response)
 
     async def delete_response(response_id: str) -> Response:
         """Delete a stored response"""
-        store.delete(response_id, await _owner(wire))
+        kernel = current_kernel()
+        await in_store(kernel, response_store(kernel).delete, response_id, await _owner(wire))
         return jsonify({"id": response_id, "object": "response.deleted", "deleted": True})
 
     return [
@@ -702,4 +674,4 @@ def routes(wire: Any) -> list[tuple[str, str, Any, type | None, type, list[str]]
     ]
 
 
-__all__ = ["ResponseStore", "input_messages", "parse", "routes"]
+__all__ = ["ResponseStore", "Stored", "input_messages", "parse", "response_store", "routes"]

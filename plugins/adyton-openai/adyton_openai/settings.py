@@ -39,6 +39,21 @@ class OpenAISettings(BaseModel):
         "this many times (a degenerate loop), when the request sets no stop strings, penalties, "
         "logit_bias or constraints. None: off.",
     )
+    responses_max_stored: int = Field(
+        1024, ge=1,
+        description="POST /v1/responses: stored responses kept per account (least recently used out "
+        "first), in the database every server shares.",
+    )
+    responses_max_chars: int = Field(
+        32 * 2**20, ge=1,
+        description="POST /v1/responses: characters (JSON of turns and response) one account's stored "
+        "responses may hold together; a bigger response is not kept.",
+    )
+    responses_ttl_days: float | None = Field(
+        30, gt=0,
+        description="POST /v1/responses: days a stored response is kept (OpenAI keeps them 30). "
+        "None: until evicted or deleted.",
+    )
     extra_params: list[str] = Field(
         default_factory=list,
         description="Extra top-level request fields passed to plugins (GenerationRequest.extra) "

@@ -12,7 +12,6 @@ import openai
 import pytest
 from openai_helpers import Accounts
 
-from adyton import NotFound
 from adyton.testing import ScriptedBackend
 
 STREAM_SEQUENCE = [
@@ -129,41 +128,6 @@ def test_function_call_items_become_turns(server, backend):
     r = httpx.post(server.base_url + "/v1/responses", json=body, headers={"Authorization": "Bearer sk-a"})
     assert r.status_code == 200, r.text
     assert "<tool>sunny" in backend.prompts[-1]
-
-
-def test_store_is_bounded(server, sdk):
-    from adyton_openai.responses import ResponseStore, Stored
-
-    store = ResponseStore(capacity=2)
-    for i in range(3):
-        store.put(f"r{i}", Stored(owner="a", history=[]))
-    assert len(store) == 2
-    with pytest.raises(NotFound):
-        store.get("r0", "a")
-    store.get("r1", "a")  # r1 is now the most recent
-    store.put("r3", Stored(owner="a", history=[]))
-    store.get("r1", "a")
-    with pytest.raises(NotFound):
-        store.get("r2", "a")
-
-
-def test_store_is_bounded_in_characters():
-    from adyton import ChatMessage
-    from adyton_openai.responses import ResponseStore, Stored
-
-    def stored(n):
-        return Stored(owner="a", history=[ChatMessage(role="user", content="x" * n)])
-
-    store = ResponseStore(capacity=100, max_chars=1000)
-    store.put("big", stored(1001))  # never kept
-    assert len(store) == 0 and store.chars == 0
-    for i in range(4):
-        store.put(f"r{i}", stored(300))
-    assert len(store) == 3 and store.chars == 900  # r0 went to make room
-    store.put("r1", stored(100))  # replacing an entry counts once
-    assert store.chars == 700
-    store.delete("r2", "a")
-    assert store.chars == 400 and len(store) == 2
 
 
 @pytest.mark.parametrize("body, status, param, code", [
