@@ -78,6 +78,11 @@ class close_orphans:
             _REQUEST_GENERATIONS.reset(token)
             for generation in started:
                 await asyncio.shield(generation.aclose())
+            # each generation's task holds a copy of the request's context,
+            # which holds this list: emptied, the request's objects are freed
+            # by reference counting instead of waiting, as a cycle, for the
+            # cyclic collector (which then stalls the loop to walk them)
+            started.clear()
 
 
 class Generation:
