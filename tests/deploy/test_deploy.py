@@ -270,6 +270,38 @@ def test_a_key_rotated_on_server_a_is_refused_on_server_b_at_once(stack):
     assert http("GET", stack.b + "/v1/account", headers=new)[0] == 200
 
 
+def test_a_responses_conversation_goes_on_across_both_servers(stack):
+    """Stored /v1/responses are in the shared PostgreSQL: a turn answered by
+    one server is continued by the other (and through nginx by either),
+    fetched on both, and deleted on one is gone on the other."""
+    acct = _new_account(stack, stack.a, "responses")
+    auth = {"Authorization": f"Bearer {acct['api_key']}"}
+
+    def turn(url: str, text: str, previous: str | None = None) -> dict:
+        body = {"model": MODEL, "input": text, "max_output_tokens": 8, "temperature": 0}
+        if previous is not None:
+            body["previous_response_id"] = previous
+        status, _, out = http("POST", url + "/v1/responses", body, auth, timeout=180)
+        assert status == 200, out
+        return out
+
+    first = turn(stack.a, "My name is Ada.")
+    second = turn(stack.b, "What is my name?", first["id"])
+    assert second["previous_response_id"] == first["id"]
+    # the first turn (question and answer) was in the second one's prompt
+    assert second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + first["usage"]["output_tokens"]
+    third = turn(stack.url, "Say it again.", second["id"])
+    assert third["usage"]["input_tokens"] > second["usage"]["input_tokens"] + second["usage"]["output_tokens"]
+    path = f"/v1/responses/{first['id']}"
+    for url in (stack.a, stack.b, stack.url):
+        status, _, got = http("GET", url + path, headers=auth)
+        assert status == 200 and got == first, (url, got)
+    status, _, body = http("DELETE", stack.b + path, headers=auth)
+    assert status == 200 and body["deleted"] is True, body
+    status, _, body = http("GET", stack.a + path, headers=auth)
+    assert status == 404 and body["error"]["param"] == "response_id", body
+
+
 def _burst_with_a_kill(stack, victim: str, n: int = 12) -> tuple[list, list[dict]]:
     """n requests through nginx, one account each; ``victim`` is SIGKILLed
     once two of them have been answered. Returns (results, accounts)."""
