@@ -77,7 +77,8 @@ class close_orphans:
         finally:
             _REQUEST_GENERATIONS.reset(token)
             for generation in started:
-                await asyncio.shield(generation.aclose())
+                if generation.running:  # (shield() costs a task: only when there is something to stop)
+                    await asyncio.shield(generation.aclose())
             # each generation's task holds a copy of the request's context,
             # which holds this list: emptied, the request's objects are freed
             # by reference counting instead of waiting, as a cycle, for the
@@ -139,6 +140,12 @@ class Generation:
             owner.append(self)
 
     # -- running --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Started and not yet ended (settled)."""
+        task = self._task
+        return task is not None and not task.done()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"generation-{self.id}")
@@ -378,13 +385,27 @@ class Generation:
         texts: dict[int, list[str]] = {i: [] for i in range(self.request.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.request.n)}
         finished: dict[int, ChoiceFinished] = {}
-        async for event in self._consume(None):
-            if isinstance(event, TextDelta):
-                texts[event.index].append(event.text)
-                if event.logprobs:
-                    logprobs[event.index].extend(event.logprobs)
-            elif isinstance(event, ChoiceFinished):
-                finished[event.index] = event
+        # the channel read as ``_consume`` reads it, without an async
+        # generator in between (no keep-alives here: nobody would see them)
+        if self._consumed:
+            raise RuntimeError("a Generation can be consumed once")
+        self._consumed = True
+        get = self._events.get
+        try:
+            while True:
+                event = await get()
+                if event is _END:
+                    break
+                if isinstance(event, TextDelta):
+                    texts[event.index].append(event.text)
+                    if event.logprobs:
+                        logprobs[event.index].extend(event.logprobs)
+                elif isinstance(event, ChoiceFinished):
+                    finished[event.index] = event
+                elif isinstance(event, AdytonError):
+                    raise event
+        finally:
+            await self.aclose()
         choices = []
         for i in range(self.request.n):
             done = finished.get(i)
