@@ -39,7 +39,7 @@ class AccountAuthenticator(Authenticator):
     async def authenticate(self, credentials: Credentials) -> Principal | None:
         if credentials.kind not in ("bearer", "api_key", "account_number"):
             return None
-        return self.service.authenticate(credentials.kind, credentials.secret)
+        return await self.service.authenticate(credentials.kind, credentials.secret)
 
     async def authorize(self, credentials: Credentials, access: str) -> Principal | None:
         """Read-only routes (``[access]``): the admin key grants every level,
@@ -47,7 +47,7 @@ class AccountAuthenticator(Authenticator):
         an account's key or number grants "user"."""
         if credentials.kind not in ("bearer", "api_key", "account_number"):
             return None
-        return self.service.authorize(credentials.kind, credentials.secret, access)
+        return await self.service.authorize(credentials.kind, credentials.secret, access)
 
 
 class LimitsPlugin:

@@ -51,29 +51,26 @@ class AccountApi(_JsonSurface):
     def blueprint(self) -> Blueprint:
         return self._bp
 
-    def _caller(self) -> tuple[Account, str]:
+    async def _caller(self) -> tuple[Account, str]:
         """The caller's account and how they signed in ("api_key" or "account_number")."""
         credentials = Credentials.from_headers(request.headers, wire_format=self.name,
                                                client_address=request.remote_addr)
         if credentials.kind == "none":
             raise Unauthorized("sign in with your API key or account number: "
                                "Authorization: Bearer <key>", code="missing_api_key")
-        principal = self.service.authenticate(credentials.kind, credentials.secret)
-        account = self.service.store.get(principal.id)
-        if account is None:  # pragma: no cover - deleted between the two reads
-            raise Unauthorized("unknown account", code="invalid_api_key")
+        account = await self.service.account_for(credentials.kind, credentials.secret)
         secret = credentials.secret.strip()
         return account, "account_number" if secret.isdigit() else "api_key"
 
     async def show(self) -> Response:
-        account, signed_in_with = self._caller()
+        account, signed_in_with = await self._caller()
         body = await self.describe(account)
         body["signed_in_with"] = signed_in_with
         return jsonify(body)
 
     async def rotate(self) -> Response:
         refuse_form_posts()
-        account, _ = self._caller()
+        account, _ = await self._caller()
         key = await self.service.in_writer(self.service.store.rotate_key, account.id)
         response = jsonify({"id": account.id, "api_key": key,
                             "message": "every previous key of this account stopped working; "
@@ -90,7 +87,7 @@ class AccountApi(_JsonSurface):
         tier = account.tier if account.tier in settings.tiers else settings.default_tier
         limits = settings.tiers[tier]
         windows = await self._windows(account, tier, now)
-        history = self._history(account.id, now)
+        history = await self._history(account.id, now)
         today = history[-1]
         return {
             "object": "account",
@@ -107,7 +104,7 @@ class AccountApi(_JsonSurface):
             # what admission sees: the counters, in-flight reservations included
             "windows": windows,
             "history": history,
-            "upgrade": self._upgrade_progress(account, tier, now),
+            "upgrade": await self._upgrade_progress(account, tier, now),
         }
 
     async def _windows(self, account: Account, tier: int, now: float) -> dict[str, Any]:
@@ -132,11 +129,11 @@ class AccountApi(_JsonSurface):
             out[c.name] = entry
         return out
 
-    def _history(self, account_id: str, now: float) -> list[dict[str, Any]]:
+    async def _history(self, account_id: str, now: float) -> list[dict[str, Any]]:
         """The last ``HISTORY_DAYS`` UTC days, oldest first, zeros included."""
         today = datetime.fromtimestamp(now, UTC).date()
         days = [(today - timedelta(days=i)).isoformat() for i in range(HISTORY_DAYS - 1, -1, -1)]
-        rows = self.service.store.daily_totals(account_id, days[0])
+        rows = await self.service.read(self.service.store.daily_totals, account_id, days[0])
         found = {day: (requests, prompt, completion) for day, requests, prompt, completion in rows}
         history = []
         for day in days:
@@ -145,7 +142,7 @@ class AccountApi(_JsonSurface):
                             "completion_tokens": completion, "total_tokens": prompt + completion})
         return history
 
-    def _upgrade_progress(self, account: Account, tier: int, now: float) -> dict[str, Any]:
+    async def _upgrade_progress(self, account: Account, tier: int, now: float) -> dict[str, Any]:
         """How far the account is from the automatic promotion the ledger
         applies (``UpgradeRule``): the same thresholds, counted the same way."""
         rule = self.service.settings.upgrade
@@ -159,7 +156,7 @@ class AccountApi(_JsonSurface):
             return base
         req, tok = rule.thresholds(tiers[tier])
         since = utc_day(account.tier_changed_at)
-        counted = self.service.store.days_reaching(account.id, since, req, tok)
+        counted = await self.service.read(self.service.store.days_reaching, account.id, since, req, tok)
         base.update({"next_tier": higher[0], "days_counted": counted,
                      "requests_per_day_needed": req, "tokens_per_day_needed": tok, "since": since})
         return base

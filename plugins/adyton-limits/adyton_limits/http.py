@@ -26,6 +26,7 @@ from adyton import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import LimitsService
+    from .store import Account
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
@@ -137,8 +138,8 @@ class AdminApi(_JsonSurface):
             raise InvalidRequest(f"no tier {tier} (tiers: {sorted(self.service.settings.tiers)})", param="tier")
         return tier
 
-    def _account(self, ref: str):
-        account = self.service.store.find(ref)
+    async def _account(self, ref: str) -> Account:
+        account = await self.service.read(self.service.store.find, ref)
         if account is None:
             raise NotFound(f"no account {ref!r}", code="account_not_found")
         return account
@@ -158,10 +159,11 @@ class AdminApi(_JsonSurface):
     async def list_accounts(self) -> Response:
         args = request.args
         if not any(k in args for k in ("q", "limit", "offset")):
-            return jsonify({"accounts": [a.as_dict() for a in self.service.store.list_accounts()]})
+            listed = await self.service.read(self.service.store.list_accounts)
+            return jsonify({"accounts": [a.as_dict() for a in listed]})
         limit = self._int_arg("limit", 50, 1, 500)
         offset = self._int_arg("offset", 0, 0, 2**62)
-        total, accounts = self.service.store.page(args.get("q", "").strip(), limit, offset)
+        total, accounts = await self.service.read(self.service.store.page, args.get("q", "").strip(), limit, offset)
         return jsonify({"accounts": [a.as_dict() for a in accounts], "total": total,
                         "limit": limit, "offset": offset})
 
@@ -178,26 +180,26 @@ class AdminApi(_JsonSurface):
         return value
 
     async def show(self, ref: str) -> Response:
-        account = self._account(ref)
-        return jsonify({**account.as_dict(), "usage": self.service.store.usage(account.id)})
+        account = await self._account(ref)
+        return jsonify({**account.as_dict(), "usage": await self.service.read(self.service.store.usage, account.id)})
 
     async def rotate(self, ref: str) -> Response:
-        account = self._account(ref)
+        account = await self._account(ref)
         key = await self.service.in_writer(self.service.store.rotate_key, account.id)
         return jsonify({"id": account.id, "api_key": key})
 
     async def tier(self, ref: str) -> Response:
-        account = self._account(ref)
+        account = await self._account(ref)
         tier = self._tier((await self._body()).get("tier"))
         updated = await self.service.in_writer(self.service.store.set_tier, account.id, tier)
         return jsonify(updated.as_dict())
 
     async def disable(self, ref: str) -> Response:
-        account = self._account(ref)
+        account = await self._account(ref)
         return jsonify((await self.service.in_writer(self.service.store.set_enabled, account.id, False)).as_dict())
 
     async def enable(self, ref: str) -> Response:
-        account = self._account(ref)
+        account = await self._account(ref)
         return jsonify((await self.service.in_writer(self.service.store.set_enabled, account.id, True)).as_dict())
 
     async def tiers(self) -> Response:
@@ -207,12 +209,12 @@ class AdminApi(_JsonSurface):
 
     async def usage(self) -> Response:
         ref = request.args.get("account")
-        account_id = self._account(ref).id if ref else None
+        account_id = (await self._account(ref)).id if ref else None
         try:
             since = parse_since(request.args.get("since"), self.service.clock())
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="since") from None
-        return jsonify({"usage": self.service.store.usage(account_id, since)})
+        return jsonify({"usage": await self.service.read(self.service.store.usage, account_id, since)})
 
 
 class SignupApi(_JsonSurface):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -23,12 +23,25 @@ from adyton import Database, Forbidden, Principal, ServiceUnavailable, Unauthori
 
 from .limiter import AccountLimiter, Counters
 from .settings import LimitsSettings
-from .store import KEY_RE, NUMBER_RE, AccountStore, LedgerRow, accounts, hash_secret, tier_changes, usage_daily, utc_day
+from .store import (
+    KEY_RE,
+    NUMBER_RE,
+    Account,
+    AccountStore,
+    LedgerRow,
+    accounts,
+    hash_secret,
+    tier_changes,
+    usage_daily,
+    utc_day,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from adyton import Kernel
 
 log = logging.getLogger("adyton.limits")
+
+T = TypeVar("T")
 
 
 class LimitsService:
@@ -40,6 +53,12 @@ class LimitsService:
         self.admin_key_path = Path(self.settings.admin_key_file or home / "limits" / "admin.key").expanduser()
         self.db, self._own_db = self._choose_database(home)
         self.store = AccountStore(self.db, clock=self.clock)
+        #: run database reads on the event loop instead of the kernel's
+        #: workers. Off on every database: on SQLite inline saves ~0.1 ms per
+        #: authentication (docs/benchmarks.md), not worth a loop that can
+        #: still wait (busy_timeout, a cold ledger aggregation); the
+        #: benchmark (bench/limits_overhead.py --reads) sets it to compare
+        self.reads_inline = False
         self.limiter = AccountLimiter(self)
         self._counters: Counters | None = None
         self._writer: ThreadPoolExecutor | None = None
@@ -107,7 +126,7 @@ class LimitsService:
         self.spawn(self._renew_slots())
         if not counters.shared:
             today = utc_day(self.clock())
-            await self.limiter.seed_daily(today, self.store.daily_usage(today), self.clock())
+            await self.limiter.seed_daily(today, await self.read(self.store.daily_usage, today), self.clock())
         self.ensure_admin_key()
         self.load_metrics_token()
         log.info("adyton-limits: accounts in %s; counters in %s", self.db.display_url, self.settings.storage_uri)
@@ -173,6 +192,25 @@ class LimitsService:
             raise ServiceUnavailable(f"the accounts database cannot be written ({exc}); try again later",
                                      code="accounts_db_unavailable", retry_after=10.0) from None
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a database read (``self.store``'s lookups) off the event loop,
+        on the kernel's workers (``kernel.offload``): on PostgreSQL a round
+        trip, or a lock the query waits for, must not stall every request on
+        this server, ``/health`` and streams in flight included. A database
+        that cannot be read (server gone, disk error) is a 503, not a 500
+        (the reason goes to the log: a caller not yet authenticated is told
+        nothing about the database)."""
+        try:
+            if self.reads_inline:
+                return fn(*args)
+            return await self.kernel.offload(fn, *args)
+        except Exception as exc:
+            if not Database.unavailable(exc):
+                raise
+            log.error("adyton-limits: reading %s failed: %s", self.db.display_url, exc)
+            raise ServiceUnavailable("the accounts database cannot be read; try again later",
+                                     code="accounts_db_unavailable", retry_after=10.0) from None
+
     async def _in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._writer is None:
             return fn(*args)
@@ -211,7 +249,7 @@ class LimitsService:
             raise RuntimeError(f"limits.metrics_token_file {path} must hold a token of 16 or more characters")
         self._metrics_hash = hash_secret(token)
 
-    def authorize(self, kind: str, secret: str, access: str) -> Principal:
+    async def authorize(self, kind: str, secret: str, access: str) -> Principal:
         """Read-only access: "admin" needs the admin key, "metrics" the admin
         key or the metrics token, "user" any valid account credential (or
         either of those keys)."""
@@ -222,7 +260,7 @@ class LimitsService:
                 and hmac.compare_digest(hash_secret(secret), self._metrics_hash):
             return Principal(id="metrics", display_name="metrics token", attributes={"credential": "metrics_token"})
         if access == "user":
-            return self.authenticate(kind, secret)
+            return await self.authenticate(kind, secret)
         needed = "the admin key" if access == "admin" else "the admin key or the metrics token"
         raise Forbidden(f"this route needs {needed} (Authorization: Bearer ...)", code="insufficient_access")
 
@@ -233,7 +271,19 @@ class LimitsService:
 
     # -- auth --------------------------------------------------------------------
 
-    def authenticate(self, kind: str, secret: str) -> Principal:
+    async def authenticate(self, kind: str, secret: str) -> Principal:
+        account = await self.account_for(kind, secret)
+        return Principal(
+            id=account.id,
+            display_name=account.name or account.id,
+            tier=str(account.tier),
+            attributes={"account_number_last4": account.number_last4, "credential": kind},
+        )
+
+    async def account_for(self, kind: str, secret: str) -> Account:
+        """The enabled account an API key or account number belongs to, read
+        from the database now (off the event loop: ``read``); nothing is
+        cached, so a key rotated on another server is refused at once."""
         secret = secret.strip()
         if not secret:
             raise Unauthorized("missing credentials: send an API key (Authorization: Bearer sk-...) "
@@ -243,24 +293,19 @@ class LimitsService:
             if not NUMBER_RE.match(secret):
                 raise Unauthorized(f"malformed account number: expected 64 digits, got {len(secret)} characters",
                                    code="invalid_account_number")
-            account = store.by_account_number(secret)
+            account = await self.read(store.by_account_number, secret)
             if account is None:
                 raise Unauthorized("unknown account number", code="invalid_account_number")
         else:
             if not KEY_RE.match(secret):
                 raise Unauthorized("malformed API key: expected 'sk-' followed by letters, digits, '-' or '_'",
                                    code="invalid_api_key")
-            account = store.by_api_key(secret)
+            account = await self.read(store.by_api_key, secret)
             if account is None:
                 raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
         if not account.enabled:
             raise Unauthorized(f"account {account.id} is disabled", code="account_disabled")
-        return Principal(
-            id=account.id,
-            display_name=account.name or account.id,
-            tier=str(account.tier),
-            attributes={"account_number_last4": account.number_last4, "credential": kind},
-        )
+        return account
 
     # -- ledger + upgrades -------------------------------------------------------
 

@@ -14,9 +14,12 @@ Nothing about accounts or keys is cached in the process: every
 authentication reads the database, so a key rotated or an account disabled
 on one server is refused by every server sharing the database at once.
 
-Thread model: the plugin runs writes in a single worker thread, off the event
-loop, each in its own transaction (SQLite: ``BEGIN IMMEDIATE``; WAL mode, so
-readers never wait for the writer). Each ledger row is its own committed
+Thread model: every call here blocks, so the plugin never makes one on the
+event loop (on PostgreSQL a round trip, or a lock a query waits for, would
+stall every request of the server): it runs writes in a single worker thread,
+each in its own transaction (SQLite: ``BEGIN IMMEDIATE``; WAL mode, so
+readers never wait for the writer), and reads on the kernel's worker threads
+(``LimitsService.read``). Each ledger row is its own committed
 transaction: a process killed at any moment leaves a database that opens,
 with every row whose request was answered.
 """

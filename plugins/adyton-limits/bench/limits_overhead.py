@@ -2,6 +2,13 @@
 ledger commit), with memory storage and with Redis. Prints p50/p99.
 
     .venv/bin/python plugins/adyton-limits/bench/limits_overhead.py [-n 2000] [--redis redis://127.0.0.1:6379]
+        [--reads offload|inline|both] [--postgres]
+
+``--reads``: the accounts lookups run on the kernel's worker threads
+(``kernel.offload``, what the plugin does) or inline on the event loop (what
+it did before), or both, one after the other. ``--postgres``: the accounts in
+a throwaway PostgreSQL server (``adyton.testing.postgres``) instead of the
+default SQLite file.
 
 Without --redis, a throwaway redis-server is started on a free port (skipped
 if redis-server is not installed). Runs in-process (no HTTP): the figures are
@@ -21,6 +28,7 @@ import time
 from pathlib import Path
 
 from adyton import RequestCost, Usage, create_app
+from adyton.testing.postgres import PostgresServer, start_postgres
 from adyton_limits import LimitsPlugin, service_for
 
 # every limit on, none reached: the cost of checking all five counters
@@ -33,15 +41,19 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def run_one(storage_uri: str, n: int, concurrency: int) -> dict[str, list[float]]:
+async def run_one(storage_uri: str, n: int, concurrency: int, reads_inline: bool = False,
+                  db_url: str | None = None) -> dict[str, list[float]]:
     home = Path(tempfile.mkdtemp(prefix="adyton-bench-"))
-    app = create_app(settings={"home": str(home), "models": {"load_at_start": False},
-                               "limits": {"storage_uri": storage_uri, "key_prefix": f"bench{time.time_ns()}",
-                                          "tiers": {1: HUGE}, "upgrade": {"enabled": False}}},
+    limits = {"storage_uri": storage_uri, "key_prefix": f"bench{time.time_ns()}", "tiers": {1: HUGE},
+              "upgrade": {"enabled": False}}
+    if db_url:
+        limits["db_url"] = db_url
+    app = create_app(settings={"home": str(home), "models": {"load_at_start": False}, "limits": limits},
                      plugins=[LimitsPlugin()], load_entrypoints=False)
     await app.startup()
     try:
         svc = service_for(app.extensions["adyton"])
+        svc.reads_inline = reads_inline
         accounts = [svc.store.create_account(1) for _ in range(concurrency)]
         limiter = svc.limiter
         auth: list[float] = []
@@ -52,7 +64,7 @@ async def run_one(storage_uri: str, n: int, concurrency: int) -> dict[str, list[
         async def client(key: str, count: int) -> None:
             for _ in range(count):
                 t0 = time.perf_counter()
-                principal = svc.authenticate("api_key", key)
+                principal = await svc.authenticate("api_key", key)
                 t1 = time.perf_counter()
                 r = await limiter.reserve(principal, RequestCost("m", 20, 100, "bench"))
                 t2 = time.perf_counter()
@@ -111,8 +123,28 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="requests per storage")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="concurrent clients (accounts)")
     parser.add_argument("--redis", default=None, help="redis://host:port (default: start one)")
+    parser.add_argument("--reads", choices=("offload", "inline", "both"), default="both",
+                        help="accounts lookups on the kernel's workers, on the event loop, or both")
+    parser.add_argument("--postgres", action="store_true", help="accounts in a throwaway PostgreSQL server")
     args = parser.parse_args()
-    report("memory://", asyncio.run(run_one("memory://", args.n, args.concurrency)))
+    modes = {"offload": [False], "inline": [True], "both": [False, True]}[args.reads]
+    pg = start_postgres() if args.postgres else None
+    try:
+        run(args, modes, pg)
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def run(args: argparse.Namespace, modes: list[bool], pg: PostgresServer | None) -> None:
+    def one(uri: str) -> None:
+        for inline in modes:
+            db_url = pg.create_database() if pg is not None else None
+            where = "postgresql" if db_url else "sqlite"
+            name = f"{uri}, accounts on {where}, reads {'inline' if inline else 'offloaded'}"
+            report(name, asyncio.run(run_one(uri, args.n, args.concurrency, inline, db_url)))
+
+    one("memory://")
     started = None
     uri = args.redis
     if uri is None:
@@ -122,7 +154,7 @@ def main() -> None:
         print("\nredis: skipped (redis-server is not installed; make redis)")
         return
     try:
-        report(uri, asyncio.run(run_one(uri, args.n, args.concurrency)))
+        one(uri)
     finally:
         if started:
             started[0].terminate()
