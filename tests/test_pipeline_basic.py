@@ -32,3 +32,26 @@ def test_credentials_from_headers():
     assert found() == ("none", "")
     c = Credentials.from_headers({"x-api-key": "k"}, wire_format="w", client_address="10.0.0.1")
     assert c.wire_format == "w" and c.client_address == "10.0.0.1"
+
+
+def test_credentials_from_werkzeug_headers():
+    """Quart's request.headers are read in one pass: case-insensitive, the
+    first of a repeated header wins (as Headers.get answers)."""
+    from werkzeug.datastructures import Headers
+
+    from adyton import Credentials
+
+    def found(*pairs):
+        headers = Headers(list(pairs))
+        c = Credentials.from_headers(headers, wire_format="w")
+        plain = Credentials.from_headers({"x-api-key": headers.get("x-api-key"),
+                                          "Authorization": headers.get("Authorization")}, wire_format="w")
+        assert (c.kind, c.secret) == (plain.kind, plain.secret)
+        return c.kind, c.secret
+
+    assert found(("AUTHORIZATION", "Bearer sk-1")) == ("bearer", "sk-1")
+    assert found(("X-Api-Key", "a"), ("x-api-key", "b"), ("Authorization", "Bearer dummy")) == ("api_key", "a")
+    assert found(("authorization", "Bearer t1"), ("Authorization", "Bearer t2")) == ("bearer", "t1")
+    assert found(("x-api-key", "  "), ("Authorization", "Bearer t")) == ("bearer", "t")
+    assert found(("Content-Type", "application/json")) == ("none", "")
+    assert found() == ("none", "")

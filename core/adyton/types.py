@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, InstanceOf, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from werkzeug.datastructures import Headers
 
 
 class FinishReason(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() is its value: str(member) output would change
@@ -231,14 +232,34 @@ class Credentials(BaseModel):
         format that calls that malformed checks for it when this gives
         "none"). x-api-key wins because SDKs always send a Bearer header,
         often with a dummy key, while x-api-key is only ever sent on purpose."""
-        key = (headers.get("x-api-key") or "").strip()
+        api_key, authorization = _credential_headers(headers)
+        key = (api_key or "").strip()
         if key:
             return cls(kind="api_key", secret=key, wire_format=wire_format, client_address=client_address)
-        scheme, _, token = (headers.get("Authorization") or "").strip().partition(" ")
+        scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return cls(kind="bearer", secret=token.strip(), wire_format=wire_format,
                        client_address=client_address)
         return cls(kind="none", wire_format=wire_format, client_address=client_address)
+
+
+def _credential_headers(headers: HeaderLookup) -> tuple[str | None, str | None]:
+    """``x-api-key`` and ``Authorization`` (the first of each). Werkzeug's
+    ``Headers`` (Quart's ``request.headers``) are read in one pass: its
+    ``get`` scans every header and raises and catches an exception for a
+    missing one, which is most requests' x-api-key and, without auth, their
+    Authorization too."""
+    if isinstance(headers, Headers):
+        api_key = authorization = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "x-api-key":
+                if api_key is None:
+                    api_key = value
+            elif lower == "authorization" and authorization is None:
+                authorization = value
+        return api_key, authorization
+    return headers.get("x-api-key"), headers.get("Authorization")
 
 
 class Principal(BaseModel):

@@ -64,7 +64,8 @@ def credentials_from_request(wire_name: str) -> Credentials:
     """``Credentials.from_headers``; an Authorization header that is not
     ``Bearer …`` is a 401 when an authenticator is installed."""
     found = Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
-    if found.kind == "none" and request.headers.get("Authorization", "").strip() and current_kernel().authenticators:
+    # (the authenticators first: looking up a missing header costs more)
+    if found.kind == "none" and current_kernel().authenticators and request.headers.get("Authorization", "").strip():
         raise Unauthorized(
             "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
             code="invalid_authorization_header",
