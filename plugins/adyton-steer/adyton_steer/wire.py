@@ -307,7 +307,9 @@ class SteerWire(WireFormat):
 
     async def behaviors(self) -> Response:
         kernel, _ = await self._user()
-        return jsonify({"object": "list", "data": [b.public() for b in stores(kernel).behaviors.list_behaviors()]})
+        # (off the loop: the first use reads behaviors.json, and a put() holds the lock while it writes it)
+        listed = await kernel.offload(stores(kernel).behaviors.list_behaviors)
+        return jsonify({"object": "list", "data": [b.public() for b in listed]})
 
     async def add_behavior(self) -> Response:
         kernel, _ = await self._admin()
@@ -340,7 +342,7 @@ class SteerWire(WireFormat):
         if model_name is not None and not isinstance(model_name, str):
             raise InvalidRequest("'model' must be a string", param="model")
         _, model = kernel.resolve_model(model_name)
-        behaviors = stores(kernel).behaviors.get_many(names, model.id)
+        behaviors = await kernel.offload(stores(kernel).behaviors.get_many, names, model.id)
         gen_request = _sae_request(body, model.id)
         observed: collections.deque[tuple[int, int, dict[str, float]]] = collections.deque()
 

@@ -72,6 +72,55 @@ def test_behaviors_are_admin_only_and_listed(srv, sae):
     assert {b["name"]: (b["kind"], b["layer"]) for b in listed} == {"Honesty": ("sae", 12), "Probe": ("probe", 20)}
 
 
+class _WatchedLock:
+    """A lock that counts the callers that started to wait for it."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.callers = 0
+
+    def __enter__(self) -> _WatchedLock:
+        self.callers += 1
+        self.inner.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.inner.release()
+
+
+def test_behavior_reads_wait_off_the_event_loop(srv, sae, monkeypatch):
+    """While the behaviors file is being written (its lock held, as a put()
+    does), a listing and a /sae/generate wait for it on a worker thread, not
+    on the event loop: /health answers meanwhile."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adyton_steer import stores
+
+    lock = _WatchedLock()
+    monkeypatch.setattr(stores(srv.kernel).behaviors, "_lock", lock)
+    with ThreadPoolExecutor(2) as pool:
+        with lock.inner:  # the file "being written"
+            listing = pool.submit(httpx.get, srv.base_url + "/sae/behaviors", headers=A, timeout=60)
+            generating = pool.submit(post, srv, "/sae/generate", {"model": MODEL, "prompt": PROMPT,
+                                     "max_new_tokens": 1, "behavior_names": ["Nope"]})
+
+            def wait_for(callers: int) -> None:
+                deadline = time.monotonic() + 10
+                while lock.callers < callers and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert lock.callers >= callers, f"{callers - lock.callers} request(s) did not reach the store"
+
+            wait_for(1)
+            assert httpx.get(srv.base_url + "/health", timeout=2.0).status_code == 200
+            wait_for(2)  # and one waiting does not keep the other from waiting beside it
+            assert not listing.done() and not generating.done()
+        assert listing.result(timeout=30).status_code == 200
+        assert {b["name"] for b in listing.result().json()["data"]} == {"Honesty", "Probe"}
+        r = generating.result(timeout=30)
+        assert r.status_code == 400 and "'Nope'" in r.json()["error"]["message"]
+
+
 def test_unknown_behaviors_are_a_400_listing_the_known_ones(srv, sae):
     r = post(srv, "/sae/generate", {"model": MODEL, "prompt": PROMPT, "max_new_tokens": 4,
                                     "behavior_names": ["Honesty", "Sycophancy"]})
