@@ -374,6 +374,8 @@ class EngineQueue:
                 self._record_service(job.service_s)
             # only now: a client that has its answer must find the engine free
             job._mailbox.post(resolve, job._done, value)
+            # nor keep it (its generation, prompt and request) while waiting for the next
+            del job, resolve, value
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the engine threads once the queue is empty."""
