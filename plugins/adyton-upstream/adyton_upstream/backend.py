@@ -100,12 +100,18 @@ class _Hangups:
                 hung_up = [k for k, (cancelled, _) in self._watched.items() if cancelled.is_set()]
                 responses = [self._watched.pop(k)[1] for k in hung_up]
             for response in responses:
-                stream = response.extensions.get("network_stream")
-                sock = stream.get_extra_info("socket") if stream is not None else None
-                if sock is not None:
-                    with contextlib.suppress(OSError):  # already closed
-                        sock.shutdown(socket.SHUT_RDWR)
+                _shut(response)
             time.sleep(self.interval_s)
+
+
+def _shut(response: httpx.Response) -> None:
+    """Shut the connection under ``response``: a blocked read ends at once,
+    and the pool drops the connection instead of reusing it."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class UpstreamBackend(Backend):
@@ -212,7 +218,7 @@ class UpstreamBackend(Backend):
             tried.add(id(replica))
             try:
                 pieces = self._stream(replica, path, payload, request, model_id,
-                                      None if capped_upstream else max_tokens, cancelled)
+                                      None if capped_upstream else max_tokens, cancelled, prompt.n_tokens)
                 if constraint is None:
                     yield from pieces
                     return
@@ -264,14 +270,23 @@ class UpstreamBackend(Backend):
                           reports={"guided": report})
 
     def _stream(self, replica: Replica, path: str, payload: dict[str, Any], request: GenerationRequest,
-                model_id: str, cap: int | None, cancelled: threading.Event) -> Iterator[TokenPiece]:
+                model_id: str, cap: int | None, cancelled: threading.Event,
+                prompt_estimate: int) -> Iterator[TokenPiece]:
         """Pieces from one replica (at most ``cap`` when the engine was not
         told a max_tokens). Raises ``_ReplicaFailed`` for a failure
         before the first piece, ``BadGateway``/``GatewayTimeout`` after it,
-        and passes on the engine's own refusals (400, 429)."""
+        and passes on the engine's own refusals (400, 429).
+
+        The last piece carries the usage: the engine's own when it sent one
+        (``stream_options.include_usage``), else what was seen here — the
+        pieces delivered as completion tokens (an engine streams one token
+        per chunk: llama-cpp-python's server, which sends no usage in a
+        stream, joins only the tokens of one multi-byte character) and
+        ``prompt_estimate`` (the reservation's count) for the prompt."""
         chat = request.messages is not None
         want_logprobs = request.logprobs is not None
         delivered = 0
+        events = 0
         finish: FinishReason | None = None
         usage: Usage | None = None
         done = False
@@ -298,6 +313,8 @@ class UpstreamBackend(Backend):
                         raise _garbage(model_id, replica, str(exc)) from None
                     if chunk is None:
                         continue
+                    replica.last_data = time.monotonic()  # (alive, for a health check it keeps waiting)
+                    events += 1
                     if chunk is _DONE:  # (read on to the end: the connection goes back to the pool)
                         done = True
                         continue
@@ -321,7 +338,8 @@ class UpstreamBackend(Backend):
                             yield TokenPiece(_piece_id(text or ""), text or "", logprobs=logprobs)
                             if cap is not None and delivered >= cap and finish is None:
                                 # the server-side cap: stop the engine here
-                                yield TokenPiece(-1, "", FinishReason.LENGTH)
+                                yield TokenPiece(-1, "", FinishReason.LENGTH,
+                                                 usage=self._seen(replica, usage, prompt_estimate, delivered))
                                 return
                         reason = choice.get("finish_reason")
                         if reason:
@@ -329,8 +347,23 @@ class UpstreamBackend(Backend):
                             if finish is None:
                                 raise BadGateway(f"the upstream of model '{model_id}' ({replica.url}) "
                                                  f"ended the choice with finish_reason {reason!r}")
-                if not done and finish is None:
-                    raise BadGateway(f"the upstream of model '{model_id}' ({replica.url}) cut its stream "
+                if cancelled.is_set():
+                    return  # (we hung up: the read ended at the shut connection)
+                if not events:
+                    # a stream ended cleanly with no event at all: llama-cpp-python's server
+                    # does that for a request it refuses once its stream has begun (a prompt
+                    # past its context), and then closes the connection: not one to reuse.
+                    # Asked again without streaming, it says why.
+                    _shut(response)
+                    piece = self._unstreamed(replica, path, payload, chat, want_logprobs, model_id, cancelled)
+                    self.pool.succeeded(replica)
+                    yield piece
+                    return
+                if finish is None:
+                    # ([DONE] without a finish_reason: the engine gave up on the choice, e.g.
+                    # llama-cpp-python's server interrupting a stream for the next request)
+                    how = "ended its stream with [DONE] but no finish_reason" if done else "cut its stream"
+                    raise BadGateway(f"the upstream of model '{model_id}' ({replica.url}) {how} "
                                      f"after {delivered} pieces")
         except httpx.TimeoutException as exc:
             if cancelled.is_set():
@@ -364,7 +397,35 @@ class UpstreamBackend(Backend):
             raise _ReplicaFailed(BadGateway(f"the upstream of model '{model_id}' ({replica.url}) "
                                             f"answered with no choice"))
         self.pool.succeeded(replica)
-        yield TokenPiece(-1, "", finish or FinishReason.STOP, usage=usage)
+        yield TokenPiece(-1, "", finish or FinishReason.STOP,
+                         usage=self._seen(replica, usage, prompt_estimate, delivered))
+
+    def _unstreamed(self, replica: Replica, path: str, payload: dict[str, Any], chat: bool, want_logprobs: bool,
+                    model_id: str, cancelled: threading.Event) -> TokenPiece:
+        """The request once more, not streamed: the engine's refusal (400
+        passed on, 5xx the replica's failure) or its whole answer as one piece."""
+        body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+        with self.client().stream("POST", replica.url + path, json=body, headers=replica.headers()) as response:
+            if response.status_code != 200:
+                raise self._refusal(response, replica, model_id)
+            watch = self._hangups.watch(cancelled, response)
+            try:
+                return _whole(response, chat, want_logprobs, model_id, replica)
+            finally:
+                self._hangups.forget(watch)
+
+    def _seen(self, replica: Replica, usage: Usage | None, prompt_estimate: int, delivered: int) -> Usage:
+        """The engine's usage, or the count seen here when it sent none (the
+        kernel would count the empty final piece of a choice cut at its
+        length as a token)."""
+        if usage is not None:
+            return usage
+        if not replica.warned_no_usage:
+            replica.warned_no_usage = True
+            log.info("replica %s of model %s streams no usage (stream_options.include_usage): its "
+                     "completion tokens are counted as the chunks it sends, its prompt at adyton's "
+                     "estimate", replica.url, replica.model)
+        return Usage(prompt_tokens=prompt_estimate, completion_tokens=delivered)
 
     def _refusal(self, response: httpx.Response, replica: Replica, model_id: str) -> Exception:
         """A non-200 answer: the caller's fault (400, 413, 422) and the
@@ -393,7 +454,13 @@ class UpstreamBackend(Backend):
 
     def check_health(self) -> None:
         """One round: GET ``health_path`` on every replica; a failing one is
-        taken out, a healthy one put back (also before its back-off ends)."""
+        taken out, a healthy one put back (also before its back-off ends).
+
+        A check that times out while the replica is streaming to us (data
+        within ``read_timeout_s``) is no verdict: an engine that runs one
+        request at a time answers its routes in turn (llama-cpp-python's
+        server: ``/v1/models`` waits for the generation running and those
+        queued), and the streams' own read timeout catches one that hangs."""
         for replicas in self.pool.replicas.values():
             for replica in replicas:
                 if self._stop.is_set():
@@ -402,6 +469,12 @@ class UpstreamBackend(Backend):
                     r = self.client().get(replica.url + self.settings.health_path, headers=replica.headers(),
                                           timeout=self.settings.connect_timeout_s)
                     ok, why = r.status_code == 200, f"health check: HTTP {r.status_code}"
+                except httpx.TimeoutException as exc:
+                    if replica.outstanding and time.monotonic() - replica.last_data < self.settings.read_timeout_s:
+                        log.debug("replica %s of model %s is busy streaming: health check skipped",
+                                  replica.url, replica.model)
+                        continue
+                    ok, why = False, f"health check: {type(exc).__name__}: {exc}"
                 except httpx.HTTPError as exc:
                     ok, why = False, f"health check: {type(exc).__name__}: {exc}"
                 if ok:

@@ -135,6 +135,10 @@ def body(request: GenerationRequest, spec: UpstreamModel, model_id: str, seed: i
     for constraint in request.constraints:
         if constraint.kind == "json_object":
             out["response_format"] = {"type": "json_object"}
+        elif constraint.kind == "json_schema" and spec.dialect == "llamacpp":
+            # llama.cpp's form, the one both of its servers take: llama-cpp-python's
+            # refuses OpenAI's {"type": "json_schema"} (with a 500)
+            out["response_format"] = {"type": "json_object", "schema": constraint.value}
         elif constraint.kind == "json_schema":
             out["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": constraint.options.get("name") or "output",

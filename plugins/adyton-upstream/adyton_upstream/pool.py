@@ -24,6 +24,10 @@ class Replica:
     down_until: float = 0.0
     last_error: str = ""
     served: int = 0
+    #: monotonic time of the last stream data it sent (0: none yet)
+    last_data: float = 0.0
+    #: its streams came without usage (logged once)
+    warned_no_usage: bool = False
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

@@ -36,7 +36,8 @@ class UpstreamModel(BaseModel):
     upstream_model: str | None = Field(None, description="The model name sent upstream (default: the id).")
     dialect: Literal["openai", "vllm", "llamacpp"] = Field(
         "openai", description="Which extensions the engines take: 'vllm' (top_k, min_p, repetition_penalty, "
-        "min_tokens, guided_regex, guided_choice), 'llamacpp' (top_k, min_p, repeat_penalty), "
+        "min_tokens, guided_regex, guided_choice), 'llamacpp' (top_k, min_p, repeat_penalty; JSON schemas in "
+        "llama.cpp's form: llama-server and llama-cpp-python's server), "
         "'openai' (the OpenAI parameters only).")
     logprobs: bool = Field(True, description="The engines return logprobs (logprobs / top_logprobs).")
     logit_bias: bool = Field(True, description="The engines honour logit_bias. Token ids a client sends "

@@ -91,6 +91,26 @@ def test_a_stream_cut_after_its_first_token_ends_in_band_and_charges_what_was_de
         admin.close()
 
 
+def test_done_without_a_finish_reason_is_a_cut_stream_not_a_short_answer(front):
+    """llama-cpp-python's server (interrupt_requests, its default) ends a
+    stream with ``[DONE]`` and no finish_reason when the next request
+    arrives: the choice was given up, and the client must not get a 200
+    answer that silently stops mid-way."""
+    with FaultServer("interrupted") as fault:
+        proxy = front(_models(fault.url), health_interval_s=60, backoff_s=0.2)
+        r = _post(proxy, chat())
+        assert r.status_code == 502, r.text
+        error = r.json()["error"]
+        assert error["code"] == "upstream_error" and "no finish_reason" in error["message"], error
+        time.sleep(0.3)  # (the replica failed: wait out its back-off)
+        with httpx.stream("POST", proxy.base_url + "/v1/chat/completions", json=chat(stream=True),
+                          timeout=30) as s:
+            assert s.status_code == 200
+            events = sse_events(s)
+        assert events[-1]["error"]["code"] == "upstream_error"
+        assert not any(c.get("finish_reason") for e in events for c in e.get("choices", []))
+
+
 def test_json_schema_maps_to_response_format_and_is_verified(front):
     with FaultServer(pieces=['{"a"', ": 1}"]) as good, FaultServer(pieces=['{"a"', ': "x"}']) as bad:
         proxy = front({"ok": {"replicas": [good.url]}, "bad": {"replicas": [bad.url]}})

@@ -55,6 +55,8 @@ class FaultServer:
     * ``"json_answer"``: ``pieces`` as one non-streaming completion object;
     * ``"garbage"``: 200 with an HTML page;
     * ``"cut"``: two deltas, then the connection is closed;
+    * ``"interrupted"``: two deltas, then ``[DONE]`` with no finish_reason
+      (llama-cpp-python's server ending a stream for the next request);
     * ``"silent"``: accepts, then sends nothing for ``silence_s`` (counting
       in ``hangups`` a client that closes the connection meanwhile);
     * ``"stalled"``: sends the response headers of a stream, then is silent;
@@ -150,6 +152,12 @@ class FaultServer:
                 self._event(self._delta("Hel"))
                 self._event(self._delta("lo"))
                 self.wfile.flush()
+
+            def _interrupted(self) -> None:
+                self._start_stream()
+                self._event(self._delta("Hel"))
+                self._event(self._delta("lo"))
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def _stalled(self) -> None:
                 self._start_stream()  # headers at once (as vLLM and llama-server send them) ...
