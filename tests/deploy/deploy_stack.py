@@ -3,9 +3,14 @@ from the files in deploy/: PostgreSQL (Debian's, a throw-away cluster:
 adyton.testing.postgres), Redis (``redis-server``), adyton servers started
 from ``deploy/systemd/adyton@.service`` (each with its environment file,
 all reading one settings file rendered from ``deploy/adyton.toml``), nginx
-(Debian's) running ``deploy/nginx/adyton.conf`` in front, and engines for
-adyton-upstream (adyton serving the default model with adyton-llama, as a
-stand-in for vLLM / llama-server).
+(Debian's) running ``deploy/nginx/adyton.conf`` in front, and the engines
+adyton-upstream forwards to: llama-cpp-python's own OpenAI server
+(``python -m llama_cpp.server``, a real third-party engine serving the
+default GGUF, started with the flags docs/deploy.md gives), or, where
+llama-cpp-python's ``[server]`` extra is not installed, adyton serving the
+default model with adyton-llama (issue #16's "else a second adyton"; under
+``make test``, ADYTON_REQUIRE_MODEL, a missing llama_cpp.server is an
+error instead).
 
 The deploy files are used as they are; only the addresses are this
 machine's: the settings file's database URL, Redis URI, admin key file and
@@ -21,6 +26,7 @@ is left. Used by tests/deploy/test_deploy.py and tests/bench/two_servers.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -45,6 +51,10 @@ UNIT = DEPLOY / "systemd" / "adyton@.service"
 VENV = Path(sys.prefix)
 #: what systemd gives a service: a minimal environment, not the caller's
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+#: the engines' name for the default model (deploy/adyton.toml's upstream_model)
+ENGINE_MODEL = "smollm2-135m-instruct"
 
 
 class StackError(RuntimeError):
@@ -112,6 +122,15 @@ class Proc:
                 self.popen.kill()
                 self.popen.wait(10)
         self._log_file.close()
+
+
+@functools.cache
+def llama_cpp_server_missing() -> str:
+    """Why llama-cpp-python's server cannot run in this venv ("" if it can):
+    its app imported in a child process (it loads llama.cpp and fastapi)."""
+    result = subprocess.run([str(VENV / "bin" / "python"), "-c", "import llama_cpp.server.app"],
+                            capture_output=True, text=True, timeout=120)
+    return "" if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1]
 
 
 def wait_until(check, timeout: float, what: str, proc: Proc | None = None, interval: float = 0.1) -> Any:
@@ -237,6 +256,47 @@ class Stack:
     # -- engines (what adyton-upstream forwards to) ------------------------------
 
     def start_engine(self, name: str, models_dir: Path) -> str:
+        """An OpenAI-compatible engine serving the default model (the one
+        GGUF file in ``models_dir``) on a free port: its base URL.
+
+        llama-cpp-python's own server (``python -m llama_cpp.server``, the
+        ``[server]`` extra adyton-llamacpp's tests install) when it can be
+        imported; else adyton serving the model with adyton-llama (issue #16:
+        "else a second adyton"), but not under ``make test``
+        (ADYTON_REQUIRE_MODEL): there a missing llama_cpp.server is a
+        StackError, never a silent stand-in."""
+        missing = llama_cpp_server_missing()
+        if missing:
+            if os.environ.get("ADYTON_REQUIRE_MODEL"):
+                raise StackError(f"llama-cpp-python's server cannot be imported ({missing}): "
+                                 "make install-test installs it (adyton-llamacpp's [test] extra)")
+            return self.start_adyton_engine(name, models_dir)
+        return self.start_llama_cpp_engine(name, models_dir)
+
+    def start_llama_cpp_engine(self, name: str, models_dir: Path) -> str:
+        """``python -m llama_cpp.server`` on the GGUF file in ``models_dir``,
+        as docs/deploy.md starts it. The chat template is the GGUF's own
+        (``tokenizer.chat_template``: no ``--chat_format``, llama-cpp-python
+        uses the file's template when it names none); one request at a time,
+        and ``--interrupt_requests false``: by default a request arriving
+        while another streams (a health check's ``GET /v1/models`` too) ends
+        that stream early with ``[DONE]``. Ready once ``GET /v1/models``
+        answers (the model is loaded before the server listens)."""
+        ggufs = sorted(Path(models_dir).glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise StackError(f"engine {name}: expected one .gguf file in {models_dir}, found {len(ggufs)}")
+        port = free_port()
+        argv = [str(VENV / "bin" / "python"), "-m", "llama_cpp.server", "--model", str(ggufs[0]),
+                "--model_alias", ENGINE_MODEL, "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", "8192", "--n_threads", "1", "--n_threads_batch", "1",
+                "--interrupt_requests", "false"]
+        proc = self._start(name, argv, {**BASE_ENV, "HOME": str(self.root)})
+        self.servers[name] = proc
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http("GET", url + "/v1/models", timeout=2)[0] == 200, 120, f"engine {name}", proc)
+        return url
+
+    def start_adyton_engine(self, name: str, models_dir: Path) -> str:
         """adyton serving the default model (openai, llama, guided): an
         OpenAI-compatible engine on a free port. Its base URL."""
         port = free_port()

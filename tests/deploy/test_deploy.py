@@ -1,7 +1,7 @@
 """The deployment of docs/deploy.md ("Several machines"), tested, not
 described: on loopback, from the files in deploy/ (tests/deploy/deploy_stack.py
-starts them), PostgreSQL, Redis, two engines (adyton serving the default
-model: the stand-in for vLLM / llama-server replicas), two adyton servers
+starts them), PostgreSQL, Redis, two engine replicas (llama-cpp-python's
+own OpenAI server on the default model), two adyton servers
 started from deploy/systemd/adyton@.service, and nginx with
 deploy/nginx/adyton.conf in front. Through nginx:
 
@@ -30,7 +30,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_stack import REPO, Stack, StackError, http  # tests/deploy, on sys.path under pytest
+from deploy_stack import (  # tests/deploy, on sys.path under pytest
+    ENGINE_MODEL,
+    REPO,
+    Stack,
+    StackError,
+    http,
+    llama_cpp_server_missing,
+)
 
 from adyton.testing import link_model
 
@@ -151,6 +158,20 @@ def test_the_servers_run_the_units_command(stack):
             env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
         assert env[b"ADYTON_CONFIG"] == str(stack.etc / "adyton.toml").encode()
         assert env[b"ADYTON_SERVER__PORT"] == str(stack.server_ports[instance]).encode()
+
+
+def test_the_engines_are_llama_cpp_pythons_own_server(stack):
+    """Issue #16: a real upstream engine, not a second adyton (the stand-in
+    only where llama-cpp-python's server is not installed, never under make
+    test: there the stack fixture has already failed)."""
+    if llama_cpp_server_missing():
+        pytest.skip(f"llama-cpp-python's server is not installed ({llama_cpp_server_missing()})")
+    for name, url in zip(("engine1", "engine2"), stack.engines, strict=True):
+        with open(f"/proc/{stack.servers[name].pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert argv[1:3] == [b"-m", b"llama_cpp.server"] and b"--interrupt_requests" in argv, argv
+        status, _, listed = http("GET", url + "/v1/models")
+        assert status == 200 and [m["id"] for m in listed["data"]] == [ENGINE_MODEL], listed
 
 
 def test_health_and_streaming_pass_through_nginx(stack):
