@@ -182,14 +182,15 @@ class LimitsService:
     async def in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a database write in the one writer thread. A database that
         cannot be written (disk full, I/O error, locked too long) is a 503
-        naming the reason, not a 500."""
+        (the reason goes to the log, not to the caller: a database error
+        names hosts, ports and paths), not a 500."""
         try:
             return await self._in_writer(fn, *args)
         except Exception as exc:
             if not Database.unavailable(exc):
                 raise
             log.error("adyton-limits: writing %s failed: %s", self.db.display_url, exc)
-            raise ServiceUnavailable(f"the accounts database cannot be written ({exc}); try again later",
+            raise ServiceUnavailable("the accounts database cannot be written; try again later",
                                      code="accounts_db_unavailable", retry_after=10.0) from None
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
