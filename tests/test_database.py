@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -84,6 +85,32 @@ def test_a_failed_transaction_writes_nothing(db, tmp_path):
         raise RuntimeError("boom")
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM a_things")).scalar() == 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_statement_waits_for_a_lock_at_most_lock_timeout_s(kind, tmp_path, request):
+    """[database] lock_timeout_s: a lock another connection holds makes a
+    statement fail as ``unavailable`` (a 503 to callers) once the timeout
+    has passed, instead of holding a worker thread for as long as the lock."""
+    url = (f"sqlite:///{tmp_path}/db.sqlite3" if kind == "sqlite"
+           else request.getfixturevalue("pg").create_database())
+    holder, db = Database(url), Database(url, lock_timeout_s=0.5)
+    try:
+        holder.upgrade(versions(tmp_path, "a", REV1), "alembic_version_a")
+        with holder.transaction() as conn:  # SQLite: BEGIN IMMEDIATE holds the write lock
+            if kind == "postgresql":
+                conn.execute(sa.text("LOCK TABLE a_things IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(sa.exc.DBAPIError) as refused, db.transaction() as waiting:
+                waiting.execute(sa.text("INSERT INTO a_things (name) VALUES ('late')"))
+            waited = time.monotonic() - started
+        assert Database.unavailable(refused.value)
+        assert 0.4 < waited < 5, waited
+        with db.transaction() as conn:  # the lock gone, the same write goes through
+            conn.execute(sa.text("INSERT INTO a_things (name) VALUES ('late')"))
+    finally:
+        db.dispose()
+        holder.dispose()
 
 
 def test_concurrent_writers_from_threads_all_commit(db, tmp_path):

@@ -17,6 +17,12 @@ off the event loop (``kernel.offload`` or a plugin's own worker thread).
 A write the database refuses (disk full, server gone) raises
 ``sqlalchemy.exc.OperationalError`` / ``DBAPIError``; ``Database.unavailable``
 tells those from programming errors.
+
+A statement never waits for a lock longer than ``lock_timeout_s`` (``[database]
+lock_timeout_s``, 10 s): SQLite's busy timeout, PostgreSQL's ``lock_timeout``.
+Past it the statement fails as ``unavailable`` (a 503 to the caller), so a lock
+someone holds on a shared database cannot hold the kernel's worker threads,
+and with them every offloaded read, for ever.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def sqlite_url(path: str | Path) -> str:
 class Database:
     """A SQLAlchemy engine for one URL, created lazily; see the module doc."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 5,
+                 lock_timeout_s: float = 10.0) -> None:
         try:
             self._url = sa.engine.make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -66,6 +73,7 @@ class Database:
             self._url = self._url.set(drivername="postgresql+psycopg")
         self.sqlite_synchronous = sqlite_synchronous
         self.pool_size = pool_size
+        self.lock_timeout_s = lock_timeout_s
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -116,8 +124,8 @@ class Database:
         if self.is_sqlite:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            engine = sa.create_engine(self.url, connect_args={"timeout": 10.0, "check_same_thread": False},
-                                      pool_size=self.pool_size, max_overflow=10)
+            engine = sa.create_engine(self.url, pool_size=self.pool_size, max_overflow=10,
+                                      connect_args={"timeout": self.lock_timeout_s, "check_same_thread": False})
             synchronous = self.sqlite_synchronous
 
             @event.listens_for(engine, "connect")
@@ -125,7 +133,7 @@ class Database:
                 # SQLAlchemy emits BEGIN itself (below): the driver must not
                 dbapi_conn.isolation_level = None
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA busy_timeout = 10000")
+                cur.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout_s * 1000)}")
                 cur.execute(f"PRAGMA synchronous = {synchronous}")
                 cur.execute("PRAGMA foreign_keys = ON")
                 mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -140,7 +148,8 @@ class Database:
 
             return engine
         return sa.create_engine(self.url, pool_size=self.pool_size, max_overflow=20, pool_pre_ping=True,
-                                connect_args={"connect_timeout": 10})
+                                connect_args={"connect_timeout": 10,
+                                              "options": f"-c lock_timeout={int(self.lock_timeout_s * 1000)}"})
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -120,7 +120,8 @@ class KernelAPI:
         if self._database is None:
             cfg = self.settings.database
             self._database = Database(cfg.url or f"sqlite:///{self.home / 'adyton.sqlite3'}",
-                                      sqlite_synchronous=cfg.sqlite_synchronous, pool_size=cfg.pool_size)
+                                      sqlite_synchronous=cfg.sqlite_synchronous, pool_size=cfg.pool_size,
+                                      lock_timeout_s=cfg.lock_timeout_s)
         return self._database
 
     # -- state and services --------------------------------------------------------

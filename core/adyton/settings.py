@@ -105,6 +105,9 @@ class DatabaseSettings(_Section):
                                     description="SQLite synchronous mode (WAL; NORMAL survives process kills).")
     pool_size: int = Field(5, ge=1, le=100, description="Connections kept open per server (more are opened "
                                                          "for a burst, then closed).")
+    lock_timeout_s: float = Field(10.0, gt=0, le=3600,
+                                  description="Longest a statement waits for a lock (SQLite's busy timeout, "
+                                              "PostgreSQL's lock_timeout); then the request gets a 503.")
 
 
 class Settings(BaseSettings):
