@@ -3,6 +3,7 @@ per-plugin Alembic migrations with their own version tables."""
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 import threading
 import time
@@ -111,6 +112,28 @@ def test_a_statement_waits_for_a_lock_at_most_lock_timeout_s(kind, tmp_path, req
     finally:
         db.dispose()
         holder.dispose()
+
+
+def test_a_migration_waits_for_another_servers_migration_past_lock_timeout_s(tmp_path, pg):
+    """Servers starting at once take turns on one PostgreSQL database; the
+    one that waits is not cut off by lock_timeout_s (that is for requests)."""
+    url = pg.create_database()
+    first, second = Database(url), Database(url, lock_timeout_s=0.2)
+    revs = versions(tmp_path, "a", REV1)
+    try:
+        with first.transaction() as conn:  # "another server" mid-migration: it holds the version table's turn
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": int.from_bytes(hashlib.sha256(b"alembic_version_a").digest()[:8], "big", signed=True)})
+            waiting = threading.Thread(target=second.upgrade, args=(revs, "alembic_version_a"))
+            waiting.start()
+            time.sleep(0.6)  # three lock timeouts
+            assert waiting.is_alive()
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert second.upgrade(revs, "alembic_version_a") == "a1"
+    finally:
+        first.dispose()
+        second.dispose()
 
 
 def test_concurrent_writers_from_threads_all_commit(db, tmp_path):

@@ -197,6 +197,9 @@ class Database:
         with self.transaction() as conn:
             if not self.is_sqlite:
                 lock_id = int.from_bytes(hashlib.sha256(version_table.encode()).digest()[:8], "big", signed=True)
+                # another server migrating, or a session holding a table, is
+                # waited for: lock_timeout_s is for requests, not for startup
+                conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
             cfg.attributes["connection"] = conn
             cfg.attributes["version_table"] = version_table
