@@ -21,6 +21,7 @@ from adyton import (
     Generation,
     GenerationResult,
     InvalidRequest,
+    Kernel,
     TextDelta,
     Unauthorized,
     Waiting,
@@ -60,12 +61,14 @@ def _documented(func: Callable[..., Awaitable[Response]], body: type | None,
     return func
 
 
-def credentials_from_request(wire_name: str) -> Credentials:
+def credentials_from_request(wire_name: str, kernel: Kernel | None = None) -> Credentials:
     """``Credentials.from_headers``; an Authorization header that is not
-    ``Bearer …`` is a 401 when an authenticator is installed."""
+    ``Bearer …`` is a 401 when an authenticator is installed. (``kernel``:
+    the current one, if the caller has it at hand.)"""
     found = Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
     # (the authenticators first: looking up a missing header costs more)
-    if found.kind == "none" and current_kernel().authenticators and request.headers.get("Authorization", "").strip():
+    if found.kind == "none" and (kernel or current_kernel()).authenticators \
+            and request.headers.get("Authorization", "").strip():
         raise Unauthorized(
             "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
             code="invalid_authorization_header",
@@ -171,9 +174,9 @@ class OpenAIWire(WireFormat):
             return f"{owned_by}/{model_id}"
         return model_id
 
-    def _model_name(self, model_id: str) -> str:
+    def _model_name(self, model_id: str, settings: OpenAISettings | None = None) -> str:
         """The id a response reports for the kernel's ``model_id``."""
-        settings = _settings()
+        settings = settings or _settings()
         if not settings.namespaced_ids:
             return model_id
         for _, info in current_kernel().list_models():
@@ -205,9 +208,10 @@ class OpenAIWire(WireFormat):
 
     # -- generation ----------------------------------------------------------------
 
-    async def _body(self, model_cls: type) -> tuple[Any, dict[str, Any]]:
-        body = await read_json_body()
-        return convert.load(model_cls, body, _settings().extra_params)
+    async def _body(self, model_cls: type, kernel: Kernel | None = None,
+                    settings: OpenAISettings | None = None) -> tuple[Any, dict[str, Any]]:
+        body = await read_json_body(kernel=kernel)
+        return convert.load(model_cls, body, (settings or _settings()).extra_params)
 
     def _headers(self, parsed: convert.Parsed, generation: Generation | None) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -219,29 +223,27 @@ class OpenAIWire(WireFormat):
         return headers
 
     @staticmethod
-    def _server_limits(parsed: convert.Parsed) -> None:
+    def _server_limits(parsed: convert.Parsed, settings: OpenAISettings | None = None) -> None:
         """The operator's time budget and repetition stop (``[openai]``)."""
-        settings = _settings()
+        settings = settings or _settings()
         request = parsed.request
         if request.time_budget_s is None:
             request.time_budget_s = settings.time_budget_s
         if settings.stop_repetition and not request.shapes_output():
             request.stop_repetition = settings.stop_repetition
 
-    def _check_ignored(self, parsed: convert.Parsed) -> None:
-        if parsed.ignored and _settings().strict:
+    def _check_ignored(self, parsed: convert.Parsed, settings: OpenAISettings | None = None) -> None:
+        if parsed.ignored and (settings or _settings()).strict:
             raise convert.Unsupported(
                 f"this server does not honour the parameter(s) {', '.join(parsed.ignored)} "
                 "(openai.strict is on)",
                 param=parsed.ignored[0],
             )
 
-    async def _submit(self, parsed: convert.Parsed) -> Generation:
-        return await self._submitter(credentials_from_request(self.name))(parsed)
-
     @staticmethod
-    def _submitter(credentials: Credentials) -> Callable[[convert.Parsed], Awaitable[Generation]]:
-        kernel = current_kernel()
+    def _submitter(credentials: Credentials,
+                   kernel: Kernel | None = None) -> Callable[[convert.Parsed], Awaitable[Generation]]:
+        kernel = kernel or current_kernel()
 
         async def submit(parsed: convert.Parsed) -> Generation:
             generation = await kernel.submit(parsed.request, credentials)
@@ -252,18 +254,21 @@ class OpenAIWire(WireFormat):
         return submit
 
     async def chat_completions(self) -> Response:
-        body, extension = await self._body(ChatCompletionRequest)
+        # the kernel and the settings looked up once a request, not at each step
+        kernel = current_kernel()
+        settings = kernel.section("openai", OpenAISettings)
+        body, extension = await self._body(ChatCompletionRequest, kernel, settings)
         parsed = convert.chat_request(body, extension)
-        self._check_ignored(parsed)
-        self._server_limits(parsed)
-        generation = await self._submit(parsed)
+        self._check_ignored(parsed, settings)
+        self._server_limits(parsed, settings)
+        generation = await self._submitter(credentials_from_request(self.name, kernel), kernel)(parsed)
         headers = self._headers(parsed, generation)
         if parsed.request.stream:
             chunks = render.ChatChunks(f"chatcmpl-{generation.id}", generation.created,
-                                       self._model_name(generation.model), parsed.include_usage)
-            return self._stream(self._chat_events(generation, parsed, chunks, _settings().ping), headers)
+                                       self._model_name(generation.model, settings), parsed.include_usage)
+            return self._stream(self._chat_events(generation, parsed, chunks, settings.ping), headers)
         result = await generation.result()
-        response = jsonify(self._chat_body(result, parsed))
+        response = jsonify(self._chat_body(result, parsed, settings))
         response.headers.update(headers)
         return response
 
@@ -288,8 +293,9 @@ class OpenAIWire(WireFormat):
             "finish_reason": render.chat_finish_reason(c.finish_reason, called),
         }, c.reports)
 
-    def _chat_body(self, result: GenerationResult, parsed: convert.Parsed) -> dict[str, Any]:
-        model = self._model_name(result.model)
+    def _chat_body(self, result: GenerationResult, parsed: convert.Parsed,
+                   settings: OpenAISettings | None = None) -> dict[str, Any]:
+        model = self._model_name(result.model, settings)
         return {
             "id": f"chatcmpl-{result.id}",
             "object": "chat.completion",
@@ -366,30 +372,33 @@ class OpenAIWire(WireFormat):
     # -- legacy completions ------------------------------------------------------------
 
     async def completions(self) -> Response:
-        body, extension = await self._body(CompletionRequest)
+        kernel = current_kernel()
+        settings = kernel.section("openai", OpenAISettings)
+        body, extension = await self._body(CompletionRequest, kernel, settings)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         parsed = [convert.completion_request(body, p, extension) for p in prompts]
-        self._check_ignored(parsed[0])
+        self._check_ignored(parsed[0], settings)
         for item in parsed:
-            self._server_limits(item)
-        first = await self._submit(parsed[0])
+            self._server_limits(item, settings)
+        submit = self._submitter(credentials_from_request(self.name, kernel), kernel)
+        first = await submit(parsed[0])
         headers = self._headers(parsed[0], first)
         if parsed[0].request.stream:
             chunks = render.CompletionChunks(f"cmpl-{first.id}", first.created,
-                                             self._model_name(first.model), parsed[0].include_usage)
-            submit = self._submitter(credentials_from_request(self.name))
-            return self._stream(self._completion_events(first, parsed, chunks, _settings().ping, submit), headers)
+                                             self._model_name(first.model, settings), parsed[0].include_usage)
+            return self._stream(self._completion_events(first, parsed, chunks, settings.ping, submit), headers)
         results = [await first.result()]
         for item in parsed[1:]:
-            results.append(await (await self._submit(item)).result())
+            results.append(await (await submit(item)).result())
             headers.update(results[-1].headers)
-        response = jsonify(self._completion_body(results, parsed))
+        response = jsonify(self._completion_body(results, parsed, settings))
         response.headers.update(headers)
         return response
 
-    def _completion_body(self, results: list[GenerationResult], parsed: list[convert.Parsed]) -> dict[str, Any]:
+    def _completion_body(self, results: list[GenerationResult], parsed: list[convert.Parsed],
+                         settings: OpenAISettings | None = None) -> dict[str, Any]:
         first = results[0]
-        model = self._model_name(first.model)
+        model = self._model_name(first.model, settings)
         choices = []
         prompt_tokens = completion_tokens = 0
         for k, (result, item) in enumerate(zip(results, parsed, strict=True)):
