@@ -85,6 +85,25 @@ class _CompleteOpenAPI(OpenAPIProvider):
         return current_kernel().complete_openapi(super().schema())
 
 
+def _pass_responses_through(app: Quart) -> None:
+    """quart-schema wraps ``app.make_response`` to turn a route's pydantic
+    model, dataclass or dict into JSON. A ``Response`` (what every route
+    here returns) comes out of that conversion as it went in, after a dozen
+    type checks and config lookups per request: hand it straight to Quart's
+    own ``make_response``; anything else still goes through quart-schema."""
+    converting = app.make_response
+    plain = getattr(converting, "__wrapped__", None)  # (functools.wraps in quart_schema.wrap_make_response)
+    if plain is None:
+        return
+
+    async def make_response(result: Any) -> Any:
+        if isinstance(result, Response):
+            return await plain(result)
+        return await converting(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
+
+
 class OpenAIWire(WireFormat):
     name = "openai"
     url_prefixes = ("/v1/",)
@@ -148,6 +167,7 @@ class OpenAIWire(WireFormat):
                 security=[{"bearer": []}, {"apiKey": []}],
                 openapi_provider_class=_CompleteOpenAPI,
             )
+            _pass_responses_through(app)
 
     def render_error(self, error: AdytonError) -> Response:
         response = jsonify(render.error_body(error))
