@@ -27,7 +27,15 @@ _EXTENSIONS: dict[str, dict[str, str]] = {
     "vllm": {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repetition_penalty",
              "min_tokens": "min_tokens"},
     "llamacpp": {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty"},
+    "llama-cpp-python": {"top_k": "top_k", "min_p": "min_p", "repetition_penalty": "repeat_penalty",
+                         "min_tokens": "min_tokens"},
 }
+#: dialects whose engines take chat template variables per request (llama-cpp-python's
+#: server sets them when it loads the model, and ignores them in a request)
+_TEMPLATE_KWARGS = {"vllm", "llamacpp"}
+#: dialects whose engines take a JSON schema as llama.cpp's {"type": "json_object", "schema"}
+#: (llama-cpp-python's server answers OpenAI's {"type": "json_schema"} with a 500)
+_LLAMA_CPP_SCHEMA = {"llamacpp", "llama-cpp-python"}
 _DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0}
 
 
@@ -47,7 +55,7 @@ def check(request: GenerationRequest, spec: UpstreamModel, model_id: str) -> Non
     if request.messages is not None and any(m.tool_calls or m.role == "tool" for m in request.messages):
         raise InvalidRequest(f"{where} does not take tool turns here", param="messages",
                              code="unsupported_parameter")
-    if request.template_kwargs and spec.dialect == "openai":
+    if request.template_kwargs and spec.dialect not in _TEMPLATE_KWARGS:
         raise InvalidRequest(f"{where} does not take chat template variables", param="chat_template_kwargs",
                              code="unsupported_parameter")
     if len(request.constraints) > 1:
@@ -135,9 +143,7 @@ def body(request: GenerationRequest, spec: UpstreamModel, model_id: str, seed: i
     for constraint in request.constraints:
         if constraint.kind == "json_object":
             out["response_format"] = {"type": "json_object"}
-        elif constraint.kind == "json_schema" and spec.dialect == "llamacpp":
-            # llama.cpp's form, the one both of its servers take: llama-cpp-python's
-            # refuses OpenAI's {"type": "json_schema"} (with a 500)
+        elif constraint.kind == "json_schema" and spec.dialect in _LLAMA_CPP_SCHEMA:
             out["response_format"] = {"type": "json_object", "schema": constraint.value}
         elif constraint.kind == "json_schema":
             out["response_format"] = {"type": "json_schema", "json_schema": {

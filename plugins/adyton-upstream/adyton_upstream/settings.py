@@ -34,10 +34,11 @@ class UpstreamModel(BaseModel):
                                             "a plain URL string is accepted for each.")
     api_key: str | None = Field(None, description="Bearer key sent to every replica without its own.")
     upstream_model: str | None = Field(None, description="The model name sent upstream (default: the id).")
-    dialect: Literal["openai", "vllm", "llamacpp"] = Field(
+    dialect: Literal["openai", "vllm", "llamacpp", "llama-cpp-python"] = Field(
         "openai", description="Which extensions the engines take: 'vllm' (top_k, min_p, repetition_penalty, "
-        "min_tokens, guided_regex, guided_choice), 'llamacpp' (top_k, min_p, repeat_penalty; JSON schemas in "
-        "llama.cpp's form: llama-server and llama-cpp-python's server), "
+        "min_tokens, guided_regex, guided_choice), 'llamacpp' (llama.cpp's llama-server: top_k, min_p, "
+        "repeat_penalty; JSON schemas in llama.cpp's form), 'llama-cpp-python' (its server: the same and "
+        "min_tokens, no chat_template_kwargs), "
         "'openai' (the OpenAI parameters only).")
     logprobs: bool = Field(True, description="The engines return logprobs (logprobs / top_logprobs).")
     logit_bias: bool = Field(True, description="The engines honour logit_bias. Token ids a client sends "

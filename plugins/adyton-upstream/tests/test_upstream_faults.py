@@ -164,6 +164,25 @@ def test_features_that_need_logits_map_or_are_refused_naming_the_model(front, up
         assert (sent["top_k"], sent["min_p"], sent["repetition_penalty"]) == (5, 0.1, 1.1)
 
 
+def test_the_llama_cpp_python_dialect_maps_what_its_server_takes(front):
+    with FaultServer(pieces=['{"a"', ": 1}"]) as engine:
+        proxy = front({"remote": {"replicas": [engine.url], "dialect": "llama-cpp-python"}})
+        r = _post(proxy, chat(top_k=5, min_p=0.1, repetition_penalty=1.1, min_tokens=2))
+        assert r.status_code == 200, r.text
+        sent = engine.bodies[-1]
+        assert (sent["top_k"], sent["min_p"], sent["repeat_penalty"], sent["min_tokens"]) == (5, 0.1, 1.1, 2)
+        # a JSON schema in llama.cpp's form (its server answers OpenAI's with a 500)
+        fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
+        r = _post(proxy, chat(response_format=fmt))
+        assert r.status_code == 200 and json.loads(r.json()["choices"][0]["message"]["content"]) == {"a": 1}
+        assert engine.bodies[-1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+        # chat template variables: it would ignore them in a request, so they are refused
+        n = len(engine.bodies)
+        r = _post(proxy, chat(chat_template_kwargs={"enable_thinking": False}))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", r.text
+        assert "'remote'" in r.json()["error"]["message"] and len(engine.bodies) == n
+
+
 def test_regex_and_choice_map_to_vllm_guided_parameters_and_are_verified(front):
     import adyton_guided  # the front's own guided plugin: its policies become constraints for the engines
 

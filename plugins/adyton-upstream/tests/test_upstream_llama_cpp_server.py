@@ -16,8 +16,8 @@ that adyton-upstream must get right with a real engine.
   comes only without streaming): the engine's refusal must reach the
   client, and no replica be taken out for the caller's mistake.
 * It refuses OpenAI's ``{"type": "json_schema"}`` response_format (with a
-  500): dialect "llamacpp" sends llama.cpp's ``{"type": "json_object",
-  "schema": ...}``.
+  500): dialect "llama-cpp-python" sends llama.cpp's ``{"type":
+  "json_object", "schema": ...}``.
 
 A missing llama_cpp.server skips this module for a developer and fails it
 under ``make test`` (ADYTON_REQUIRE_MODEL).
@@ -86,7 +86,7 @@ def engine(tmp_path_factory):
 
 
 def _models(url: str) -> dict:
-    return {"smol": {"replicas": [url], "upstream_model": ALIAS, "dialect": "llamacpp"}}
+    return {"smol": {"replicas": [url], "upstream_model": ALIAS, "dialect": "llama-cpp-python"}}
 
 
 def _stream(base_url: str, max_tokens: int) -> tuple[list[str], list[dict]]:
