@@ -51,6 +51,26 @@ def test_valid_bodies_pass_unchanged():
         check_text("\udc80", "f")
 
 
+def test_the_walk_is_skipped_only_where_it_cannot_fail():
+    """parse_json_body walks the value only when the raw body could hold a
+    surrogate (a \\u escape) or nest deeper than the limit (more brackets):
+    the edges of both."""
+    nested = b'{"a":' * 7 + b"1" + b"}" * 7  # 7 levels, 7 brackets
+    assert parse_json_body(nested, max_depth=7)
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        parse_json_body(b'{"b": [' + nested + b"]}", max_depth=8)  # 9 levels
+    # brackets inside strings count, but only nesting fails
+    assert parse_json_body(b'{"s": "[[[[[[[[[[{{{{{{{{", "t": [1]}', max_depth=2) == {
+        "s": "[[[[[[[[[[{{{{{{{{", "t": [1]}
+    # an escaped backslash before a u is no \u escape; an escaped surrogate pair is text
+    assert parse_json_body(b'{"p": "C:\\\\users"}') == {"p": "C:\\users"}
+    assert parse_json_body(b'{"p": "\\\\ud800"}') == {"p": "\\ud800"}
+    with pytest.raises(InvalidRequest, match="surrogate"):
+        parse_json_body(b'{"p": "\\\\\\ud800"}')  # a backslash, then a lone surrogate
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        parse_json_body("\ufeff{}".encode())  # as json.loads: a BOM is not JSON
+
+
 async def test_a_route_renders_the_refusal_in_its_own_shape(make_app):
     async with make_app(settings={"server": {"max_json_depth": 8}}).test_app() as test_app:
         client = test_app.test_client()

@@ -61,6 +61,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: one decoder for every body (``json.loads`` with an argument builds a new one, and its scanner, each call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _printable(text: str) -> str:
     """``text``, with lone surrogates written as ``\\ud800`` (for a field
     name in an error message, which must itself be valid text)."""
@@ -121,7 +125,9 @@ def parse_json_body(raw: bytes, *, max_depth: int = 64, empty_ok: bool = False) 
         raise InvalidRequest(f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
                              code="invalid_json") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # (as json.loads refuses it)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        body = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
@@ -137,7 +143,11 @@ def parse_json_body(raw: bytes, *, max_depth: int = 64, empty_ok: bool = False) 
     if not isinstance(body, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {json_type_name(body)}",
                              code="invalid_json")
-    check_json(body, max_depth)
+    # Walk the value only if it could fail: text decoded from UTF-8 holds a
+    # surrogate only through a \u escape, and a value cannot nest deeper than
+    # the body has brackets (those inside strings only make this count higher)
+    if b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > max_depth:
+        check_json(body, max_depth)
     return body
 
 
