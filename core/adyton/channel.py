@@ -15,7 +15,7 @@ class _Channel:
     thread. The engine thread wakes the loop only when the consumer is
     actually waiting, through the coalescing loop mailbox."""
 
-    __slots__ = ("_items", "_loop", "_mailbox", "_waiter", "_wake_pending")
+    __slots__ = ("_items", "_loop", "_mailbox", "_waiter", "_wake_pending", "thread_wakes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -23,6 +23,10 @@ class _Channel:
         self._items: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wake_pending = False
+        #: False: items from the engine thread never wake the consumer (one
+        #: that only needs the end, which comes from the loop: it takes them
+        #: all then, instead of a wake-up and a loop pass for each)
+        self.thread_wakes = True
 
     def put(self, item: Any) -> None:
         """From the event loop."""
@@ -34,7 +38,7 @@ class _Channel:
         consumer sets its waiter first, then looks for items, so one of the
         two always sees the other.)"""
         self._items.append(item)
-        if self._waiter is not None and not self._wake_pending:
+        if self._waiter is not None and not self._wake_pending and self.thread_wakes:
             self._wake_pending = True
             self._mailbox.post(self._wake_from_thread)
 

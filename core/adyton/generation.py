@@ -390,6 +390,10 @@ class Generation:
         if self._consumed:
             raise RuntimeError("a Generation can be consumed once")
         self._consumed = True
+        # only the end matters here, and it comes from the loop (``_run``,
+        # once the job is done): the engine thread's events wait for it
+        # instead of waking this task token by token
+        self._events.thread_wakes = False
         get = self._events.get
         try:
             while True:
