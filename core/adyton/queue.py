@@ -107,7 +107,7 @@ class EngineJob:
     item; the items are ignored and the result is None): an engine thread
     runs every step, an inline queue a slice of steps per event-loop pass."""
 
-    __slots__ = ("_deadline", "_done", "_loop", "_mailbox", "service_s", "state", "steps", "work")
+    __slots__ = ("_deadline", "_done", "_loop", "_mailbox", "_waiters", "service_s", "state", "steps", "work")
 
     def __init__(self, work: Callable[[], Any], *, steps: bool = False) -> None:
         self.work = work
@@ -116,6 +116,8 @@ class EngineJob:
         self._loop = asyncio.get_running_loop()
         self._mailbox = mailbox_for(self._loop)
         self._done: asyncio.Future[Any] = self._loop.create_future()
+        #: the futures ``wait_done`` callers wait on, resolved with ``_done``
+        self._waiters: list[asyncio.Future[None]] = []
         self._deadline: asyncio.TimerHandle | None = None
         self.service_s = 0.0
 
@@ -126,12 +128,25 @@ class EngineJob:
     async def wait_done(self) -> Any:
         """The work's result. Raises ServiceUnavailable if the job could not
         start in time. If the caller is cancelled, the job keeps running:
-        call ``EngineQueue.abandon`` or stop the work, then wait again."""
-        return await asyncio.shield(self._done)
+        call ``EngineQueue.abandon`` or stop the work, then wait again.
+
+        (As ``asyncio.shield(self._done)`` would, but the waiter is woken
+        in the pass that resolves the job, not one pass later through the
+        done future's callbacks.)"""
+        done = self._done
+        if not done.done():
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return done.result()
 
     # -- called on the engine thread -----------------------------------------
 
-    def _run(self) -> tuple[Callable[[asyncio.Future[Any], Any], None], Any]:
+    def _run(self) -> tuple[Callable[[EngineJob, Any], None], Any]:
         """Run the work. Returns how to resolve the future, which the engine
         thread posts once the queue's books say the engine is free again."""
         t0 = time.monotonic()
@@ -147,14 +162,24 @@ class EngineJob:
             self.service_s = time.monotonic() - t0
 
 
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _set_result(job: EngineJob, value: Any) -> None:
+    if not job._done.done():
+        job._done.set_result(value)
+        _wake(job)
 
 
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _set_exception(job: EngineJob, exc: BaseException) -> None:
+    if not job._done.done():
+        job._done.set_exception(exc)
+        job._done.exception()  # (retrieved: a waiter gets it from wait_done, as shield() marked it)
+        _wake(job)
+
+
+def _wake(job: EngineJob) -> None:
+    waiters, job._waiters = job._waiters, []
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class EngineQueue:
@@ -251,7 +276,7 @@ class EngineQueue:
     def _expire(self, job: EngineJob) -> None:
         position = self.abandon(job)
         if position is not None:
-            _set_exception(job._done, ServiceUnavailable(
+            _set_exception(job, ServiceUnavailable(
                 f"the engine is busy: this request could not start within {self.max_wait_s:g} s",
                 retry_after=self.estimate_wait_s(position),
             ))
@@ -324,13 +349,13 @@ class EngineQueue:
             return
         self._finish_inline(job, _set_result, None)
 
-    def _finish_inline(self, job: EngineJob, resolve: Callable[[asyncio.Future[Any], Any], None],
+    def _finish_inline(self, job: EngineJob, resolve: Callable[[EngineJob, Any], None],
                        value: Any) -> None:
         job.service_s = time.monotonic() - job.service_s
         job.state = _DONE
         self._running -= 1
         self._record_service(job.service_s)
-        resolve(job._done, value)
+        resolve(job, value)
         if self._waiting:
             self._schedule_inline(job._loop)
 
@@ -373,7 +398,7 @@ class EngineQueue:
                 self._running -= 1
                 self._record_service(job.service_s)
             # only now: a client that has its answer must find the engine free
-            job._mailbox.post(resolve, job._done, value)
+            job._mailbox.post(resolve, job, value)
             # nor keep it (its generation, prompt and request) while waiting for the next
             del job, resolve, value
 
