@@ -38,6 +38,9 @@ class Metrics:
             "adyton_decode_tokens_per_second", "Decode speed per choice", registry=r,
             buckets=(1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 400, 1000),
         )
+        #: (outcome, wire format) -> its ``requests`` child: ``labels()``
+        #: takes a lock and builds the key on every call
+        self._requests_by: dict[tuple[str, str], Any] = {}
 
     def cut_short(self, reason: str, wire_format: str) -> None:
         self.cut_short_total.labels(reason, wire_format or "-").inc()
@@ -46,7 +49,11 @@ class Metrics:
         self.rejections.labels(exc.code or exc.type, wire_format or "-").inc()
 
     def finished(self, generation: Any, outcome: str) -> None:
-        self.requests.labels(outcome, generation.wire_format or "-").inc()
+        key = (outcome, generation.wire_format or "-")
+        child = self._requests_by.get(key)
+        if child is None:
+            child = self._requests_by[key] = self.requests.labels(*key)
+        child.inc()
         if outcome != "rejected":
             self.prompt_tokens.inc(generation.usage.prompt_tokens)
             self.completion_tokens.inc(generation.usage.completion_tokens)
