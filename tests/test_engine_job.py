@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
-from adyton.queue import EngineJob, EngineQueue, LoopMailbox
+from adyton.queue import EngineJob, EngineQueue
 
 
 @pytest.fixture
@@ -82,30 +81,3 @@ async def test_the_waiter_wakes_in_the_pass_that_resolves_the_job(queue):
     release.set()
     await waiter
     assert passes - await resolved <= 1  # (2 through a shield)
-
-
-async def test_a_wait_deadline_that_fires_while_the_job_runs_changes_nothing(monkeypatch):
-    """A waiting job's ``max_wait_s`` timer is cancelled only when the job is
-    handed back (with its result; one hand-over to the loop a job): if it
-    fires first, the job has started and is not refused."""
-    posts = []
-    original = LoopMailbox.post
-
-    def post(self, fn, *args):
-        posts.append(fn)
-        original(self, fn, *args)
-
-    monkeypatch.setattr(LoopMailbox, "post", post)
-    queue = EngineQueue("test", concurrency=1, max_wait_s=0.1)
-    try:
-        first = EngineJob(lambda: time.sleep(0.05) or "first")
-        second = EngineJob(lambda: time.sleep(0.3) or "second")  # starts at ~0.05 s, runs past 0.1 s
-        assert queue.submit(first) is None  # an engine thread takes it
-        assert queue.submit(second) == 0  # it waits: it has a deadline
-        assert second._deadline is not None
-        assert await first.wait_done() == "first"
-        assert await second.wait_done() == "second"
-        assert second._deadline.cancelled()
-        assert len(posts) == 2  # one a job
-    finally:
-        queue.close()

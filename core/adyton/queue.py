@@ -175,13 +175,6 @@ def _set_exception(job: EngineJob, exc: BaseException) -> None:
         _wake(job)
 
 
-def _resolve_ran(job: EngineJob, resolve: Callable[[EngineJob, Any], None], value: Any) -> None:
-    """Event loop: a job an engine thread ran is done."""
-    if job._deadline is not None:
-        job._deadline.cancel()  # (drops the timer's reference to the job)
-    resolve(job, value)
-
-
 def _wake(job: EngineJob) -> None:
     waiters, job._waiters = job._waiters, []
     for waiter in waiters:
@@ -397,16 +390,15 @@ class EngineQueue:
                 job = self._waiting.popleft()
                 job.state = _RUNNING
                 self._running += 1
+            if job._deadline is not None:
+                job._mailbox.post(job._deadline.cancel)
             resolve, value = job._run()
             with self._lock:
                 job.state = _DONE
                 self._running -= 1
                 self._record_service(job.service_s)
-            # only now: a client that has its answer must find the engine
-            # free. The job's wait deadline is cancelled in the same hand-over
-            # (one wake-up of the loop a job, not one at its start too): a
-            # deadline that fires meanwhile finds the job running and does nothing
-            job._mailbox.post(_resolve_ran, job, resolve, value)
+            # only now: a client that has its answer must find the engine free
+            job._mailbox.post(resolve, job, value)
             # nor keep it (its generation, prompt and request) while waiting for the next
             del job, resolve, value
 
