@@ -174,6 +174,26 @@ async def test_the_kernel_reads_on_to_the_engine_count_past_max_tokens_pieces(ma
     assert limiter.settled == [(Usage(prompt_tokens=7, completion_tokens=4), "ok")]
 
 
+class UncountedEngine(EchoEngine):
+    """An engine that reports no usage (llama-cpp-python's server streams
+    none) and ends a choice cut at max_tokens with an empty "length" piece."""
+
+    def generate(self, prompt, step, max_tokens, cancelled):
+        for word in self.script[:max_tokens]:
+            yield TokenPiece(-1, word)
+        yield TokenPiece(-1, "", FinishReason.LENGTH)
+
+
+async def test_an_empty_closing_piece_is_not_counted_as_a_token(make_app):
+    engine, limiter = UncountedEngine(script=("Hel", "lo", "!")), Recorder()
+    app = make_app(engine, plugins=[LimiterPlugin(limiter)])
+    status, _, text = await _post(app, {"prompt": "hi", "max_tokens": 2})
+    assert status == 200, text
+    assert json.loads(text)["usage"]["completion_tokens"] == 2
+    assert json.loads(text)["choices"][0]["finish_reason"] == "length"
+    assert limiter.settled == [(Usage(prompt_tokens=50, completion_tokens=2), "ok")]
+
+
 def test_sampling_params_is_not_a_step_function():
     from adyton import GenerationRequest
 

@@ -259,6 +259,9 @@ class Generation:
                 if piece.finish_reason is FinishReason.STOP and not piece.text:
                     finish = FinishReason.STOP  # end of sequence: not a visible token
                     break
+                if self_sampling and piece.finish_reason is not None and not piece.text:
+                    finish = piece.finish_reason  # an engine's closing marker (e.g. "length"): no token
+                    break
                 count += 1
                 if want_logprobs and chain.last_logprob is not None:
                     pending_logprobs.append(chain.last_logprob)
