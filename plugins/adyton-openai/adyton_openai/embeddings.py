@@ -20,6 +20,7 @@ from quart import Response, jsonify
 from adyton import EmbeddingRequest, EmbeddingResult, InvalidRequest, current_kernel
 
 from .schemas import EmbeddingsRequest
+from .settings import OpenAISettings
 
 
 class EmbeddingOut(BaseModel):
@@ -97,10 +98,13 @@ async def create(wire: Any) -> Response:
     and model naming)."""
     from .wire import credentials_from_request
 
-    body, _ = await wire._body(EmbeddingsRequest)
+    kernel = current_kernel()
+    settings = kernel.section("openai", OpenAISettings)
+    body, _ = await wire._body(EmbeddingsRequest, kernel, settings)
     request = kernel_request(body)
-    result = await current_kernel().embed(request, credentials_from_request(wire.name))
-    response = jsonify(body_of(result, wire._model_name(result.model), body.encoding_format or "float"))
+    result = await kernel.embed(request, credentials_from_request(wire.name, kernel))
+    response = jsonify(body_of(result, wire._model_name(result.model, kernel, settings),
+                               body.encoding_format or "float"))
     response.headers.update(result.headers)
     response.headers["x-request-id"] = result.id
     return response

@@ -593,26 +593,27 @@ async def stream_events(renderer: Renderer, kernel: Kernel, store: ResponseStore
 async def create(wire: Any) -> Response:
     from . import wire as wire_module
 
-    body, _ = await wire._body(ResponsesRequest)
-    credentials = wire_module.credentials_from_request(wire.name)
     kernel = current_kernel()
+    settings = kernel.section("openai", OpenAISettings)
+    body, _ = await wire._body(ResponsesRequest, kernel, settings)
+    credentials = wire_module.credentials_from_request(wire.name, kernel)
     store = response_store(kernel)
     history: list[ChatMessage] = []
     if body.previous_response_id is not None:
         principal = await kernel.authenticate(credentials)
         history = list((await in_store(kernel, store.get, body.previous_response_id, principal.id)).history)
     parsed = parse(body, history)
-    wire._check_ignored(parsed.convert)
-    wire._server_limits(parsed.convert)
+    wire._check_ignored(parsed.convert, settings)
+    wire._server_limits(parsed.convert, settings)
     try:
-        generation = await wire._submitter(credentials)(parsed.convert)
+        generation = await wire._submitter(credentials, kernel)(parsed.convert)
     except AdytonError as exc:  # name this endpoint's fields, not chat's
         exc.param = _KERNEL_PARAMS.get(exc.param, exc.param)  # type: ignore[arg-type]
         raise
     headers = wire._headers(parsed.convert, generation)
-    renderer = Renderer(parsed, generation, wire._model_name(generation.model))
+    renderer = Renderer(parsed, generation, wire._model_name(generation.model, kernel, settings))
     if parsed.convert.request.stream:
-        return wire._stream(stream_events(renderer, kernel, store, wire_module._settings().ping), headers)
+        return wire._stream(stream_events(renderer, kernel, store, settings.ping), headers)
     result = await generation.result()
     choice = result.choices[0]
     output = Output(renderer)
@@ -629,8 +630,9 @@ async def create(wire: Any) -> Response:
 async def _owner(wire: Any) -> str:
     from . import wire as wire_module
 
-    credentials = wire_module.credentials_from_request(wire.name)
-    return (await current_kernel().authenticate(credentials)).id
+    kernel = current_kernel()
+    credentials = wire_module.credentials_from_request(wire.name, kernel)
+    return (await kernel.authenticate(credentials)).id
 
 
 class DeletedOut(BaseModel):

@@ -47,10 +47,6 @@ from .settings import OpenAISettings
 log = logging.getLogger("adyton.openai")
 
 
-def _settings() -> OpenAISettings:
-    return current_kernel().section("openai", OpenAISettings)
-
-
 def _documented(func: Callable[..., Awaitable[Response]], body: type | None,
                 ok: type) -> Callable[..., Awaitable[Response]]:
     if body is not None:
@@ -61,13 +57,12 @@ def _documented(func: Callable[..., Awaitable[Response]], body: type | None,
     return func
 
 
-def credentials_from_request(wire_name: str, kernel: Kernel | None = None) -> Credentials:
+def credentials_from_request(wire_name: str, kernel: Kernel) -> Credentials:
     """``Credentials.from_headers``; an Authorization header that is not
-    ``Bearer …`` is a 401 when an authenticator is installed. (``kernel``:
-    the current one, if the caller has it at hand.)"""
+    ``Bearer …`` is a 401 when an authenticator is installed."""
     found = Credentials.from_headers(request.headers, wire_format=wire_name, client_address=request.remote_addr)
     # (the authenticators first: looking up a missing header costs more)
-    if found.kind == "none" and (kernel or current_kernel()).authenticators \
+    if found.kind == "none" and kernel.authenticators \
             and request.headers.get("Authorization", "").strip():
         raise Unauthorized(
             "malformed Authorization header: expected 'Authorization: Bearer YOUR_API_KEY'",
@@ -194,22 +189,22 @@ class OpenAIWire(WireFormat):
             return f"{owned_by}/{model_id}"
         return model_id
 
-    def _model_name(self, model_id: str, settings: OpenAISettings | None = None) -> str:
+    def _model_name(self, model_id: str, kernel: Kernel, settings: OpenAISettings) -> str:
         """The id a response reports for the kernel's ``model_id``."""
-        settings = settings or _settings()
         if not settings.namespaced_ids:
             return model_id
-        for _, info in current_kernel().list_models():
+        for _, info in kernel.list_models():
             if info.id == model_id:
                 return self._public_id(model_id, settings.owned_by or info.owned_by, settings)
         return model_id
 
     async def list_models(self) -> Response:
-        await require_access("models", credentials_from_request(self.name))  # [access] models
-        settings = _settings()
+        kernel = current_kernel()
+        await require_access("models", credentials_from_request(self.name, kernel))  # [access] models
+        settings = kernel.section("openai", OpenAISettings)
         data: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for _, info in current_kernel().list_models():
+        for _, info in kernel.list_models():
             owned_by = settings.owned_by or info.owned_by
             names = [self._public_id(info.id, owned_by, settings)]
             if settings.list_aliases:
@@ -221,17 +216,17 @@ class OpenAIWire(WireFormat):
         return jsonify({"object": "list", "data": data})
 
     async def retrieve_model(self, model: str) -> Response:
-        await require_access("models", credentials_from_request(self.name))
-        _, info = current_kernel().resolve_model(model)
-        settings = _settings()
+        kernel = current_kernel()
+        await require_access("models", credentials_from_request(self.name, kernel))
+        _, info = kernel.resolve_model(model)
+        settings = kernel.section("openai", OpenAISettings)
         return jsonify(self._entry(model, settings.owned_by or info.owned_by, info.created))
 
     # -- generation ----------------------------------------------------------------
 
-    async def _body(self, model_cls: type, kernel: Kernel | None = None,
-                    settings: OpenAISettings | None = None) -> tuple[Any, dict[str, Any]]:
+    async def _body(self, model_cls: type, kernel: Kernel, settings: OpenAISettings) -> tuple[Any, dict[str, Any]]:
         body = await read_json_body(kernel=kernel)
-        return convert.load(model_cls, body, (settings or _settings()).extra_params)
+        return convert.load(model_cls, body, settings.extra_params)
 
     def _headers(self, parsed: convert.Parsed, generation: Generation | None) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -243,17 +238,16 @@ class OpenAIWire(WireFormat):
         return headers
 
     @staticmethod
-    def _server_limits(parsed: convert.Parsed, settings: OpenAISettings | None = None) -> None:
+    def _server_limits(parsed: convert.Parsed, settings: OpenAISettings) -> None:
         """The operator's time budget and repetition stop (``[openai]``)."""
-        settings = settings or _settings()
         request = parsed.request
         if request.time_budget_s is None:
             request.time_budget_s = settings.time_budget_s
         if settings.stop_repetition and not request.shapes_output():
             request.stop_repetition = settings.stop_repetition
 
-    def _check_ignored(self, parsed: convert.Parsed, settings: OpenAISettings | None = None) -> None:
-        if parsed.ignored and (settings or _settings()).strict:
+    def _check_ignored(self, parsed: convert.Parsed, settings: OpenAISettings) -> None:
+        if parsed.ignored and settings.strict:
             raise convert.Unsupported(
                 f"this server does not honour the parameter(s) {', '.join(parsed.ignored)} "
                 "(openai.strict is on)",
@@ -261,9 +255,7 @@ class OpenAIWire(WireFormat):
             )
 
     @staticmethod
-    def _submitter(credentials: Credentials,
-                   kernel: Kernel | None = None) -> Callable[[convert.Parsed], Awaitable[Generation]]:
-        kernel = kernel or current_kernel()
+    def _submitter(credentials: Credentials, kernel: Kernel) -> Callable[[convert.Parsed], Awaitable[Generation]]:
 
         async def submit(parsed: convert.Parsed) -> Generation:
             generation = await kernel.submit(parsed.request, credentials)
@@ -285,10 +277,10 @@ class OpenAIWire(WireFormat):
         headers = self._headers(parsed, generation)
         if parsed.request.stream:
             chunks = render.ChatChunks(f"chatcmpl-{generation.id}", generation.created,
-                                       self._model_name(generation.model, settings), parsed.include_usage)
+                                       self._model_name(generation.model, kernel, settings), parsed.include_usage)
             return self._stream(self._chat_events(generation, parsed, chunks, settings.ping), headers)
         result = await generation.result()
-        response = jsonify(self._chat_body(result, parsed, settings))
+        response = jsonify(self._chat_body(result, parsed, kernel, settings))
         response.headers.update(headers)
         return response
 
@@ -313,9 +305,9 @@ class OpenAIWire(WireFormat):
             "finish_reason": render.chat_finish_reason(c.finish_reason, called),
         }, c.reports)
 
-    def _chat_body(self, result: GenerationResult, parsed: convert.Parsed,
-                   settings: OpenAISettings | None = None) -> dict[str, Any]:
-        model = self._model_name(result.model, settings)
+    def _chat_body(self, result: GenerationResult, parsed: convert.Parsed, kernel: Kernel,
+                   settings: OpenAISettings) -> dict[str, Any]:
+        model = self._model_name(result.model, kernel, settings)
         return {
             "id": f"chatcmpl-{result.id}",
             "object": "chat.completion",
@@ -405,20 +397,20 @@ class OpenAIWire(WireFormat):
         headers = self._headers(parsed[0], first)
         if parsed[0].request.stream:
             chunks = render.CompletionChunks(f"cmpl-{first.id}", first.created,
-                                             self._model_name(first.model, settings), parsed[0].include_usage)
+                                             self._model_name(first.model, kernel, settings), parsed[0].include_usage)
             return self._stream(self._completion_events(first, parsed, chunks, settings.ping, submit), headers)
         results = [await first.result()]
         for item in parsed[1:]:
             results.append(await (await submit(item)).result())
             headers.update(results[-1].headers)
-        response = jsonify(self._completion_body(results, parsed, settings))
+        response = jsonify(self._completion_body(results, parsed, kernel, settings))
         response.headers.update(headers)
         return response
 
-    def _completion_body(self, results: list[GenerationResult], parsed: list[convert.Parsed],
-                         settings: OpenAISettings | None = None) -> dict[str, Any]:
+    def _completion_body(self, results: list[GenerationResult], parsed: list[convert.Parsed], kernel: Kernel,
+                         settings: OpenAISettings) -> dict[str, Any]:
         first = results[0]
-        model = self._model_name(first.model, settings)
+        model = self._model_name(first.model, kernel, settings)
         choices = []
         prompt_tokens = completion_tokens = 0
         for k, (result, item) in enumerate(zip(results, parsed, strict=True)):
