@@ -136,6 +136,26 @@ def test_a_migration_waits_for_another_servers_migration_past_lock_timeout_s(tmp
         second.dispose()
 
 
+def test_refused_as_503_turns_only_the_databases_refusals_into_a_503(tmp_path, caplog):
+    from adyton import ServiceUnavailable
+
+    db = Database(f"sqlite:///{tmp_path}/db.sqlite3")
+    try:
+        with pytest.raises(ServiceUnavailable) as refused, \
+                db.refused_as_503("the things cannot be read; try again later", code="things_unavailable"), \
+                db.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception(f"disk I/O error at {tmp_path}"))
+        assert refused.value.status == 503 and refused.value.code == "things_unavailable"
+        assert refused.value.message == "the things cannot be read; try again later"  # no driver text
+        assert refused.value.retry_after == 10.0
+        assert "disk I/O error" in caplog.text  # the reason is in the log
+        with pytest.raises(KeyError), db.refused_as_503("x", code="y"):
+            {}["a bug is not a 503"]
+    finally:
+        db.dispose()
+
+
 def test_concurrent_writers_from_threads_all_commit(db, tmp_path):
     db.upgrade(versions(tmp_path, "a", REV1), "alembic_version_a")
     errors = []

@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import SettingsError
+from .errors import ServiceUnavailable, SettingsError
 
 __all__ = ["Database", "sqlite_url"]
 
@@ -179,6 +179,25 @@ class Database:
         server unreachable), as opposed to a bug? Those are 503s."""
         return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)) or (
             isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated)
+
+    @contextlib.contextmanager
+    def refused_as_503(self, message: str, *, code: str, retry_after: float = 10.0) -> Iterator[None]:
+        """Inside the block, the database refusing work (``unavailable``) is
+        raised as a 503 ``ServiceUnavailable(message, code=code)`` with
+        Retry-After; the driver's own message (hosts, ports, paths) goes to
+        the log, never to the caller. Anything else passes through::
+
+            with kernel.database.refused_as_503("the ledger cannot be read; try again later",
+                                                code="ledger_unavailable"):
+                rows = await kernel.offload(read_rows)
+        """
+        try:
+            yield
+        except Exception as exc:
+            if not self.unavailable(exc):
+                raise
+            log.error("%s: the database %s refused the work: %s", code, self.display_url, exc)
+            raise ServiceUnavailable(message, code=code, retry_after=retry_after) from None
 
     # -- migrations ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from adyton import Database, Forbidden, Principal, ServiceUnavailable, Unauthorized
+from adyton import Database, Forbidden, Principal, Unauthorized
 
 from .limiter import AccountLimiter, Counters
 from .settings import LimitsSettings
@@ -184,14 +184,9 @@ class LimitsService:
         cannot be written (disk full, I/O error, locked too long) is a 503
         (the reason goes to the log, not to the caller: a database error
         names hosts, ports and paths), not a 500."""
-        try:
+        with self.db.refused_as_503("the accounts database cannot be written; try again later",
+                                    code="accounts_db_unavailable"):
             return await self._in_writer(fn, *args)
-        except Exception as exc:
-            if not Database.unavailable(exc):
-                raise
-            log.error("adyton-limits: writing %s failed: %s", self.db.display_url, exc)
-            raise ServiceUnavailable("the accounts database cannot be written; try again later",
-                                     code="accounts_db_unavailable", retry_after=10.0) from None
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a database read (``self.store``'s lookups) off the event loop,
@@ -201,16 +196,11 @@ class LimitsService:
         that cannot be read (server gone, disk error) is a 503, not a 500
         (the reason goes to the log: a caller not yet authenticated is told
         nothing about the database)."""
-        try:
+        with self.db.refused_as_503("the accounts database cannot be read; try again later",
+                                    code="accounts_db_unavailable"):
             if self.reads_inline:
                 return fn(*args)
             return await self.kernel.offload(fn, *args)
-        except Exception as exc:
-            if not Database.unavailable(exc):
-                raise
-            log.error("adyton-limits: reading %s failed: %s", self.db.display_url, exc)
-            raise ServiceUnavailable("the accounts database cannot be read; try again later",
-                                     code="accounts_db_unavailable", retry_after=10.0) from None
 
     async def _in_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._writer is None:

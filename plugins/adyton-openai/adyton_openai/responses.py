@@ -40,12 +40,10 @@ from adyton import (
     ChatMessage,
     ChoiceFinished,
     Constraint,
-    Database,
     FinishReason,
     Generation,
     InvalidRequest,
     Kernel,
-    ServiceUnavailable,
     TextDelta,
     TokenLogprob,
     Tool,
@@ -110,15 +108,9 @@ async def in_store(kernel: Kernel, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` (a store call) off the event loop; a database
     that refuses the work (server gone, disk full, locked too long) is a 503
     naming it, not a 500."""
-    try:
+    with kernel.database.refused_as_503("stored responses cannot be read or written right now (the database "
+                                        "failed); try again later", code="response_store_unavailable"):
         return await kernel.offload(fn, *args, **kwargs)
-    except Exception as exc:
-        if not Database.unavailable(exc):
-            raise
-        log.error("adyton-openai: the stored responses' database failed: %s", exc)
-        raise ServiceUnavailable("stored responses cannot be read or written right now (the database "
-                                 "failed); try again later", code="response_store_unavailable",
-                                 retry_after=10.0) from None
 
 
 # --------------------------------------------------------------------------
