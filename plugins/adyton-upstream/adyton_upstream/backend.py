@@ -415,9 +415,10 @@ class UpstreamBackend(Backend):
                 self._hangups.forget(watch)
 
     def _seen(self, replica: Replica, usage: Usage | None, prompt_estimate: int, delivered: int) -> Usage:
-        """The engine's usage, or the count seen here when it sent none (the
-        kernel would count the empty final piece of a choice cut at its
-        length as a token)."""
+        """The engine's usage, or the count seen here when it sent none. It
+        rides on the last piece because the kernel's own count of pieces is
+        not the token count when a constrained choice is verified and passed
+        on as one piece (``_verified``)."""
         if usage is not None:
             return usage
         if not replica.warned_no_usage:
